@@ -1,0 +1,96 @@
+// Package activities is vmha's I/O: thin Temporal activities over the interfaces below. Each interface has one
+// real implementation in a subpackage (bmc, hypervisor, catalog, notify), so activities can be tested with the
+// real thing (libvirt's test driver, an IPMI BMC on loopback) or with a fake.
+package activities
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"vmha/types"
+)
+
+// PowerController talks IPMI to a BMC. Implemented by activities/bmc with go-ipmi over lanplus.
+type PowerController interface {
+	// PowerStatus reads chassis power. On failure it returns PowerUnreachable or PowerAuthFailed with the error.
+	PowerStatus(ctx context.Context, spec types.BMCSpec, password string) (types.PowerState, error)
+	// PowerOff is a hard chassis power-off: never a cycle or soft (ACPI) off, which can report success while the
+	// host still runs. A BMC refusing because the chassis is already off is not an error.
+	PowerOff(ctx context.Context, spec types.BMCSpec, password string) error
+}
+
+// Hypervisor is the local libvirt of one host. Implemented by activities/hypervisor.
+// Every method is idempotent, because activities are retried: starting a running domain, destroying a stopped
+// one or undefining a missing one succeeds.
+type Hypervisor interface {
+	// Define defines (or redefines) a persistent domain from XML and returns its UUID. Never autostarted.
+	Define(ctx context.Context, xml string) (uuid string, err error)
+	Start(ctx context.Context, uuid string) error
+	Destroy(ctx context.Context, uuid string) error
+	Undefine(ctx context.Context, uuid string) error
+	State(ctx context.Context, uuid string) (types.DomainState, error)
+	// InactiveXML is the persistent definition including secure data (virsh dumpxml --inactive --security-info).
+	InactiveXML(ctx context.Context, uuid string) (string, error)
+	// Domains lists every defined domain of the host.
+	Domains(ctx context.Context) ([]Domain, error)
+	// Stats reads node CPU load and memory and sums the running domains.
+	Stats(ctx context.Context) (types.HostStats, error)
+	// WatchDefinitions calls fn for every domain defined, undefined, started or stopped on the host until ctx ends.
+	WatchDefinitions(ctx context.Context, fn func(DomainEvent)) error
+	Close() error
+}
+
+// Domain is one libvirt domain as listed on a host.
+type Domain struct {
+	UUID  string
+	Name  string
+	State types.DomainState
+}
+
+// DomainEventKind says what happened to a domain.
+type DomainEventKind string
+
+const (
+	DomainDefined   DomainEventKind = "defined"
+	DomainUndefined DomainEventKind = "undefined"
+	DomainStarted   DomainEventKind = "started"
+	DomainStopped   DomainEventKind = "stopped"
+)
+
+// DomainEvent is one libvirt lifecycle event.
+type DomainEvent struct {
+	UUID string
+	Name string
+	Kind DomainEventKind
+}
+
+// ErrNotFound is returned by Catalog.Get for an unknown VM.
+var ErrNotFound = errors.New("not found")
+
+// CatalogEntry is a VM's record plus its inactive domain XML (with secure data). It stays between the share and
+// the hypervisor workers; workflows only ever see the VMRecord part.
+type CatalogEntry struct {
+	types.VMRecord
+	XML string `json:"xml"`
+}
+
+// Catalog is the shared-storage record of every HA VM's domain XML. Implemented by activities/catalog.
+// Every call has a timeout: a hung NFS mount must not hang a worker.
+type Catalog interface {
+	Get(ctx context.Context, uuid string) (CatalogEntry, error)
+	// Put writes atomically (temp file, fsync, rename, 0600).
+	Put(ctx context.Context, e CatalogEntry) error
+	List(ctx context.Context) ([]CatalogEntry, error)
+	Delete(ctx context.Context, uuid string) error
+	// Writable checks that the share answers within the timeout.
+	Writable(ctx context.Context) error
+}
+
+// Notifier tells users: webhook, log, metrics. Implemented by activities/notify.
+type Notifier interface {
+	Notify(ctx context.Context, e types.Event) error
+}
+
+// Clock lets tests control time in activities that wait.
+type Clock func() time.Time

@@ -1,0 +1,93 @@
+// Package config reads vmha's settings from the environment (VMHA_*) with envconfig.
+// One struct serves every role so `vmha help env` can list all of them in one place.
+package config
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/kelseyhightower/envconfig"
+)
+
+// Prefix is the environment prefix of every setting.
+const Prefix = "VMHA"
+
+// Settings is every knob of vmha. Each role reads only the ones it needs.
+type Settings struct {
+	// Temporal connection. An empty TemporalAddress means: run the embedded server (vmha server) or dial it.
+	TemporalAddress string `envconfig:"TEMPORAL_ADDRESS" default:"127.0.0.1:7233" desc:"host:port of the Temporal frontend"`
+	Namespace       string `envconfig:"NAMESPACE" default:"vmha" desc:"Temporal namespace"`
+	TLSCert         string `envconfig:"TLS_CERT" desc:"client certificate file for an external Temporal (mTLS)"`
+	TLSKey          string `envconfig:"TLS_KEY" desc:"client key file for an external Temporal (mTLS)"`
+	TLSCA           string `envconfig:"TLS_CA" desc:"CA bundle that signed the Temporal server certificate"`
+	TLSServerName   string `envconfig:"TLS_SERVER_NAME" desc:"server name to verify, when it differs from the address"`
+
+	// Embedded server (vmha server).
+	DataDir string `envconfig:"DATA_DIR" default:"/var/lib/vmha" desc:"where the embedded server keeps its SQLite file"`
+	UIPort  int    `envconfig:"UI_PORT" default:"8233" desc:"port of the embedded Temporal Web UI (0: no UI)"`
+	// EmbeddedController runs the controller worker inside vmha server.
+	EmbeddedController bool `envconfig:"EMBEDDED_CONTROLLER" default:"true" desc:"run the controller worker inside vmha server"`
+
+	// Controller worker.
+	MetricsAddr   string `envconfig:"METRICS_ADDR" default:"127.0.0.1:9464" desc:"listen address of /metrics (empty: off)"`
+	WebhookURL    string `envconfig:"WEBHOOK_URL" desc:"URL that receives every event as JSON (empty: off)"`
+	WebhookSecret string `envconfig:"WEBHOOK_SECRET" desc:"shared secret of the X-Vmha-Signature HMAC-SHA256 header"`
+
+	ProbeInterval       time.Duration `envconfig:"PROBE_INTERVAL" default:"250ms" desc:"time between two probes of a host"`
+	ProbeTimeout        time.Duration `envconfig:"PROBE_TIMEOUT" default:"300ms" desc:"TCP connect timeout of the network probe"`
+	BMCTimeout          time.Duration `envconfig:"BMC_TIMEOUT" default:"1s" desc:"timeout of one IPMI exchange"`
+	MissesBeforeSuspect int           `envconfig:"MISSES_BEFORE_SUSPECT" default:"1" desc:"consecutive network misses that make a host suspect"`
+	MissesBeforeDead    int           `envconfig:"MISSES_BEFORE_DEAD" default:"3" desc:"consecutive network misses that make a host unreachable"`
+	PowerConfirmations  int           `envconfig:"POWER_CONFIRMATIONS" default:"2" desc:"equal BMC readings in a row before a power change counts"`
+	WorkerGrace         time.Duration `envconfig:"WORKER_GRACE" default:"90s" desc:"a host worker not seen polling for this long counts as gone"`
+	WatchFor            time.Duration `envconfig:"WATCH_FOR" default:"1h" desc:"a steady watch still reports this often (bounds history)"`
+	FenceTimeout        time.Duration `envconfig:"FENCE_TIMEOUT" default:"60s" desc:"how long to wait for the BMC to report off after a power-off"`
+
+	RecoveryConcurrency int     `envconfig:"RECOVERY_CONCURRENCY" default:"8" desc:"VMs of one dead host recovered at once"`
+	OvercommitRatio     float64 `envconfig:"OVERCOMMIT_RATIO" default:"4" desc:"vCPUs allowed per host CPU"`
+	HostReserveMiB      int64   `envconfig:"HOST_RESERVE_MIB" default:"256" desc:"memory kept free on every host"`
+
+	// Hypervisor worker.
+	HostName     string        `envconfig:"HOST_NAME" desc:"this hypervisor's name in the inventory"`
+	LibvirtURI   string        `envconfig:"LIBVIRT_URI" default:"qemu:///system" desc:"libvirt URI of this hypervisor"`
+	SharePath    string        `envconfig:"SHARE_PATH" default:"/var/lib/vmha/share" desc:"the shared storage, mounted at this path on every host"`
+	ShareTimeout time.Duration `envconfig:"SHARE_TIMEOUT" default:"5s" desc:"timeout of every filesystem call on the share (a hung NFS mount must not hang the worker)"`
+
+	LogLevel string `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
+}
+
+// Load reads the environment and checks the values that would fail later in a less clear way.
+func Load() (Settings, error) {
+	var s Settings
+	if err := envconfig.Process(Prefix, &s); err != nil {
+		return s, fmt.Errorf("read settings: %w", err)
+	}
+	return s, s.Validate()
+}
+
+// Validate names the first bad setting.
+func (s Settings) Validate() error {
+	switch {
+	case s.MissesBeforeSuspect < 1:
+		return fmt.Errorf("%s_MISSES_BEFORE_SUSPECT=%d: want >= 1", Prefix, s.MissesBeforeSuspect)
+	case s.MissesBeforeDead < s.MissesBeforeSuspect:
+		return fmt.Errorf("%s_MISSES_BEFORE_DEAD=%d: want >= MISSES_BEFORE_SUSPECT (%d)", Prefix, s.MissesBeforeDead, s.MissesBeforeSuspect)
+	case s.PowerConfirmations < 1:
+		return fmt.Errorf("%s_POWER_CONFIRMATIONS=%d: want >= 1", Prefix, s.PowerConfirmations)
+	case s.ProbeInterval <= 0:
+		return fmt.Errorf("%s_PROBE_INTERVAL=%s: want > 0", Prefix, s.ProbeInterval)
+	case s.RecoveryConcurrency < 1:
+		return fmt.Errorf("%s_RECOVERY_CONCURRENCY=%d: want >= 1", Prefix, s.RecoveryConcurrency)
+	case s.OvercommitRatio < 1:
+		return fmt.Errorf("%s_OVERCOMMIT_RATIO=%g: want >= 1", Prefix, s.OvercommitRatio)
+	case (s.TLSCert == "") != (s.TLSKey == ""):
+		return fmt.Errorf("%s_TLS_CERT=%q and %s_TLS_KEY=%q: set both or neither", Prefix, s.TLSCert, Prefix, s.TLSKey)
+	}
+	return nil
+}
+
+// Usage prints every setting with its default and meaning.
+func Usage() error {
+	var s Settings
+	return envconfig.Usage(Prefix, &s)
+}

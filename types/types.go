@@ -1,0 +1,310 @@
+// Package types holds the values that cross the boundary between workflows, activities, workers and the CLI.
+// Everything here ends up in Temporal histories, which are stored in plain form: no field may hold a secret.
+package types
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+)
+
+// HostSpec is one hypervisor as the inventory file describes it. The BMC password is only named here
+// (env var or file); workers resolve it, so it never reaches a workflow input, result or memo.
+type HostSpec struct {
+	Name string `json:"name" yaml:"name"`
+	// Address is the management address probed for reachability (IP or DNS name).
+	Address string `json:"address" yaml:"address"`
+	// ProbePort is the TCP port whose connect proves the host reachable (default: libvirt's 16509).
+	ProbePort  int               `json:"probePort,omitempty" yaml:"probePort,omitempty"`
+	LibvirtURI string            `json:"libvirtURI" yaml:"libvirtURI"`
+	BMC        BMCSpec           `json:"bmc" yaml:"bmc"`
+	Labels     map[string]string `json:"labels,omitempty" yaml:"labels,omitempty"`
+	Capacity   Capacity          `json:"capacity,omitempty" yaml:"capacity,omitempty"`
+}
+
+// BMCSpec says how to reach a host's BMC over IPMI lanplus.
+type BMCSpec struct {
+	Address string `json:"address" yaml:"address"`
+	Port    int    `json:"port,omitempty" yaml:"port,omitempty"`
+	User    string `json:"user" yaml:"user"`
+	// Exactly one of PasswordEnv and PasswordFile names where the worker finds the password.
+	PasswordEnv  string `json:"passwordEnv,omitempty" yaml:"passwordEnv,omitempty"`
+	PasswordFile string `json:"passwordFile,omitempty" yaml:"passwordFile,omitempty"`
+}
+
+// Capacity overrides what libvirt reports for a host; zero means "use what libvirt reports".
+type Capacity struct {
+	MemoryMiB int64 `json:"memoryMiB,omitempty" yaml:"memoryMiB,omitempty"`
+	VCPUs     int   `json:"vcpus,omitempty" yaml:"vcpus,omitempty"`
+}
+
+// DefaultProbePort is libvirtd's TCP port.
+const DefaultProbePort = 16509
+
+// DefaultBMCPort is the IPMI RMCP+ port.
+const DefaultBMCPort = 623
+
+// ProbeAddress is the host:port whose TCP connect proves the host reachable.
+func (h HostSpec) ProbeAddress() string {
+	port := h.ProbePort
+	if port == 0 {
+		port = DefaultProbePort
+	}
+	return fmt.Sprintf("%s:%d", h.Address, port)
+}
+
+// HostState is where a host's monitor stands. It is also the VmhaHostState search attribute.
+type HostState string
+
+const (
+	// HostHealthy: reachable, BMC reports power on, its worker polls.
+	HostHealthy HostState = "healthy"
+	// HostSuspect: some probes failed or disagree; watched closer, nothing is done yet.
+	HostSuspect HostState = "suspect"
+	// HostIsolated: unreachable while its BMC says power on. Its VMs may still write their disks: alert, never recover.
+	HostIsolated HostState = "isolated"
+	// HostUnknown: unreachable and its BMC cannot be asked (down or refusing our credentials): alert, never recover.
+	HostUnknown HostState = "unknown"
+	// HostDead: unreachable AND power off or fault, or fenced by vmha. Recovery starts.
+	HostDead HostState = "dead"
+	// HostRecovering: its HA VMs are being started elsewhere.
+	HostRecovering HostState = "recovering"
+	// HostRecovered: every HA VM was handled; the host stays out of placement until it is healthy again.
+	HostRecovered HostState = "recovered"
+	// HostMaintenance: an operator paused the monitor; nothing is recovered while it lasts.
+	HostMaintenance HostState = "maintenance"
+)
+
+// AllHostStates lists every state, for metrics and validation.
+var AllHostStates = []HostState{HostHealthy, HostSuspect, HostIsolated, HostUnknown, HostDead, HostRecovering, HostRecovered, HostMaintenance}
+
+// Reachability summarises consecutive network probe results against the configured miss thresholds.
+type Reachability string
+
+const (
+	ReachUp      Reachability = "up"      // fewer misses than MissesBeforeSuspect
+	ReachFailing Reachability = "failing" // suspect threshold reached, dead threshold not yet
+	ReachDown    Reachability = "down"    // MissesBeforeDead consecutive misses
+)
+
+// PowerState is what the BMC said about chassis power.
+type PowerState string
+
+const (
+	PowerOn          PowerState = "on"
+	PowerOff         PowerState = "off"
+	PowerFault       PowerState = "fault"
+	PowerUnreachable PowerState = "unreachable"  // no answer from the BMC
+	PowerAuthFailed  PowerState = "auth-failed" // the BMC refused our credentials
+)
+
+// Probe is one classified view of a host. The watch activity returns only when Key() changes,
+// so a steady host costs no history.
+type Probe struct {
+	Reach       Reachability `json:"reach"`
+	Power       PowerState   `json:"power"`
+	WorkerAlive bool         `json:"workerAlive"`
+	// Detail carries the last probe errors for people; it never triggers a change on its own.
+	Detail string    `json:"detail,omitempty"`
+	At     time.Time `json:"at"`
+}
+
+// Key is the part of a probe whose change is worth a workflow decision.
+func (p Probe) Key() string {
+	return fmt.Sprintf("%s/%s/%t", p.Reach, p.Power, p.WorkerAlive)
+}
+
+// HAPolicy is what a VM's vmha metadata element in its domain XML says.
+type HAPolicy struct {
+	Enabled  bool `json:"enabled"`
+	Priority int  `json:"priority"` // higher recovers first
+	Rules    Rules `json:"rules"`
+}
+
+// Rules restrict where a VM may run. All rules hold at once. Labels are written "key=value".
+type Rules struct {
+	PinHosts          []string `json:"pinHosts,omitempty"`
+	PinLabels         []string `json:"pinLabels,omitempty"`
+	AvoidHosts        []string `json:"avoidHosts,omitempty"`
+	AvoidLabels       []string `json:"avoidLabels,omitempty"`
+	AntiAffinityGroup string   `json:"antiAffinityGroup,omitempty"`
+}
+
+// VMRecord is a catalog entry without its XML: the XML may hold secure data (graphics passwords, secrets)
+// and so only travels between the share and the hypervisor workers, never through a workflow.
+type VMRecord struct {
+	UUID       string    `json:"uuid"`
+	Name       string    `json:"name"`
+	Owner      string    `json:"owner"`
+	Generation int64     `json:"generation"`
+	MemoryMiB  int64     `json:"memoryMiB"`
+	VCPUs      int       `json:"vcpus"`
+	Policy     HAPolicy  `json:"policy"`
+	UpdatedAt  time.Time `json:"updatedAt"`
+}
+
+// SortByPriority orders VMs for recovery: higher priority first, then by name so the order is stable.
+func SortByPriority(vms []VMRecord) {
+	sort.SliceStable(vms, func(i, j int) bool {
+		if vms[i].Policy.Priority != vms[j].Policy.Priority {
+			return vms[i].Policy.Priority > vms[j].Policy.Priority
+		}
+		return vms[i].Name < vms[j].Name
+	})
+}
+
+// DomainState is libvirt's domain state reduced to what recovery needs.
+type DomainState string
+
+const (
+	DomainRunning  DomainState = "running"
+	DomainShutoff  DomainState = "shutoff"
+	DomainOther    DomainState = "other"
+	DomainNotFound DomainState = "not-found"
+)
+
+// HostStats is what a host's own worker reads from libvirt for the scheduler.
+type HostStats struct {
+	Host string `json:"host"`
+	// CPULoad is the fraction of the host's CPU time busy over the last sample (0..1).
+	CPULoad        float64 `json:"cpuLoad"`
+	CPUs           int     `json:"cpus"`
+	MemoryTotalMiB int64   `json:"memoryTotalMiB"`
+	MemoryFreeMiB  int64   `json:"memoryFreeMiB"`
+	// VCPUsAllocated and MemoryAllocatedMiB sum the running domains, for overcommit checks.
+	VCPUsAllocated     int   `json:"vcpusAllocated"`
+	MemoryAllocatedMiB int64 `json:"memoryAllocatedMiB"`
+	// AntiAffinityGroups of the HA domains running there.
+	AntiAffinityGroups []string  `json:"antiAffinityGroups,omitempty"`
+	SharedStorageOK    bool      `json:"sharedStorageOK"`
+	SampledAt          time.Time `json:"sampledAt"`
+}
+
+// Candidate is one host as the scheduler sees it when placing a VM.
+type Candidate struct {
+	Spec  HostSpec  `json:"spec"`
+	State HostState `json:"state"`
+	Stats HostStats `json:"stats"`
+}
+
+// PlacementRequest asks the scheduler for a target. ReservationID makes a retried request idempotent.
+type PlacementRequest struct {
+	ReservationID string      `json:"reservationID"`
+	VM            VMRecord    `json:"vm"`
+	FailedHost    string      `json:"failedHost,omitempty"`
+	Exclude       []string    `json:"exclude,omitempty"`
+	Candidates    []Candidate `json:"candidates"`
+}
+
+// Placement is the scheduler's answer. Rejected says, per host, why it was not chosen.
+type Placement struct {
+	Host          string            `json:"host,omitempty"`
+	ReservationID string            `json:"reservationID"`
+	Rejected      map[string]string `json:"rejected,omitempty"`
+}
+
+// Reservation is capacity the scheduler promised to a VM that libvirt's stats may not show yet.
+type Reservation struct {
+	ID        string    `json:"id"`
+	Host      string    `json:"host"`
+	VMUUID    string    `json:"vmUUID"`
+	MemoryMiB int64     `json:"memoryMiB"`
+	VCPUs     int       `json:"vcpus"`
+	Group     string    `json:"group,omitempty"`
+	CreatedAt time.Time `json:"createdAt"`
+	// ReleasedAt is set once the VM runs: from then on stats sampled after this instant include it.
+	ReleasedAt time.Time `json:"releasedAt,omitempty"`
+}
+
+// EventKind names a notification.
+type EventKind string
+
+const (
+	EventHostState        EventKind = "host.state"
+	EventRecoveryStarted  EventKind = "vm.recovery.started"
+	EventRecoveryDone     EventKind = "vm.recovery.done"
+	EventRecoveryFailed   EventKind = "vm.recovery.failed"
+	EventHostRecoveryDone EventKind = "host.recovery.done"
+)
+
+// Event is what users are told: webhook body, log line and metrics source.
+type Event struct {
+	Kind       EventKind `json:"kind"`
+	Host       string    `json:"host"`
+	From       HostState `json:"from,omitempty"`
+	To         HostState `json:"to,omitempty"`
+	VM         string    `json:"vm,omitempty"`
+	VMUUID     string    `json:"vmUUID,omitempty"`
+	Target     string    `json:"target,omitempty"`
+	Reason     string    `json:"reason,omitempty"`
+	WorkflowID string    `json:"workflowID,omitempty"`
+	At         time.Time `json:"at"`
+	// Seconds is the detection time for a host.state event into dead, or the recovery time for vm.recovery.done.
+	Seconds float64 `json:"seconds,omitempty"`
+}
+
+// CreateVMRequest is the input of CreateVM.
+type CreateVMRequest struct {
+	Name string `json:"name"`
+	// Image is a qcow2 or raw image on the shared storage; the VM gets its own overlay beside it.
+	Image     string   `json:"image"`
+	VCPUs     int      `json:"vcpus"`
+	MemoryMiB int64    `json:"memoryMiB"`
+	Policy    HAPolicy `json:"policy"`
+}
+
+// Validate names the first bad field.
+func (r CreateVMRequest) Validate() error {
+	switch {
+	case !ValidName(r.Name):
+		return fmt.Errorf("name %q: want 1-63 letters, digits, '-', '_' or '.'", r.Name)
+	case strings.TrimSpace(r.Image) == "":
+		return fmt.Errorf("image %q: want a path on the shared storage", r.Image)
+	case r.VCPUs < 1 || r.VCPUs > 256:
+		return fmt.Errorf("vcpus %d: want 1..256", r.VCPUs)
+	case r.MemoryMiB < 16:
+		return fmt.Errorf("memoryMiB %d: want at least 16", r.MemoryMiB)
+	}
+	return nil
+}
+
+// ValidName says whether s may name a host or VM (it goes into workflow IDs and file names).
+func ValidName(s string) bool {
+	if len(s) == 0 || len(s) > 63 {
+		return false
+	}
+	for _, c := range s {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.'
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// FailoverRequest is the input of ManualFailover, typed by operators on the Temporal CLI.
+type FailoverRequest struct {
+	Host string `json:"host"`
+	// Fence must be true to fail over a host whose power is on: vmha then powers it off and waits for the BMC
+	// to report off before any VM starts elsewhere.
+	Fence  bool   `json:"fence,omitempty"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// VMOutcome is how the recovery of one VM ended.
+type VMOutcome struct {
+	VM       string `json:"vm"`
+	UUID     string `json:"uuid"`
+	Target   string `json:"target,omitempty"`
+	Recovered bool  `json:"recovered"`
+	Reason   string `json:"reason,omitempty"`
+	Attempts int    `json:"attempts"`
+}
+
+// RecoveryResult summarises a host recovery.
+type RecoveryResult struct {
+	Host     string      `json:"host"`
+	Incident int         `json:"incident"`
+	Outcomes []VMOutcome `json:"outcomes"`
+}
