@@ -188,6 +188,15 @@ type Candidate struct {
 	Stats HostStats `json:"stats"`
 }
 
+// Policy is the controller's configured recovery and placement policy, read once per workflow through an
+// activity so that replays see the same values.
+type Policy struct {
+	RecoveryConcurrency int           `json:"recoveryConcurrency"`
+	OvercommitRatio     float64       `json:"overcommitRatio"`
+	HostReserveMiB      int64         `json:"hostReserveMiB"`
+	FenceTimeout        time.Duration `json:"fenceTimeout"`
+}
+
 // PlacementRequest asks the scheduler for a target. ReservationID makes a retried request idempotent.
 type PlacementRequest struct {
 	ReservationID string      `json:"reservationID"`
@@ -195,6 +204,7 @@ type PlacementRequest struct {
 	FailedHost    string      `json:"failedHost,omitempty"`
 	Exclude       []string    `json:"exclude,omitempty"`
 	Candidates    []Candidate `json:"candidates"`
+	Policy        Policy      `json:"policy"`
 }
 
 // Placement is the scheduler's answer. Rejected says, per host, why it was not chosen.

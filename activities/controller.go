@@ -1,0 +1,423 @@
+package activities
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/api/workflowservice/v1"
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/converter"
+	"go.temporal.io/sdk/temporal"
+
+	"vmha/types"
+)
+
+// ProbeSettings are the controller's probe knobs (from VMHA_* settings).
+type ProbeSettings struct {
+	Interval            time.Duration
+	NetworkTimeout      time.Duration
+	BMCTimeout          time.Duration
+	MissesBeforeSuspect int
+	MissesBeforeDead    int
+	PowerConfirmations  int
+	WorkerGrace         time.Duration
+	// BMCIdleInterval is how often power is read while the network answers: power only decides anything once
+	// the network fails, and then it is read on every tick.
+	BMCIdleInterval time.Duration
+}
+
+// Controller holds the activities of the controller worker: probes, fencing, placement requests, inventory
+// and notifications. Several controller replicas may run; every activity is safe to run on any of them.
+type Controller struct {
+	Client   client.Client
+	Power    PowerController
+	Notifier Notifier
+	Probe    ProbeSettings
+	Policy   types.Policy
+	Logger   *slog.Logger
+}
+
+// Signal and update names shared by the workflows and the activities that reach them through the client.
+const (
+	SignalSpec        = "spec"
+	SignalMaintenance = "maintenance"
+	SignalFenced      = "fenced"
+	SignalRetire      = "retire"
+	UpdatePlace       = "place"
+	UpdateRelease     = "release"
+	QueryStatus       = "status"
+	MemoSpec          = "spec"
+)
+
+// FenceNotice tells a monitor that vmha powered its host off and the BMC confirmed it.
+type FenceNotice struct {
+	By     string `json:"by"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// ReleaseRequest ends a reservation: Started keeps it counted until stats sampled later include the VM.
+type ReleaseRequest struct {
+	ReservationID string `json:"reservationID"`
+	Started       bool   `json:"started"`
+}
+
+// MonitorInput starts (or continues) a host monitor.
+type MonitorInput struct {
+	Spec        types.HostSpec  `json:"spec"`
+	State       types.HostState `json:"state,omitempty"`
+	Since       time.Time       `json:"since,omitempty"`
+	Incident    int             `json:"incident,omitempty"`
+	Last        types.Probe     `json:"last,omitempty"`
+	Maintenance bool            `json:"maintenance,omitempty"`
+	// TroubleSince is when the host left healthy: the start of detection time.
+	TroubleSince time.Time `json:"troubleSince,omitempty"`
+}
+
+// SchedulerInput starts (or continues) the scheduler with the reservations still counted.
+type SchedulerInput struct {
+	Reservations []types.Reservation `json:"reservations,omitempty"`
+}
+
+// WatchInput asks WatchHost to report as soon as the probe key differs from Last, or after WatchFor anyway.
+type WatchInput struct {
+	Spec     types.HostSpec `json:"spec"`
+	Last     string         `json:"last"`
+	WatchFor time.Duration  `json:"watchFor"`
+}
+
+// WatchHost probes a host until what it sees changes. It heartbeats on every tick (heartbeats add no history)
+// and returns only on a change, so a steady host costs three events per WatchFor.
+func (c *Controller) WatchHost(ctx context.Context, in WatchInput) (types.Probe, error) {
+	w := hostWatch{c: c, spec: in.Spec, power: types.PowerOn}
+	deadline := time.Now().Add(in.WatchFor)
+	ticker := time.NewTicker(c.Probe.Interval)
+	defer ticker.Stop()
+	for {
+		p := w.probe(ctx)
+		activity.RecordHeartbeat(ctx, p.Key())
+		if p.Key() != in.Last || time.Now().After(deadline) {
+			return p, nil
+		}
+		select {
+		case <-ctx.Done():
+			return types.Probe{}, ctx.Err()
+		case <-ticker.C:
+		}
+	}
+}
+
+// hostWatch is the memory of one WatchHost run: consecutive misses and power readings.
+type hostWatch struct {
+	c            *Controller
+	spec         types.HostSpec
+	misses       int
+	power        types.PowerState // confirmed reading
+	candidate    types.PowerState // latest reading not yet confirmed
+	candidateN   int
+	powerRead    bool
+	lastPowerAt  time.Time
+	workerAlive  bool
+	workerSeenAt time.Time
+	detail       string
+}
+
+func (w *hostWatch) probe(ctx context.Context) types.Probe {
+	var wg sync.WaitGroup
+	var netErr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		netErr = w.c.dialProbe(ctx, w.spec)
+	}()
+	if w.workerSeenAt.IsZero() || time.Since(w.workerSeenAt) > 5*time.Second {
+		w.workerAlive = w.c.workerAlive(ctx, w.spec.Name)
+		w.workerSeenAt = time.Now()
+	}
+	wg.Wait()
+	var details []string
+	if netErr != nil {
+		w.misses++
+		details = append(details, netErr.Error())
+	} else {
+		w.misses = 0
+	}
+	reach := types.ReachUp
+	switch {
+	case w.misses >= w.c.Probe.MissesBeforeDead:
+		reach = types.ReachDown
+	case w.misses >= w.c.Probe.MissesBeforeSuspect:
+		reach = types.ReachFailing
+	}
+	if reach != types.ReachUp || !w.powerRead || time.Since(w.lastPowerAt) >= w.c.Probe.BMCIdleInterval {
+		if err := w.readPower(ctx); err != nil {
+			details = append(details, err.Error())
+		}
+	}
+	return types.Probe{Reach: reach, Power: w.power, WorkerAlive: w.workerAlive, Detail: strings.Join(details, "; "), At: time.Now()}
+}
+
+// readPower takes a BMC reading; a change counts only after PowerConfirmations equal readings in a row,
+// except the first reading of a watch, which has nothing to confirm against.
+func (w *hostWatch) readPower(ctx context.Context) error {
+	state, err := w.c.powerStatus(ctx, w.spec)
+	w.lastPowerAt = time.Now()
+	if !w.powerRead {
+		w.powerRead, w.power = true, state
+		return err
+	}
+	if state == w.power {
+		w.candidateN = 0
+		return err
+	}
+	if state == w.candidate {
+		w.candidateN++
+	} else {
+		w.candidate, w.candidateN = state, 1
+	}
+	if w.candidateN >= w.c.Probe.PowerConfirmations {
+		w.power, w.candidateN = state, 0
+	}
+	return err
+}
+
+// dialProbe proves the host reachable with a TCP connect under a deadline: a cut link makes connects hang.
+func (c *Controller) dialProbe(ctx context.Context, spec types.HostSpec) error {
+	ctx, cancel := context.WithTimeout(ctx, c.Probe.NetworkTimeout)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", spec.ProbeAddress())
+	if err != nil {
+		return fmt.Errorf("network probe %s: %w", spec.ProbeAddress(), err)
+	}
+	return conn.Close()
+}
+
+// workerAlive says whether the host's hypervisor worker polled its task queue within WorkerGrace.
+func (c *Controller) workerAlive(ctx context.Context, host string) bool {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	resp, err := c.Client.DescribeTaskQueue(ctx, types.HostTaskQueue(host), enumspb.TASK_QUEUE_TYPE_ACTIVITY)
+	if err != nil {
+		c.Logger.Warn("describe task queue", "host", host, "error", err)
+		return false
+	}
+	for _, p := range resp.GetPollers() {
+		if p.GetLastAccessTime() != nil && time.Since(p.GetLastAccessTime().AsTime()) < c.Probe.WorkerGrace {
+			return true
+		}
+	}
+	return false
+}
+
+// powerStatus reads chassis power with the worker-side password.
+func (c *Controller) powerStatus(ctx context.Context, spec types.HostSpec) (types.PowerState, error) {
+	password, err := BMCPassword(spec.Name, spec.BMC)
+	if err != nil {
+		return types.PowerAuthFailed, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.Probe.BMCTimeout)
+	defer cancel()
+	return c.Power.PowerStatus(ctx, spec.BMC, password)
+}
+
+// PowerStatus is one BMC reading, for manual failover.
+func (c *Controller) PowerStatus(ctx context.Context, spec types.HostSpec) (types.PowerState, error) {
+	state, err := c.powerStatus(ctx, spec)
+	if err != nil {
+		// An unreachable BMC is an answer the workflow decides on, not a failure to retry forever.
+		c.Logger.Warn("power status", "host", spec.Name, "state", state, "error", err)
+	}
+	return state, nil
+}
+
+// PowerOff fences a host: a hard chassis power-off.
+func (c *Controller) PowerOff(ctx context.Context, spec types.HostSpec) error {
+	password, err := BMCPassword(spec.Name, spec.BMC)
+	if err != nil {
+		return temporal.NewNonRetryableApplicationError(err.Error(), "BMCSecret", err)
+	}
+	if err := c.Power.PowerOff(ctx, spec.BMC, password); err != nil {
+		return fmt.Errorf("fence %s: %w", spec.Name, err)
+	}
+	return nil
+}
+
+// WaitPowerOff polls the BMC until it reports the chassis off twice in a row: fencing is done only when the
+// BMC says so, never when the power-off command merely returned.
+func (c *Controller) WaitPowerOff(ctx context.Context, spec types.HostSpec) error {
+	offs := 0
+	for {
+		state, err := c.powerStatus(ctx, spec)
+		activity.RecordHeartbeat(ctx, string(state))
+		switch {
+		case err == nil && (state == types.PowerOff):
+			offs++
+			if offs >= 2 {
+				return nil
+			}
+		default:
+			offs = 0
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %s power off (last %s): %w", spec.Name, state, ctx.Err())
+		case <-time.After(c.Probe.Interval):
+		}
+	}
+}
+
+// Notify tells users about an event.
+func (c *Controller) Notify(ctx context.Context, e types.Event) error {
+	return c.Notifier.Notify(ctx, e)
+}
+
+// LoadPolicy returns the configured recovery and placement policy.
+func (c *Controller) LoadPolicy(context.Context) (types.Policy, error) {
+	return c.Policy, nil
+}
+
+// Place asks the scheduler workflow for a target, starting it if it does not run yet. The reservation ID is
+// the update ID, so a retried activity gets the first answer back instead of a second reservation.
+func (c *Controller) Place(ctx context.Context, req types.PlacementRequest) (types.Placement, error) {
+	start := c.Client.NewWithStartWorkflowOperation(client.StartWorkflowOptions{
+		ID:                       types.SchedulerWorkflowID,
+		TaskQueue:                types.ControllerTaskQueue,
+		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
+	}, types.SchedulerWorkflow, SchedulerInput{})
+	handle, err := c.Client.UpdateWithStartWorkflow(ctx, client.UpdateWithStartWorkflowOptions{
+		StartWorkflowOperation: start,
+		UpdateOptions: client.UpdateWorkflowOptions{
+			UpdateID:     req.ReservationID,
+			UpdateName:   UpdatePlace,
+			Args:         []interface{}{req},
+			WaitForStage: client.WorkflowUpdateStageCompleted,
+		},
+	})
+	if err != nil {
+		return types.Placement{}, fmt.Errorf("place %s: %w", req.VM.Name, err)
+	}
+	var p types.Placement
+	if err := handle.Get(ctx, &p); err != nil {
+		return types.Placement{}, fmt.Errorf("place %s: %w", req.VM.Name, err)
+	}
+	return p, nil
+}
+
+// Release ends a reservation.
+func (c *Controller) Release(ctx context.Context, req ReleaseRequest) error {
+	handle, err := c.Client.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
+		WorkflowID:   types.SchedulerWorkflowID,
+		UpdateID:     "release-" + req.ReservationID,
+		UpdateName:   UpdateRelease,
+		Args:         []interface{}{req},
+		WaitForStage: client.WorkflowUpdateStageCompleted,
+	})
+	if err != nil {
+		return fmt.Errorf("release reservation %s: %w", req.ReservationID, err)
+	}
+	return handle.Get(ctx, nil)
+}
+
+// ListHosts lists every monitored host with its spec and current state, from visibility.
+func (c *Controller) ListHosts(ctx context.Context) ([]types.Candidate, error) {
+	query := fmt.Sprintf("WorkflowType = '%s' AND ExecutionStatus = 'Running'", types.HostMonitorWorkflow)
+	var hosts []types.Candidate
+	var token []byte
+	for {
+		resp, err := c.Client.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{Query: query, NextPageToken: token, PageSize: 1000})
+		if err != nil {
+			return nil, fmt.Errorf("list host monitors: %w", err)
+		}
+		for _, e := range resp.GetExecutions() {
+			var spec types.HostSpec
+			if p, ok := e.GetMemo().GetFields()[MemoSpec]; ok {
+				if err := converter.GetDefaultDataConverter().FromPayload(p, &spec); err != nil {
+					return nil, fmt.Errorf("decode spec of %s: %w", e.GetExecution().GetWorkflowId(), err)
+				}
+			}
+			var state string
+			if p, ok := e.GetSearchAttributes().GetIndexedFields()[types.HostStateAttr.GetName()]; ok {
+				_ = converter.GetDefaultDataConverter().FromPayload(p, &state)
+			}
+			hosts = append(hosts, types.Candidate{Spec: spec, State: types.HostState(state)})
+		}
+		token = resp.GetNextPageToken()
+		if len(token) == 0 {
+			return hosts, nil
+		}
+	}
+}
+
+// DescribeHost reads one monitor's spec and state; an unknown host is a non-retryable error.
+func (c *Controller) DescribeHost(ctx context.Context, host string) (types.Candidate, error) {
+	resp, err := c.Client.DescribeWorkflowExecution(ctx, types.HostMonitorID(host), "")
+	if err != nil {
+		return types.Candidate{}, temporal.NewNonRetryableApplicationError(fmt.Sprintf("host %q: no monitor (is it in the inventory?): %v", host, err), "UnknownHost", err)
+	}
+	info := resp.GetWorkflowExecutionInfo()
+	if info.GetStatus() != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+		return types.Candidate{}, temporal.NewNonRetryableApplicationError(fmt.Sprintf("host %q: monitor is %s", host, info.GetStatus()), "UnknownHost", nil)
+	}
+	var spec types.HostSpec
+	if p, ok := info.GetMemo().GetFields()[MemoSpec]; ok {
+		if err := converter.GetDefaultDataConverter().FromPayload(p, &spec); err != nil {
+			return types.Candidate{}, fmt.Errorf("decode spec of %s: %w", host, err)
+		}
+	}
+	var state string
+	if p, ok := info.GetSearchAttributes().GetIndexedFields()[types.HostStateAttr.GetName()]; ok {
+		_ = converter.GetDefaultDataConverter().FromPayload(p, &state)
+	}
+	return types.Candidate{Spec: spec, State: types.HostState(state)}, nil
+}
+
+// CheckSecrets makes sure this worker can read every BMC password the inventory names, before anything changes.
+func (c *Controller) CheckSecrets(_ context.Context, hosts []types.HostSpec) error {
+	var errs []error
+	for _, h := range hosts {
+		if _, err := BMCPassword(h.Name, h.BMC); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return temporal.NewNonRetryableApplicationError(err.Error(), "BMCSecret", nil)
+	}
+	return nil
+}
+
+// UpsertMonitor starts a host's monitor, or hands the running one its new spec.
+func (c *Controller) UpsertMonitor(ctx context.Context, spec types.HostSpec) error {
+	opts := client.StartWorkflowOptions{
+		ID:                    types.HostMonitorID(spec.Name),
+		TaskQueue:             types.ControllerTaskQueue,
+		Memo:                  map[string]interface{}{MemoSpec: spec},
+		TypedSearchAttributes: temporal.NewSearchAttributes(types.HostAttr.ValueSet(spec.Name)),
+	}
+	_, err := c.Client.SignalWithStartWorkflow(ctx, opts.ID, SignalSpec, spec, opts, types.HostMonitorWorkflow, MonitorInput{Spec: spec})
+	if err != nil {
+		return fmt.Errorf("upsert monitor of %s: %w", spec.Name, err)
+	}
+	return nil
+}
+
+// RetireMonitor stops the monitor of a host removed from the inventory.
+func (c *Controller) RetireMonitor(ctx context.Context, host string) error {
+	err := c.Client.SignalWorkflow(ctx, types.HostMonitorID(host), "", SignalRetire, "removed from inventory")
+	var notFound *serviceerror.NotFound
+	if errors.As(err, &notFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("retire monitor of %s: %w", host, err)
+	}
+	return nil
+}

@@ -1,0 +1,148 @@
+// Package workflows holds vmha's runbooks as Temporal workflows: watch a host, recover a dead host's VMs, create a
+// VM, fail a host over on an operator's word, apply the inventory, and serialise placements. Workflows decide;
+// activities (package activities) do the I/O.
+package workflows
+
+import (
+	"time"
+
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+
+	"vmha/activities"
+	"vmha/types"
+)
+
+// Activity receivers: workflows name activities by method value; the worker registers the real structs.
+var (
+	controller *activities.Controller
+	onHost     *activities.Host
+	onShare    *activities.Share
+)
+
+// watchFor bounds a steady watch: a healthy host costs three history events per watchFor.
+const watchFor = time.Hour
+
+// Non-retryable error types raised by activities and workflows.
+var nonRetryable = []string{"CatalogMoved", "Disk", "DomainXML", "BMCSecret", "UnknownHost", "BadInput"}
+
+// watchOptions: the watch heartbeats every tick, so a dead controller is noticed within HeartbeatTimeout and the
+// watch moves to another replica; it is retried forever because a host must never go unwatched.
+func watchOptions(ctx workflow.Context) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue:           types.ControllerTaskQueue,
+		StartToCloseTimeout: watchFor + 5*time.Minute,
+		HeartbeatTimeout:    5 * time.Second,
+		RetryPolicy: &temporal.RetryPolicy{
+			InitialInterval:    200 * time.Millisecond,
+			BackoffCoefficient: 2,
+			MaximumInterval:    5 * time.Second,
+		},
+	})
+}
+
+// controllerOptions: control-plane calls (placement, inventory, BMC reads) are quick; a few fast retries ride out
+// a restarting controller, after which the workflow decides.
+func controllerOptions(ctx workflow.Context) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue:           types.ControllerTaskQueue,
+		StartToCloseTimeout: 30 * time.Second,
+		RetryPolicy: &temporal.RetryPolicy{
+			InitialInterval:        100 * time.Millisecond,
+			BackoffCoefficient:     2,
+			MaximumInterval:        5 * time.Second,
+			MaximumAttempts:        6,
+			NonRetryableErrorTypes: nonRetryable,
+		},
+	})
+}
+
+// notifyOptions: a webhook receiver may be down for a moment; users still want the event, so keep trying for a
+// minute, never on a recovery's critical path (notifications are awaited only when a workflow ends).
+func notifyOptions(ctx workflow.Context) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue:              types.ControllerTaskQueue,
+		StartToCloseTimeout:    15 * time.Second,
+		ScheduleToCloseTimeout: time.Minute,
+		RetryPolicy: &temporal.RetryPolicy{
+			InitialInterval:    time.Second,
+			BackoffCoefficient: 2,
+			MaximumInterval:    15 * time.Second,
+		},
+	})
+}
+
+// fenceOptions: powering a host off must get through (a few retries), and waiting for the BMC to confirm is
+// bounded by the configured fence timeout and heartbeats.
+func fenceOptions(ctx workflow.Context, timeout time.Duration) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue:           types.ControllerTaskQueue,
+		StartToCloseTimeout: timeout,
+		HeartbeatTimeout:    5 * time.Second,
+		RetryPolicy: &temporal.RetryPolicy{
+			InitialInterval:        500 * time.Millisecond,
+			BackoffCoefficient:     2,
+			MaximumInterval:        5 * time.Second,
+			MaximumAttempts:        5,
+			NonRetryableErrorTypes: nonRetryable,
+		},
+	})
+}
+
+// hostOptions: libvirt calls on one host. ScheduleToStart is short: if that host's worker does not pick the
+// task up quickly, the host is not a good target and the next candidate is tried. Calls are idempotent,
+// so a few retries are safe.
+func hostOptions(ctx workflow.Context, host string) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue:              types.HostTaskQueue(host),
+		ScheduleToStartTimeout: 10 * time.Second,
+		StartToCloseTimeout:    60 * time.Second,
+		HeartbeatTimeout:       10 * time.Second,
+		RetryPolicy: &temporal.RetryPolicy{
+			InitialInterval:        200 * time.Millisecond,
+			BackoffCoefficient:     2,
+			MaximumInterval:        2 * time.Second,
+			MaximumAttempts:        3,
+			NonRetryableErrorTypes: nonRetryable,
+		},
+	})
+}
+
+// statsOptions: a host that cannot report its stats within seconds is left out of this placement; no retry.
+func statsOptions(ctx workflow.Context, host string) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue:              types.HostTaskQueue(host),
+		ScheduleToStartTimeout: 2 * time.Second,
+		StartToCloseTimeout:    5 * time.Second,
+		RetryPolicy:            &temporal.RetryPolicy{MaximumAttempts: 1},
+	})
+}
+
+// shareOptions: catalog reads may be served by any live host; a hung share times out inside the activity,
+// and a few retries land on other hosts.
+func shareOptions(ctx workflow.Context) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue:              types.ShareTaskQueue,
+		ScheduleToStartTimeout: 30 * time.Second,
+		StartToCloseTimeout:    30 * time.Second,
+		RetryPolicy: &temporal.RetryPolicy{
+			InitialInterval:    200 * time.Millisecond,
+			BackoffCoefficient: 2,
+			MaximumInterval:    5 * time.Second,
+			MaximumAttempts:    5,
+		},
+	})
+}
+
+// childOptions: one child per ID, refused if that ID ever ran, which makes a recovery at-most-once per incident.
+// Children outlive a parent that is terminated or continues as new.
+func childOptions(ctx workflow.Context, id, host string) workflow.Context {
+	return workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
+		WorkflowID:            id,
+		TaskQueue:             types.ControllerTaskQueue,
+		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
+		ParentClosePolicy:     enumspb.PARENT_CLOSE_POLICY_ABANDON,
+		TypedSearchAttributes: temporal.NewSearchAttributes(types.HostAttr.ValueSet(host)),
+	})
+}

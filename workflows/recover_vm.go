@@ -1,0 +1,182 @@
+package workflows
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+
+	"vmha/activities"
+	"vmha/types"
+)
+
+// maxTargets bounds how many hosts one VM is tried on before it is reported unrecoverable.
+const maxTargets = 5
+
+// RecoverVMInput is one VM of a dead host, with the cluster as it looked when the recovery began.
+type RecoverVMInput struct {
+	FailedHost string            `json:"failedHost"`
+	Incident   int               `json:"incident"`
+	VM         types.VMRecord    `json:"vm"`
+	Candidates []types.Candidate `json:"candidates"`
+	Policy     types.Policy      `json:"policy"`
+}
+
+// RecoverVM restarts one VM elsewhere: choose a target, define the domain there from the catalog's XML, start it,
+// confirm it runs, and move the catalog's owner and generation to the target. When a step fails on a target, the
+// domain is removed from it and the next candidate is tried. Its workflow ID is unique per incident, so a VM is
+// recovered at most once per incident however often workers crash and retry.
+func RecoverVM(ctx workflow.Context, in RecoverVMInput) (types.VMOutcome, error) {
+	start := workflow.Now(ctx)
+	id := workflow.GetInfo(ctx).WorkflowExecution.ID
+	event := types.Event{Host: in.FailedHost, VM: in.VM.Name, VMUUID: in.VM.UUID, WorkflowID: id}
+	started := notify(ctx, event, types.EventRecoveryStarted, "")
+
+	p := placer{vm: in.VM, failedHost: in.FailedHost, candidates: in.Candidates, policy: in.Policy, reservationPrefix: id}
+	expected := activities.DefineInput{UUID: in.VM.UUID, Generation: in.VM.Generation, Owner: in.FailedHost}
+	target, attempts, err := p.run(ctx, func(ctx workflow.Context, host string) error {
+		return restartOn(ctx, host, expected)
+	})
+	outcome := types.VMOutcome{VM: in.VM.Name, UUID: in.VM.UUID, Target: target, Attempts: attempts}
+	var done workflow.Future
+	if err != nil {
+		outcome.Reason = err.Error()
+		done = notify(ctx, event, types.EventRecoveryFailed, outcome.Reason)
+	} else {
+		outcome.Recovered = true
+		event.Target = target
+		event.Seconds = workflow.Now(ctx).Sub(start).Seconds()
+		done = notify(ctx, event, types.EventRecoveryDone, "")
+	}
+	// Activities of a closed workflow never run: wait for both notifications before returning.
+	awaitAll(ctx, started, done)
+	return outcome, nil
+}
+
+// restartOn is one attempt on one target: define from the catalog, start, confirm running, commit ownership.
+func restartOn(ctx workflow.Context, host string, expected activities.DefineInput) error {
+	hctx := hostOptions(ctx, host)
+	if err := workflow.ExecuteActivity(hctx, onHost.DefineFromCatalog, expected).Get(ctx, nil); err != nil {
+		return fmt.Errorf("define on %s: %w", host, err)
+	}
+	if err := workflow.ExecuteActivity(hctx, onHost.StartDomain, expected.UUID).Get(ctx, nil); err != nil {
+		return fmt.Errorf("start on %s: %w", host, err)
+	}
+	if err := workflow.ExecuteActivity(hctx, onHost.WaitRunning, expected.UUID).Get(ctx, nil); err != nil {
+		return fmt.Errorf("confirm running on %s: %w", host, err)
+	}
+	if err := workflow.ExecuteActivity(hctx, onHost.CommitOwnership, expected).Get(ctx, nil); err != nil {
+		return fmt.Errorf("commit ownership to %s: %w", host, err)
+	}
+	return nil
+}
+
+// placer tries targets for one VM in the scheduler's order until one works. It serves both recovery and creation.
+type placer struct {
+	vm                types.VMRecord
+	failedHost        string
+	candidates        []types.Candidate
+	policy            types.Policy
+	reservationPrefix string
+}
+
+// run asks the scheduler for a target, runs attempt there, and on failure removes the VM from that target
+// (compensation), excludes it and backs off before the next. It returns the target that worked and the number
+// of attempts made.
+func (p placer) run(ctx workflow.Context, attempt func(workflow.Context, string) error) (string, int, error) {
+	var exclude []string
+	var failures []string
+	backoff := 200 * time.Millisecond
+	for n := 1; n <= maxTargets; n++ {
+		resID := fmt.Sprintf("%s-%d", p.reservationPrefix, n)
+		placement, err := p.place(ctx, resID, exclude)
+		if err != nil {
+			return "", n - 1, err
+		}
+		if placement.Host == "" {
+			return "", n - 1, noTarget(placement.Rejected, failures)
+		}
+		err = attempt(ctx, placement.Host)
+		if err == nil {
+			p.release(ctx, resID, true)
+			return placement.Host, n, nil
+		}
+		failures = append(failures, err.Error())
+		workflow.GetLogger(ctx).Warn("attempt failed, compensating", "vm", p.vm.Name, "target", placement.Host, "error", err)
+		compensate(ctx, placement.Host, p.vm.UUID)
+		p.release(ctx, resID, false)
+		if isMoved(err) {
+			return "", n, err
+		}
+		exclude = append(exclude, placement.Host)
+		_ = workflow.Sleep(ctx, backoff)
+		backoff = min(2*backoff, 5*time.Second)
+	}
+	return "", maxTargets, fmt.Errorf("no target worked after %d attempts: %s", maxTargets, strings.Join(failures, "; "))
+}
+
+func (p placer) place(ctx workflow.Context, resID string, exclude []string) (types.Placement, error) {
+	req := types.PlacementRequest{ReservationID: resID, VM: p.vm, FailedHost: p.failedHost, Exclude: exclude,
+		Candidates: p.candidates, Policy: p.policy}
+	var placement types.Placement
+	if err := workflow.ExecuteActivity(controllerOptions(ctx), controller.Place, req).Get(ctx, &placement); err != nil {
+		return placement, fmt.Errorf("place %s: %w", p.vm.Name, err)
+	}
+	return placement, nil
+}
+
+// release returns a reservation; a failure only delays reuse of that capacity until the scheduler expires it.
+func (p placer) release(ctx workflow.Context, resID string, started bool) {
+	req := activities.ReleaseRequest{ReservationID: resID, Started: started}
+	if err := workflow.ExecuteActivity(controllerOptions(ctx), controller.Release, req).Get(ctx, nil); err != nil {
+		workflow.GetLogger(ctx).Warn("release reservation", "reservation", resID, "error", err)
+	}
+}
+
+// compensate removes a half-recovered VM from a target. If the target is gone too, the host's worker drops
+// the stale definition when it starts again, because the catalog gives the VM to someone else.
+func compensate(ctx workflow.Context, host, uuid string) {
+	if err := workflow.ExecuteActivity(hostOptions(ctx, host), onHost.RemoveDomain, uuid).Get(ctx, nil); err != nil {
+		workflow.GetLogger(ctx).Error("compensation failed: stale definition left on target", "target", host, "vm", uuid, "error", err)
+	}
+}
+
+// isMoved is the catalog telling that the VM was already recovered or changed hands: trying elsewhere would
+// start a second copy.
+func isMoved(err error) bool {
+	var appErr *temporal.ApplicationError
+	return errors.As(err, &appErr) && appErr.Type() == "CatalogMoved"
+}
+
+func noTarget(rejected map[string]string, failures []string) error {
+	hosts := make([]string, 0, len(rejected))
+	for h := range rejected {
+		hosts = append(hosts, h)
+	}
+	sort.Strings(hosts)
+	reasons := make([]string, 0, len(hosts)+len(failures))
+	for _, h := range hosts {
+		reasons = append(reasons, fmt.Sprintf("%s: %s", h, rejected[h]))
+	}
+	reasons = append(reasons, failures...)
+	return fmt.Errorf("no eligible target (%s)", strings.Join(reasons, "; "))
+}
+
+// awaitAll waits for notifications; one that could not be delivered is logged, not a failure of the runbook.
+func awaitAll(ctx workflow.Context, fs ...workflow.Future) {
+	for _, f := range fs {
+		if err := f.Get(ctx, nil); err != nil {
+			workflow.GetLogger(ctx).Warn("notification not delivered", "error", err)
+		}
+	}
+}
+
+// notify sends an event without waiting: users hear about it at once and the recovery does not wait for them.
+func notify(ctx workflow.Context, e types.Event, kind types.EventKind, reason string) workflow.Future {
+	e.Kind, e.Reason, e.At = kind, reason, workflow.Now(ctx)
+	return workflow.ExecuteActivity(notifyOptions(ctx), controller.Notify, e)
+}
