@@ -117,6 +117,29 @@ func (h *Host) RemoveDomain(ctx context.Context, uuid string) error {
 	return nil
 }
 
+// DiscardNew removes a VM whose creation failed on this host: its domain and the catalog entry it made
+// (generation 1, owned here). The disk stays: the next host's attempt reuses it.
+func (h *Host) DiscardNew(ctx context.Context, uuid string) error {
+	if err := h.RemoveDomain(ctx, uuid); err != nil {
+		return err
+	}
+	h.Ledger.mu.Lock()
+	defer h.Ledger.mu.Unlock()
+	e, err := h.Ledger.Catalog.Get(ctx, uuid)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("read catalog of %s: %w", uuid, err)
+	case e.Owner != h.Name || e.Generation != 1:
+		return nil
+	}
+	if err := h.Ledger.Catalog.Delete(ctx, uuid); err != nil && !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("forget %s: %w", e.Name, err)
+	}
+	return nil
+}
+
 // CommitOwnership records in the catalog that the VM now belongs to this host, one generation later.
 // A retry after a crash finds the commit already done and returns it.
 func (h *Host) CommitOwnership(ctx context.Context, in DefineInput) (types.VMRecord, error) {
@@ -150,7 +173,7 @@ type CreateDomainInput struct {
 func (h *Host) CreateDomain(ctx context.Context, in CreateDomainInput) (types.VMRecord, error) {
 	h.Ledger.mu.Lock()
 	defer h.Ledger.mu.Unlock()
-	if e, err := h.Ledger.Catalog.Get(ctx, in.UUID); err == nil {
+	if e, err := h.Ledger.Catalog.Get(ctx, in.UUID); err == nil && e.Owner == h.Name {
 		return e.VMRecord, nil
 	}
 	disk := filepath.Join(h.SharePath, "vmha", "disks", in.Request.Name+".qcow2")
@@ -201,11 +224,27 @@ func makeOverlay(ctx context.Context, image, disk string) error {
 		return fmt.Errorf("disk dir %s: %w", filepath.Dir(disk), err)
 	}
 	if _, err := os.Stat(disk); err == nil {
-		return fmt.Errorf("disk %s already exists: refusing to overwrite another VM's disk", disk)
+		return reuseOverlay(ctx, image, disk)
 	}
 	out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", image, "-F", meta.Format, disk).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("create overlay %s on %s: %v: %s", disk, image, err, out)
+	}
+	return nil
+}
+
+// reuseOverlay accepts an existing disk only if it is an overlay of the same image: a retried or moved creation
+// of the same VM (names are unique in the catalog). Anything else is another VM's disk.
+func reuseOverlay(ctx context.Context, image, disk string) error {
+	info, err := exec.CommandContext(ctx, "qemu-img", "info", "-U", "--output=json", disk).Output()
+	if err != nil {
+		return fmt.Errorf("disk %s exists and cannot be read: %w", disk, execError(err))
+	}
+	var meta struct {
+		Backing string `json:"backing-filename"`
+	}
+	if err := json.Unmarshal(info, &meta); err != nil || meta.Backing != image {
+		return fmt.Errorf("disk %s already exists with backing %q, not %q: refusing to reuse another VM's disk", disk, meta.Backing, image)
 	}
 	return nil
 }

@@ -26,7 +26,7 @@ func HostMonitor(ctx workflow.Context, in activities.MonitorInput) error {
 	}
 	m.signals = newMonitorSignals(ctx)
 	for !m.retired {
-		if m.historyTooLong(ctx) {
+		if tooLong(ctx, historyLimit) {
 			m.drainSignals(ctx)
 			m.awaitNotifications(ctx)
 			return workflow.NewContinueAsNewError(ctx, HostMonitor, m.MonitorInput)
@@ -238,7 +238,4 @@ func (m *monitor) awaitNotifications(ctx workflow.Context) {
 	m.notifications = nil
 }
 
-func (m *monitor) historyTooLong(ctx workflow.Context) bool {
-	info := workflow.GetInfo(ctx)
-	return info.GetContinueAsNewSuggested() || info.GetCurrentHistoryLength() > historyLimit
-}
+

@@ -76,6 +76,9 @@ func notifyOptions(ctx workflow.Context) workflow.Context {
 // fenceOptions: powering a host off must get through (a few retries), and waiting for the BMC to confirm is
 // bounded by the configured fence timeout and heartbeats.
 func fenceOptions(ctx workflow.Context, timeout time.Duration) workflow.Context {
+	if timeout <= 0 {
+		timeout = time.Minute
+	}
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		TaskQueue:           types.ControllerTaskQueue,
 		StartToCloseTimeout: timeout,

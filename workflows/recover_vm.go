@@ -36,7 +36,8 @@ func RecoverVM(ctx workflow.Context, in RecoverVMInput) (types.VMOutcome, error)
 	event := types.Event{Host: in.FailedHost, VM: in.VM.Name, VMUUID: in.VM.UUID, WorkflowID: id}
 	started := notify(ctx, event, types.EventRecoveryStarted, "")
 
-	p := placer{vm: in.VM, failedHost: in.FailedHost, candidates: in.Candidates, policy: in.Policy, reservationPrefix: id}
+	p := placer{vm: in.VM, failedHost: in.FailedHost, candidates: in.Candidates, policy: in.Policy, reservationPrefix: id,
+		undo: removeFrom}
 	expected := activities.DefineInput{UUID: in.VM.UUID, Generation: in.VM.Generation, Owner: in.FailedHost}
 	target, attempts, err := p.run(ctx, func(ctx workflow.Context, host string) error {
 		return restartOn(ctx, host, expected)
@@ -82,6 +83,8 @@ type placer struct {
 	candidates        []types.Candidate
 	policy            types.Policy
 	reservationPrefix string
+	// undo removes what a failed attempt left on a target (the compensation).
+	undo func(ctx workflow.Context, host, uuid string)
 }
 
 // run asks the scheduler for a target, runs attempt there, and on failure removes the VM from that target
@@ -107,7 +110,7 @@ func (p placer) run(ctx workflow.Context, attempt func(workflow.Context, string)
 		}
 		failures = append(failures, err.Error())
 		workflow.GetLogger(ctx).Warn("attempt failed, compensating", "vm", p.vm.Name, "target", placement.Host, "error", err)
-		compensate(ctx, placement.Host, p.vm.UUID)
+		p.undo(ctx, placement.Host, p.vm.UUID)
 		p.release(ctx, resID, false)
 		if isMoved(err) {
 			return "", n, err
@@ -137,9 +140,9 @@ func (p placer) release(ctx workflow.Context, resID string, started bool) {
 	}
 }
 
-// compensate removes a half-recovered VM from a target. If the target is gone too, the host's worker drops
+// removeFrom removes a half-recovered VM from a target. If the target is gone too, the host's worker drops
 // the stale definition when it starts again, because the catalog gives the VM to someone else.
-func compensate(ctx workflow.Context, host, uuid string) {
+func removeFrom(ctx workflow.Context, host, uuid string) {
 	if err := workflow.ExecuteActivity(hostOptions(ctx, host), onHost.RemoveDomain, uuid).Get(ctx, nil); err != nil {
 		workflow.GetLogger(ctx).Error("compensation failed: stale definition left on target", "target", host, "vm", uuid, "error", err)
 	}

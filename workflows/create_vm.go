@@ -1,0 +1,94 @@
+package workflows
+
+import (
+	"fmt"
+
+	"github.com/google/uuid"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+
+	"vmha/activities"
+	"vmha/types"
+)
+
+// CreateVM is the patent's first step: a new HA VM from an image on the shared storage. The scheduler picks the
+// host; that host's worker writes the domain XML (disk on the share, vmha metadata), records it in the catalog,
+// defines it and starts it. A host where a step fails is cleaned and the next candidate is tried.
+func CreateVM(ctx workflow.Context, req types.CreateVMRequest) (types.VMRecord, error) {
+	if err := req.Validate(); err != nil {
+		return types.VMRecord{}, badInput(err)
+	}
+	if err := nameIsFree(ctx, req.Name); err != nil {
+		return types.VMRecord{}, err
+	}
+	policy, err := loadPolicy(ctx)
+	if err != nil {
+		return types.VMRecord{}, err
+	}
+	candidates, err := clusterSnapshot(ctx, "")
+	if err != nil {
+		return types.VMRecord{}, err
+	}
+	vm := types.VMRecord{UUID: newUUID(ctx), Name: req.Name, MemoryMiB: req.MemoryMiB, VCPUs: req.VCPUs, Policy: req.Policy}
+	p := placer{vm: vm, candidates: candidates, policy: policy, reservationPrefix: workflow.GetInfo(ctx).WorkflowExecution.ID,
+		undo: discardFrom}
+	var created types.VMRecord
+	_, _, err = p.run(ctx, func(ctx workflow.Context, host string) error {
+		var err error
+		created, err = createOn(ctx, host, activities.CreateDomainInput{UUID: vm.UUID, Request: req})
+		return err
+	})
+	if err != nil {
+		return types.VMRecord{}, fmt.Errorf("create %s: %w", req.Name, err)
+	}
+	return created, nil
+}
+
+// nameIsFree refuses a name the catalog already holds: names key disks and workflow IDs.
+func nameIsFree(ctx workflow.Context, name string) error {
+	var vms []types.VMRecord
+	if err := workflow.ExecuteActivity(shareOptions(ctx), onShare.ListVMs, "").Get(ctx, &vms); err != nil {
+		return fmt.Errorf("list VMs: %w", err)
+	}
+	for _, vm := range vms {
+		if vm.Name == name {
+			return badInput(fmt.Errorf("name %q: a VM of that name exists (uuid %s on %s)", name, vm.UUID, vm.Owner))
+		}
+	}
+	return nil
+}
+
+// newUUID is chosen once and kept in history, so every retry and every candidate host creates the same VM.
+func newUUID(ctx workflow.Context) string {
+	var id string
+	_ = workflow.SideEffect(ctx, func(workflow.Context) interface{} { return uuid.NewString() }).Get(&id)
+	return id
+}
+
+// createOn is one attempt on one host: write, record and define; start; confirm running.
+func createOn(ctx workflow.Context, host string, in activities.CreateDomainInput) (types.VMRecord, error) {
+	hctx := hostOptions(ctx, host)
+	var rec types.VMRecord
+	if err := workflow.ExecuteActivity(hctx, onHost.CreateDomain, in).Get(ctx, &rec); err != nil {
+		return rec, fmt.Errorf("define on %s: %w", host, err)
+	}
+	if err := workflow.ExecuteActivity(hctx, onHost.StartDomain, in.UUID).Get(ctx, nil); err != nil {
+		return rec, fmt.Errorf("start on %s: %w", host, err)
+	}
+	if err := workflow.ExecuteActivity(hctx, onHost.WaitRunning, in.UUID).Get(ctx, nil); err != nil {
+		return rec, fmt.Errorf("confirm running on %s: %w", host, err)
+	}
+	return rec, nil
+}
+
+// discardFrom removes a VM whose creation failed on a host, with its catalog entry, so the next host starts clean.
+func discardFrom(ctx workflow.Context, host, uuid string) {
+	if err := workflow.ExecuteActivity(hostOptions(ctx, host), onHost.DiscardNew, uuid).Get(ctx, nil); err != nil {
+		workflow.GetLogger(ctx).Error("compensation failed: half-created VM left on host", "host", host, "vm", uuid, "error", err)
+	}
+}
+
+// badInput is an error no retry can fix; it names the field and the value.
+func badInput(err error) error {
+	return temporal.NewNonRetryableApplicationError(err.Error(), "BadInput", nil)
+}
