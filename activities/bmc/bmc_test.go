@@ -72,6 +72,30 @@ func TestPowerOffWhenAlreadyOff(t *testing.T) {
 	}
 }
 
+func TestPowerOffRefusedButOffIsSuccess(t *testing.T) {
+	sim := bmctest.Start(t, password)
+	sim.RefusePowerOff(true)
+	if err := newIPMI(t).PowerOff(context.Background(), sim.Spec(), password); err != nil {
+		t.Fatalf("PowerOff refused by a BMC whose chassis then reads off: %v", err)
+	}
+	if sim.Power() {
+		t.Fatal("chassis power still on")
+	}
+}
+
+func TestPowerOffRefusedAndStillOnIsError(t *testing.T) {
+	sim := bmctest.Start(t, password)
+	sim.RefusePowerOff(false)
+	err := newIPMI(t).PowerOff(context.Background(), sim.Spec(), password)
+	if err == nil {
+		t.Fatal("PowerOff succeeded although the BMC refused and the chassis is still on")
+	}
+	assertErrorNames(t, err, sim.Spec(), password)
+	if !sim.Power() {
+		t.Fatal("chassis went off although the harness kept it on")
+	}
+}
+
 func TestWrongPasswordIsAuthFailed(t *testing.T) {
 	sim := bmctest.Start(t, password)
 	const wrong = "not-the-password"

@@ -21,15 +21,17 @@ const User = "admin"
 
 // Sim is one running ipmi_sim. It lives until the test that started it ends.
 type Sim struct {
-	port      int
-	password  string
-	stateFile string
+	port       int
+	password   string
+	stateFile  string
+	refuseFile string
 }
 
 // chassisScript is OpenIPMI's chassis_control program: called as `chassis.sh 0x20 get power` (answers
 // `power:0|1`) and `chassis.sh 0x20 set power 0|1`. Power lives in a file so the test can see and change it.
 const chassisScript = `#!/bin/sh
 state=%q
+refuse=%q
 op=$2
 shift 2
 case "$op" in
@@ -40,7 +42,11 @@ get)
 	;;
 set)
 	while [ $# -ge 2 ]; do
-		[ "$1" = power ] && printf '%%s\n' "$2" > "$state"
+		if [ "$1" = power ]; then
+			refusal=$(cat "$refuse" 2>/dev/null)
+			[ "$2" = 0 ] && [ "$refusal" = keep ] || printf '%%s\n' "$2" > "$state"
+			[ "$2" = 0 ] && [ -n "$refusal" ] && exit 1
+		fi
 		shift 2
 	done
 	;;
@@ -78,11 +84,11 @@ func Start(t testing.TB, password string) *Sim {
 		t.Skip("ipmi_sim not found in PATH: install Debian package openipmi to run BMC tests")
 	}
 	dir := t.TempDir()
-	s := &Sim{port: FreeUDPPort(t), password: password, stateFile: filepath.Join(dir, "power")}
+	s := &Sim{port: FreeUDPPort(t), password: password, stateFile: filepath.Join(dir, "power"), refuseFile: filepath.Join(dir, "refuse-power-off")}
 	s.SetPower(true)
 
 	script := filepath.Join(dir, "chassis.sh")
-	writeFile(t, script, fmt.Sprintf(chassisScript, s.stateFile), 0o755)
+	writeFile(t, script, fmt.Sprintf(chassisScript, s.stateFile, s.refuseFile), 0o755)
 	conf := filepath.Join(dir, "lan.conf")
 	writeFile(t, conf, fmt.Sprintf(lanConf, s.port, script, User, password), 0o600)
 	emu := filepath.Join(dir, "sim.emu")
@@ -139,6 +145,18 @@ func (s *Sim) SetPower(on bool) {
 	}
 	if err := os.WriteFile(s.stateFile, []byte(v), 0o600); err != nil {
 		panic(fmt.Sprintf("bmctest: write power state %s: %v", s.stateFile, err))
+	}
+}
+
+// RefusePowerOff makes every later power-off command fail with an error. With dropPower the chassis goes off
+// anyway, as when a BMC refuses a power-down racing a power loss; without it the chassis stays on.
+func (s *Sim) RefusePowerOff(dropPower bool) {
+	refusal := "keep"
+	if dropPower {
+		refusal = "drop"
+	}
+	if err := os.WriteFile(s.refuseFile, []byte(refusal), 0o600); err != nil {
+		panic(fmt.Sprintf("bmctest: %v", err))
 	}
 }
 
