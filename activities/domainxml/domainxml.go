@@ -48,14 +48,14 @@ type haIn struct {
 
 // haOut is the metadata element as written, spelled with the prefix the way libvirt itself prints metadata.
 type haOut struct {
-	XMLName      xml.Name          `xml:"vmha:ha"`
-	NS           string            `xml:"xmlns:vmha,attr"`
-	Enabled      bool              `xml:"enabled,attr"`
-	Priority     int               `xml:"priority,attr"`
-	PinHosts     []string          `xml:"vmha:pin-host"`
-	PinLabels    []string          `xml:"vmha:pin-label"`
-	AvoidHosts   []string          `xml:"vmha:avoid-host"`
-	AvoidLabels  []string          `xml:"vmha:avoid-label"`
+	XMLName      xml.Name         `xml:"vmha:ha"`
+	NS           string           `xml:"xmlns:vmha,attr"`
+	Enabled      bool             `xml:"enabled,attr"`
+	Priority     int              `xml:"priority,attr"`
+	PinHosts     []string         `xml:"vmha:pin-host"`
+	PinLabels    []string         `xml:"vmha:pin-label"`
+	AvoidHosts   []string         `xml:"vmha:avoid-host"`
+	AvoidLabels  []string         `xml:"vmha:avoid-label"`
 	AntiAffinity *antiAffinityOut `xml:"vmha:anti-affinity"`
 }
 
