@@ -28,9 +28,6 @@ import (
 // namespace. The element is found by namespace, so any prefix (--key) works.
 const Namespace = "https://vmha.dev/xmlns/ha/1"
 
-// prefix is the one vmha writes itself; readers never rely on it.
-const prefix = "vmha"
-
 // haIn is the metadata element as read. Children match by local name in any namespace: libvirt puts them in
 // the element's namespace, hand-written XML may not, and both mean the same.
 type haIn struct {
@@ -46,7 +43,8 @@ type haIn struct {
 	} `xml:"anti-affinity"`
 }
 
-// haOut is the metadata element as written, spelled with the prefix the way libvirt itself prints metadata.
+// haOut is the metadata element as written, with the prefix "vmha" as libvirt prints it after virsh --key vmha.
+// Readers never rely on the prefix.
 type haOut struct {
 	XMLName      xml.Name         `xml:"vmha:ha"`
 	NS           string           `xml:"xmlns:vmha,attr"`
