@@ -69,7 +69,7 @@ var searchAttributes = map[string]enumspb.IndexedValueType{
 
 // Server is a running Temporal server (and Web UI, if asked for).
 type Server struct {
-	temporal        temporal.Server
+	temporal        *embedded
 	ui              *webUI
 	frontendAddress string
 	uiAddress       string
@@ -87,9 +87,7 @@ func (s *Server) Stop() error {
 	if s.ui != nil {
 		errs = append(errs, s.ui.stop())
 	}
-	if err := s.temporal.Stop(); err != nil {
-		errs = append(errs, fmt.Errorf("stop temporal server: %w", err))
-	}
+	errs = append(errs, s.temporal.stop())
 	return errors.Join(errs...)
 }
 
@@ -126,18 +124,25 @@ func Start(ctx context.Context, o Options) (srv *Server, err error) {
 		}()
 	}
 
-	conf, err := serverConfig(o, sqlConf, frontendAddress)
+	ts, err := startTemporal(o, sqlConf, frontendAddress)
 	if err != nil {
 		return nil, err
 	}
-	ts, err := startTemporal(conf, o.Logger)
+	added, err := ensureSearchAttributes(ctx, frontendAddress, o.Namespace, o.Logger)
 	if err != nil {
-		return nil, err
+		return nil, errors.Join(err, ts.stop())
+	}
+	if added {
+		// Each service caches namespace metadata and re-reads it only every few seconds: until then a workflow
+		// setting a new attribute is refused. A restart makes all of them read it now (this happens once per upgrade).
+		if err := ts.stop(); err != nil {
+			return nil, err
+		}
+		if ts, err = startTemporal(o, sqlConf, frontendAddress); err != nil {
+			return nil, err
+		}
 	}
 	s := &Server{temporal: ts, frontendAddress: frontendAddress}
-	if err := ensureSearchAttributes(ctx, frontendAddress, o.Namespace, o.Logger); err != nil {
-		return nil, errors.Join(err, s.Stop())
-	}
 	if uiListener != nil {
 		if s.ui, err = startWebUI(uiListener, frontendAddress, o.Namespace, o.Logger); err != nil {
 			return nil, errors.Join(err, s.Stop())
@@ -268,8 +273,26 @@ func serverConfig(o Options, sqlConf *config.SQL, frontendAddress string) (*conf
 // fatalPanic carries a Logger.Fatal of the server up to startTemporal, which turns it into an error.
 type fatalPanic struct{ msg string }
 
-func startTemporal(conf *config.Config, logger *slog.Logger) (ts temporal.Server, err error) {
-	bridge := slogBridge{log: logger}
+// embedded is one running temporal.Server and the log bridge it writes through.
+type embedded struct {
+	server temporal.Server
+	log    *slogBridge
+}
+
+func (e *embedded) stop() error {
+	e.log.muted.Store(true)
+	if err := e.server.Stop(); err != nil {
+		return fmt.Errorf("stop temporal server: %w", err)
+	}
+	return nil
+}
+
+func startTemporal(o Options, sqlConf *config.SQL, frontendAddress string) (e *embedded, err error) {
+	conf, err := serverConfig(o, sqlConf, frontendAddress)
+	if err != nil {
+		return nil, err
+	}
+	bridge := &slogBridge{log: o.Logger}
 	authorizer, err := authorization.GetAuthorizerFromConfig(&conf.Global.Authorization)
 	if err != nil {
 		return nil, fmt.Errorf("temporal authorizer: %w", err)
@@ -302,7 +325,7 @@ func startTemporal(conf *config.Config, logger *slog.Logger) (ts temporal.Server
 			err = fmt.Errorf("start temporal server: %s", f.msg)
 		}
 	}()
-	ts, err = temporal.NewServer(
+	ts, err := temporal.NewServer(
 		temporal.WithConfig(conf),
 		temporal.ForServices(temporal.DefaultServices),
 		temporal.WithStaticHosts(hosts),
@@ -315,26 +338,26 @@ func startTemporal(conf *config.Config, logger *slog.Logger) (ts temporal.Server
 		return nil, fmt.Errorf("create temporal server: %w", err)
 	}
 	if err := ts.Start(); err != nil {
-		return nil, fmt.Errorf("start temporal server on %s: %w", conf.PublicClient.HostPort, err)
+		return nil, fmt.Errorf("start temporal server on %s: %w", frontendAddress, err)
 	}
-	return ts, nil
+	return &embedded{server: ts, log: bridge}, nil
 }
 
-// ensureSearchAttributes adds the vmha search attributes the namespace lacks: a database created by an older vmha
-// keeps its namespace as it was, since CreateNamespaces skips an existing one.
-func ensureSearchAttributes(ctx context.Context, frontendAddress, namespace string, logger *slog.Logger) error {
+// ensureSearchAttributes adds the vmha search attributes the namespace lacks, and tells whether it added any: a
+// database created by an older vmha keeps its namespace as it was, since CreateNamespaces skips an existing one.
+func ensureSearchAttributes(ctx context.Context, frontendAddress, namespace string, logger *slog.Logger) (bool, error) {
 	c, err := client.DialContext(ctx, client.Options{
 		HostPort:  frontendAddress,
 		Namespace: namespace,
 		Logger:    sdklog.NewStructuredLogger(logger),
 	})
 	if err != nil {
-		return fmt.Errorf("dial embedded temporal at %s: %w", frontendAddress, err)
+		return false, fmt.Errorf("dial embedded temporal at %s: %w", frontendAddress, err)
 	}
 	defer c.Close()
 	have, err := c.OperatorService().ListSearchAttributes(ctx, &operatorservice.ListSearchAttributesRequest{Namespace: namespace})
 	if err != nil {
-		return fmt.Errorf("list search attributes of %s: %w", namespace, err)
+		return false, fmt.Errorf("list search attributes of %s: %w", namespace, err)
 	}
 	missing := map[string]enumspb.IndexedValueType{}
 	for name, want := range searchAttributes {
@@ -343,17 +366,17 @@ func ensureSearchAttributes(ctx context.Context, frontendAddress, namespace stri
 		case !ok:
 			missing[name] = want
 		case got != want:
-			return fmt.Errorf("search attribute %s of %s is %s, want %s", name, namespace, got, want)
+			return false, fmt.Errorf("search attribute %s of %s is %s, want %s", name, namespace, got, want)
 		}
 	}
 	if len(missing) == 0 {
-		return nil
+		return false, nil
 	}
 	if _, err := c.OperatorService().AddSearchAttributes(ctx, &operatorservice.AddSearchAttributesRequest{
 		Namespace:        namespace,
 		SearchAttributes: missing,
 	}); err != nil {
-		return fmt.Errorf("add search attributes %v to %s: %w", missing, namespace, err)
+		return false, fmt.Errorf("add search attributes %v to %s: %w", missing, namespace, err)
 	}
-	return nil
+	return true, nil
 }
