@@ -1,0 +1,656 @@
+#!/usr/bin/env bash
+# lab.sh: a lab of simulated hypervisor hosts on this machine, for vmha's end-to-end tests.
+#
+# Each host hvK is a network namespace (vmha-hvK, address 10.250.0.(10+K) on bridge labbr0) with its own PID,
+# mount and UTS namespaces under tini, running libvirtd (qemu+tcp, no auth) and, when $VMHA_BIN is set, the vmha
+# hypervisor worker under a restart loop. Each host has a BMC: an OpenIPMI ipmi_sim on 127.0.0.1:(9622+K) whose
+# chassis power control really kills or boots the host. $VMHA_LAB_DIR/share is the shared storage (NFS stand-in),
+# visible at the same path in every host.
+#
+# Usage: lab.sh COMMAND [ARGS]   (state in $VMHA_LAB_DIR, default /tmp/vmha-lab)
+#   up [N]                 bring up N hosts (default 3); idempotent, boots hosts that are off
+#   down [--keep]          stop everything the lab started, delete its network; remove the state unless --keep
+#   status                 per host: power, link, libvirtd, worker, domains
+#   power-off HOST         chassis power off through the host's BMC (ipmitool lanplus)
+#   power-on HOST          chassis power on through the host's BMC; waits until libvirtd answers
+#   cut HOST | restore HOST  take the host's link down / up; the host keeps running
+#   kill-worker HOST       SIGKILL the host's vmha worker (its restart loop starts it again)
+#   virsh HOST ARGS...     virsh -c qemu+tcp://ADDRESS/system ARGS...
+#   domains                "HOST<TAB>DOMAIN<TAB>STATE" for every domain of every powered host ("HOST" alone: none)
+#   inventory              print a vmha inventory (YAML) of the lab
+#   bmc-port HOST | address HOST | password-file HOST
+set -euo pipefail
+
+readonly LAB_DIR=${VMHA_LAB_DIR:-/tmp/vmha-lab}
+SELF=$(readlink -f "${BASH_SOURCE[0]}")
+readonly SELF
+readonly BRIDGE=labbr0
+readonly NET_PREFIX=10.250.0
+readonly BRIDGE_CIDR=10.250.0.1/24
+readonly BMC_BASE_PORT=9622
+readonly MAX_HOSTS=40
+readonly BOOT_TIMEOUT_S=30
+readonly PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils openipmi ipmitool tini iproute2)
+
+die() { echo "lab: $*" >&2; exit 1; }
+note() { echo "lab: $*" >&2; }
+
+now() { echo "${EPOCHREALTIME/./}"; }                       # microseconds
+elapsed() { local us=$(($(now) - $1)); printf '%d.%03ds' $((us / 1000000)) $((us % 1000000 / 1000)); }
+
+# ---------- names ----------
+
+host_index() { # hvK -> K, or die
+	[[ $1 =~ ^hv([1-9][0-9]*)$ ]] || die "host '$1': want hv1, hv2, ..."
+	local k=${BASH_REMATCH[1]} n
+	n=$(lab_size)
+	((k <= n)) || die "host '$1': the lab at $LAB_DIR has hosts hv1..hv$n"
+	echo "$k"
+}
+host_addr() { echo "$NET_PREFIX.$((10 + $1))"; }
+bmc_port() { echo $((BMC_BASE_PORT + $1)); }
+host_dir() { echo "$LAB_DIR/hv$1"; }
+netns_of() { echo "vmha-hv$1"; }
+veth_of() { echo "vhv$1"; }
+passfile_of() { echo "$LAB_DIR/secrets/hv$1.bmc"; }
+
+lab_size() {
+	[[ -f $LAB_DIR/lab.conf ]] || die "no lab at $LAB_DIR (run: lab.sh up)"
+	local n
+	n=$(sed -n 's/^N=//p' "$LAB_DIR/lab.conf")
+	[[ $n =~ ^[0-9]+$ ]] || die "$LAB_DIR/lab.conf: no N= line"
+	echo "$n"
+}
+
+# ---------- processes (always by PID, checked to still be ours) ----------
+
+# alive PID: the process exists and is not a zombie.
+alive() {
+	local stat
+	[[ $1 =~ ^[0-9]+$ ]] || return 1
+	{ read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 1
+	stat=${stat##*) }
+	[[ ${stat:0:1} != Z && ${stat:0:1} != X ]]
+}
+
+netns_exists() { [[ -e /run/netns/$1 ]]; }
+
+# in_netns PID NETNS: the process lives in that network namespace.
+in_netns() { [[ $(ip netns identify "$1" 2>/dev/null) == "$2" ]]; }
+
+# netns_pids NETNS: live processes in the namespace (every process of a simulated host is there).
+netns_pids() {
+	local p
+	for p in $(ip netns pids "$1" 2>/dev/null); do
+		alive "$p" && echo "$p"
+	done
+	return 0
+}
+
+# host_on K: the host's init (its "power") is running.
+host_on() {
+	local pid comm
+	{ read -r pid <"$(host_dir "$1")/power.pid"; } 2>/dev/null || return 1
+	alive "$pid" && { read -r comm <"/proc/$pid/comm"; } 2>/dev/null && [[ $comm == tini ]] &&
+		in_netns "$pid" "$(netns_of "$1")"
+}
+
+# ns_to_host_pid K NSPID: the root-namespace PID of the host's process NSPID (as seen inside the host).
+ns_to_host_pid() {
+	local p line
+	for p in $(netns_pids "$(netns_of "$1")"); do
+		line=$(grep '^NSpid:' "/proc/$p/status" 2>/dev/null) || continue
+		# Two levels: the machine's PID, then the host's. Processes outside the host's PID namespace have one.
+		[[ $line =~ ^NSpid:[[:space:]]+[0-9]+[[:space:]]+([0-9]+)$ && ${BASH_REMATCH[1]} == "$2" ]] && { echo "$p"; return 0; }
+	done
+	return 1
+}
+
+wait_gone() { # wait_gone SECONDS PID...: 0 once none is alive
+	local deadline=$(($(now) + $1 * 1000000)) p left
+	shift
+	while :; do
+		left=0
+		for p in "$@"; do alive "$p" && left=1; done
+		((left == 0)) && return 0
+	(($(now) > deadline)) && return 1
+		sleep 0.02
+	done
+}
+
+# ---------- packages ----------
+
+ensure_packages() {
+	local missing=() p
+	for p in "${PACKAGES[@]}"; do
+		[[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] || missing+=("$p")
+	done
+	if ((${#missing[@]})); then
+		note "installing ${missing[*]}"
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+			-o Dpkg::Options::=--force-confold -o DPkg::Lock::Timeout=600 "${missing[@]}" >&2 ||
+			die "apt-get install ${missing[*]} failed"
+	fi
+	# libvirtd resolves its default qemu user before it reads qemu.conf.
+	getent group kvm >/dev/null || groupadd -r kvm
+	getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
+	id -u libvirt-qemu >/dev/null 2>&1 ||
+		useradd -r -g libvirt-qemu -G kvm -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
+}
+
+# ---------- network ----------
+
+bridge_owner() { ip -o link show "$BRIDGE" 2>/dev/null | sed -n 's/.*alias vmha-lab:\([^ ]*\).*/\1/p'; }
+
+ensure_bridge() {
+	if ip link show "$BRIDGE" >/dev/null 2>&1; then
+		local owner
+		owner=$(bridge_owner)
+		[[ $owner == "$LAB_DIR" ]] || die "$BRIDGE exists and belongs to ${owner:-something else} (not $LAB_DIR): run its lab.sh down first"
+	else
+		ip link add "$BRIDGE" type bridge
+		ip link set "$BRIDGE" alias "vmha-lab:$LAB_DIR"
+	fi
+	[[ $(ip -4 addr show dev "$BRIDGE") == *"inet $BRIDGE_CIDR "* ]] || ip addr add "$BRIDGE_CIDR" dev "$BRIDGE"
+	ip link set "$BRIDGE" up
+}
+
+ensure_host_net() {
+	local k=$1 ns veth
+	ns=$(netns_of "$k") veth=$(veth_of "$k")
+	netns_exists "$ns" || ip netns add "$ns"
+	if ! ip link show "$veth" >/dev/null 2>&1; then
+		ip netns exec "$ns" ip link del eth1 2>/dev/null || true
+		ip link add "$veth" type veth peer name eth1 netns "$ns"
+	fi
+	ip link set "$veth" master "$BRIDGE"
+	ip link set "$veth" up
+	ip -n "$ns" link set lo up
+	[[ $(ip -n "$ns" -4 addr show dev eth1) == *"inet $(host_addr "$k")/24 "* ]] ||
+		ip -n "$ns" addr add "$(host_addr "$k")/24" dev eth1
+	ip -n "$ns" link set eth1 up
+}
+
+# ---------- host config ----------
+
+write_host_config() {
+	local k=$1 hd
+	hd=$(host_dir "$k")
+	mkdir -p "$hd"/{etc,run,lib,log,cache,bmc/state}
+	cat >"$hd/etc/libvirtd.conf" <<-EOF
+		listen_tls = 0
+		listen_tcp = 1
+		listen_addr = "$(host_addr "$k")"
+		auth_tcp = "none"
+		auth_unix_rw = "none"
+		auth_unix_ro = "none"
+	EOF
+	# No systemd, cgroups, virtlogd or security drivers here: see FACTS.md.
+	cat >"$hd/etc/qemu.conf" <<-'EOF'
+		user = "root"
+		group = "root"
+		dynamic_ownership = 0
+		remember_owner = 0
+		cgroup_controllers = [ ]
+		security_driver = "none"
+		stdio_handler = "file"
+	EOF
+}
+
+ensure_secret() {
+	local f
+	f=$(passfile_of "$1")
+	[[ -s $f ]] && return 0
+	local pw
+	pw=$(head -c 48 /dev/urandom | base64 -w0 | tr -dc 'A-Za-z0-9')
+	(umask 077 && printf '%s\n' "${pw:0:16}" >"$f")
+	chmod 600 "$f"
+}
+
+write_bmc_config() {
+	local k=$1 bd
+	bd=$(host_dir "$k")/bmc
+	# ipmi_sim runs the chassis_control string through sh -c, appending "get power" / "set power 0|1".
+	(umask 077 && cat >"$bd/lan.conf" <<-EOF
+		name "bmc-hv$k"
+		set_working_mc 0x20
+		  startlan 1
+		    addr 127.0.0.1 $(bmc_port "$k")
+		    priv_limit admin
+		    allowed_auths_callback md5
+		    allowed_auths_user md5
+		    allowed_auths_operator md5
+		    allowed_auths_admin md5
+		    guid $(printf 'a123456789abcdefa123456789ab%04x' "$k")
+		  endlan
+		  chassis_control "VMHA_LAB_DIR=$LAB_DIR $SELF _chassis hv$k"
+		  user 2 true "admin" "$(cat "$(passfile_of "$k")")" admin 10 md5
+	EOF
+	)
+	cat >"$bd/sim.emu" <<-'EOF'
+		mc_setbmc 0x20
+		mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr
+		sel_enable 0x20 1000 0x0a
+		mc_enable 0x20
+	EOF
+}
+
+bmc_running() { # bmc_running K: prints the ipmi_sim PID
+	local bd pid
+	bd=$(host_dir "$1")/bmc
+	pid=$(cat "$bd/ipmi_sim.pid" 2>/dev/null) || return 1
+	alive "$pid" && [[ $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) == *"-c $bd/lan.conf "* ]] && echo "$pid"
+}
+
+ensure_bmc() {
+	local k=$1 bd
+	bd=$(host_dir "$k")/bmc
+	bmc_running "$k" >/dev/null && return 0
+	# Lock fds are closed so that a long-lived child never holds a lab lock.
+	setsid ipmi_sim -c "$bd/lan.conf" -f "$bd/sim.emu" -s "$bd/state" -n \
+		</dev/null >>"$bd/ipmi_sim.log" 2>&1 8>&- 9>&- &
+	echo $! >"$bd/ipmi_sim.pid"
+}
+
+ipmi() { # ipmi K ARGS...: ipmitool against the host's BMC
+	local k=$1
+	shift
+	ipmitool -I lanplus -C 3 -H 127.0.0.1 -p "$(bmc_port "$k")" -U admin -f "$(passfile_of "$k")" "$@"
+}
+
+# ---------- host power ----------
+
+with_host_lock() { # with_host_lock K CMD...: serialises boots and kills of one host
+	local k=$1
+	shift
+	(
+		flock -w 60 9 || die "hv$k: lock busy"
+		"$@"
+	) 9>"$(host_dir "$k")/lock"
+}
+
+# boot K: start the host in the background (no-op when it runs). Returns once its init is known.
+boot() {
+	local k=$1 hd ns us tini="" deadline
+	hd=$(host_dir "$k") ns=$(netns_of "$k")
+	host_on "$k" && return 0
+	kill_netns_procs "$k"
+	rm -f "$hd/ready" "$hd/failed" "$hd/worker.pid" "$hd/power.pid"
+	echo "=== boot $(date -Is)" >>"$hd/boot.log"
+	setsid ip netns exec "$ns" unshare --mount --pid --uts --fork --mount-proc --propagation private --kill-child \
+		tini -- "$SELF" _init "hv$k" </dev/null >>"$hd/boot.log" 2>&1 8>&- 9>&- &
+	us=$!
+	echo "$us" >"$hd/unshare.pid"
+	deadline=$(($(now) + 5000000))
+	while [[ -z $tini ]]; do
+		(($(now) < deadline)) || die "hv$k: its init (tini) did not start; see $hd/boot.log"
+		alive "$us" || die "hv$k: boot failed; see $hd/boot.log: $(tail -3 "$hd/boot.log")"
+		# The host's init is the process of its namespaces that sees itself as PID 1.
+		tini=$(ns_to_host_pid "$k" 1) || tini=""
+		[[ -n $tini ]] || sleep 0.01
+	done
+	echo "$tini" >"$hd/power.pid"
+}
+
+# kill_netns_procs K: SIGKILL every process in the host's network namespace and make sure they are gone.
+kill_netns_procs() {
+	local k=$1 ns pids
+	ns=$(netns_of "$k")
+	netns_exists "$ns" || return 0
+	pids=$(netns_pids "$ns")
+	[[ -z $pids ]] && return 0
+	# shellcheck disable=SC2086
+	kill -KILL $pids 2>/dev/null || true
+	# shellcheck disable=SC2086
+	wait_gone 10 $pids || die "hv$k: processes survive SIGKILL: $(netns_pids "$ns" | tr '\n' ' ')"
+}
+
+# halt K: the power goes: the host's init dies and takes libvirtd, every qemu and the worker with it.
+halt() {
+	local k=$1 hd pid
+	hd=$(host_dir "$k")
+	if host_on "$k"; then
+		pid=$(cat "$hd/power.pid")
+		kill -KILL "$pid"
+		wait_gone 10 "$pid" || die "hv$k: init $pid survives SIGKILL"
+	fi
+	kill_netns_procs "$k"
+	local left
+	left=$(netns_pids "$(netns_of "$k")")
+	[[ -z $left ]] || die "hv$k: still running after power off: $left"
+	rm -f "$hd/ready" "$hd/worker.pid" "$hd/power.pid"
+}
+
+# wait_ready K: until the host's libvirtd answers (its init writes "ready"), or fail with its logs.
+wait_ready() {
+	local k=$1 hd deadline
+	hd=$(host_dir "$k")
+	deadline=$(($(now) + BOOT_TIMEOUT_S * 1000000))
+	until [[ -e $hd/ready ]]; do
+		if [[ -e $hd/failed ]] || ! host_on "$k" || (($(now) > deadline)); then
+			die "hv$k: did not come up: $(cat "$hd/failed" 2>/dev/null)
+--- $hd/boot.log:
+$(tail -5 "$hd/boot.log" 2>/dev/null)
+--- $hd/libvirtd.log:
+$(tail -5 "$hd/libvirtd.log" 2>/dev/null)"
+		fi
+		sleep 0.02
+	done
+}
+
+# ---------- inside a host (run by tini as the host's first process) ----------
+
+cmd_init() {
+	local host=$1 k hd src dst rc
+	k=${host#hv} hd=$LAB_DIR/$host
+	# shellcheck source=/dev/null
+	source "$LAB_DIR/env"
+	hostname "$host"
+	# /run is empty after a reboot.
+	find "$hd/run" -mindepth 1 -delete
+	for pair in etc:/etc/libvirt run:/run/libvirt lib:/var/lib/libvirt log:/var/log/libvirt cache:/var/cache/libvirt; do
+		src=$hd/${pair%%:*} dst=${pair#*:}
+		mkdir -p "$src" "$dst"
+		mount --bind "$src" "$dst"
+	done
+	# A host that comes back must not start domains by itself: vmha may have started them elsewhere.
+	rm -f /etc/libvirt/qemu/autostart/*.xml
+	libvirtd -l -f /etc/libvirt/libvirtd.conf -p /run/libvirt/libvirtd.pid </dev/null >>"$hd/libvirtd.log" 2>&1 &
+	local deadline=$(($(now) + (BOOT_TIMEOUT_S - 5) * 1000000))
+	until virsh -q -c qemu:///system uri >/dev/null 2>&1 &&
+		virsh -q -c "qemu+tcp://$(host_addr "$k")/system" uri >/dev/null 2>&1; do
+		if (($(now) > deadline)); then
+			echo "libvirtd does not answer" >"$hd/failed"
+			exit 1
+		fi
+		sleep 0.02
+	done
+	touch "$hd/ready"
+	if [[ -z ${VMHA_BIN:-} ]]; then
+		exec sleep infinity
+	fi
+	[[ -x $VMHA_BIN ]] || { echo "VMHA_BIN=$VMHA_BIN is not executable: no worker" >>"$hd/worker.log"; exec sleep infinity; }
+	export VMHA_HOST_NAME=$host VMHA_LIBVIRT_URI=qemu:///system VMHA_SHARE_PATH=$LAB_DIR/share
+	export VMHA_TEMPORAL_ADDRESS=${VMHA_TEMPORAL_ADDRESS:-$NET_PREFIX.1:7233} VMHA_NAMESPACE=${VMHA_NAMESPACE:-vmha}
+	# A supervisor in miniature: a crashed worker comes back after a second.
+	while :; do
+		echo "=== lab: starting $VMHA_BIN hypervisor $(date -Is)" >>"$hd/worker.log"
+		"$VMHA_BIN" hypervisor </dev/null >>"$hd/worker.log" 2>&1 &
+		echo $! >"$hd/worker.pid"
+		rc=0
+		wait $! || rc=$?
+		echo "=== lab: worker exited rc=$rc $(date -Is); restart in 1s" >>"$hd/worker.log"
+		sleep 1
+	done
+}
+
+# cmd_chassis HOST get power | set power 0|1: the BMC's chassis control (called by ipmi_sim, must be quick).
+cmd_chassis() {
+	local host=$1 op=${2:-} parm=${3:-} val=${4:-} k
+	k=$(host_index "$host")
+	case "$op $parm" in
+	"get power")
+		if host_on "$k"; then echo "power:1"; else echo "power:0"; fi
+		;;
+	"set power")
+		case $val in
+		0)
+			with_host_lock "$k" halt "$k"
+			ip link set "$(veth_of "$k")" down
+			;;
+		1)
+			ip link set "$(veth_of "$k")" up
+			with_host_lock "$k" boot "$k"
+			;;
+		*) die "chassis $host: set power $val: want 0 or 1" ;;
+		esac
+		;;
+	"set reset" | "set boot") ;; # accepted and ignored
+	*) die "chassis $host: unsupported '$op $parm'" ;;
+	esac
+}
+
+# ---------- commands ----------
+
+write_env_file() {
+	local v f=$LAB_DIR/env
+	# VMHA_* settings may hold secrets (webhook secret, TLS key paths).
+	(umask 077 && : >"$f.tmp")
+	for v in ${!VMHA_@}; do
+		printf 'export %s=%q\n' "$v" "${!v}" >>"$f.tmp"
+	done
+	mv "$f.tmp" "$f"
+}
+
+cmd_up() {
+	local n=${1:-3} start k existing
+	start=$(now)
+	[[ $n =~ ^[1-9][0-9]*$ ]] && ((n <= MAX_HOSTS)) || die "up: host count '$n': want 1..$MAX_HOSTS"
+	((EUID == 0)) || die "up: must run as root"
+	[[ $LAB_DIR =~ ^/[A-Za-z0-9_./-]+$ ]] || die "VMHA_LAB_DIR=$LAB_DIR: want an absolute path of letters, digits, '_', '.', '/', '-'"
+	[[ $SELF =~ ^/[A-Za-z0-9_./-]+$ ]] || die "$SELF: the script's path must be letters, digits, '_', '.', '/', '-' (ipmi_sim runs it through sh)"
+	if [[ -f $LAB_DIR/lab.conf ]]; then
+		existing=$(lab_size)
+		((existing == n)) || die "up: the lab at $LAB_DIR has $existing hosts; run lab.sh down first to change it to $n"
+	fi
+	ensure_packages
+	mkdir -p "$LAB_DIR/share/images" "$LAB_DIR/secrets"
+	chmod 700 "$LAB_DIR/secrets"
+	exec 8>"$LAB_DIR/lock"
+	flock -w 120 8 || die "up: another lab.sh up/down holds $LAB_DIR/lock"
+	echo "N=$n" >"$LAB_DIR/lab.conf"
+	export VMHA_LAB_DIR=$LAB_DIR
+	write_env_file
+	[[ -f $LAB_DIR/share/images/tiny.qcow2 ]] ||
+		qemu-img create -q -f qcow2 "$LAB_DIR/share/images/tiny.qcow2" 64M >&2
+	ensure_bridge
+	for ((k = 1; k <= n; k++)); do
+		ensure_host_net "$k"
+		write_host_config "$k"
+		ensure_secret "$k"
+		write_bmc_config "$k"
+		ensure_bmc "$k"
+	done
+	for ((k = 1; k <= n; k++)); do
+		with_host_lock "$k" boot "$k"
+	done
+	for ((k = 1; k <= n; k++)); do
+		wait_ready "$k"
+	done
+	# Prove each BMC chain end to end: ipmitool -> ipmi_sim -> chassis control -> this host's power.
+	for ((k = 1; k <= n; k++)); do
+		local out="" deadline=$(($(now) + 5000000))
+		until out=$(ipmi "$k" chassis power status 2>&1) && [[ $out == "Chassis Power is on" ]]; do
+			(($(now) < deadline)) || die "hv$k: BMC on 127.0.0.1:$(bmc_port "$k") does not report power on: $out
+$(tail -5 "$(host_dir "$k")/bmc/ipmi_sim.log" 2>/dev/null)"
+			sleep 0.05
+		done
+	done
+	note "up: $n hosts in $LAB_DIR ($(elapsed "$start"))"
+}
+
+cmd_down() {
+	local keep=0 k n=0 ns start
+	start=$(now)
+	[[ ${1:-} == --keep ]] && keep=1
+	[[ -n ${1:-} && ${1:-} != --keep ]] && die "down: unknown argument '$1' (want --keep)"
+	if [[ -f $LAB_DIR/lab.conf ]]; then
+		n=$(lab_size)
+		exec 8>"$LAB_DIR/lock"
+		flock -w 120 8 || die "down: another lab.sh up/down holds $LAB_DIR/lock"
+	fi
+	local owner
+	owner=$(bridge_owner)
+	if [[ -n $owner && $owner != "$LAB_DIR" ]]; then
+		note "down: $BRIDGE belongs to the lab at $owner: leaving the network alone"
+	fi
+	# Hosts: the recorded ones, plus any namespace of ours left by a failed up.
+	local hosts=()
+	for ((k = 1; k <= n; k++)); do hosts+=("$k"); done
+	if [[ -z $owner || $owner == "$LAB_DIR" ]]; then
+		for ns in $(ip netns list | awk '{print $1}' | grep -E '^vmha-hv[0-9]+$' || true); do
+			k=${ns#vmha-hv}
+			((k > n)) && hosts+=("$k")
+		done
+	fi
+	local bmcpids=() pid
+	for k in "${hosts[@]}"; do
+		if pid=$(bmc_running "$k"); then
+			kill -TERM "$pid" 2>/dev/null || true
+			bmcpids+=("$pid")
+		fi
+		[[ -d $(host_dir "$k") ]] && with_host_lock "$k" halt "$k" || kill_netns_procs "$k"
+	done
+	if ((${#bmcpids[@]})); then
+		wait_gone 5 "${bmcpids[@]}" || { kill -KILL "${bmcpids[@]}" 2>/dev/null || true; wait_gone 5 "${bmcpids[@]}" || die "down: ipmi_sim ${bmcpids[*]} survive SIGKILL"; }
+	fi
+	if [[ -z $owner || $owner == "$LAB_DIR" ]]; then
+		for k in "${hosts[@]}"; do
+			ip link del "$(veth_of "$k")" 2>/dev/null || true
+			ip netns del "$(netns_of "$k")" 2>/dev/null || true
+		done
+		ip link del "$BRIDGE" 2>/dev/null || true
+	fi
+	# Host mounts live in the hosts' own mount namespaces and died with them; unmount anything that leaked here.
+	local m
+	while read -r m; do
+		[[ -n $m ]] && umount -l "$m"
+	done < <(awk -v d="$LAB_DIR/" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | sort -r)
+	if ((keep == 0)); then
+		rm -rf "$LAB_DIR"
+	else
+		rm -f "$LAB_DIR"/hv*/{ready,failed,power.pid,worker.pid,unshare.pid,bmc/ipmi_sim.pid}
+	fi
+	note "down: done ($(elapsed "$start"))"
+}
+
+cmd_status() {
+	local n k hd power link lv worker wpid domains
+	n=$(lab_size)
+	for ((k = 1; k <= n; k++)); do
+		hd=$(host_dir "$k")
+		power=off lv=- worker=- domains=-
+		host_on "$k" && power=on
+		link=down
+		[[ $(ip -o link show "$(veth_of "$k")" 2>/dev/null) =~ \<([A-Z_]+,)*UP[,\>] ]] && link=up
+		if [[ $power == on ]]; then
+			if timeout 5 virsh -q -c "$(local_uri "$k")" uri >/dev/null 2>&1; then lv=up; else lv=down; fi
+			worker=none
+			if wpid=$(cat "$hd/worker.pid" 2>/dev/null); then
+				if pid=$(ns_to_host_pid "$k" "$wpid"); then worker="running(pid $pid)"; else worker=restarting; fi
+			fi
+			[[ $lv == up ]] && domains=$(host_domains "$k" | awk -F'\t' '{gsub(/ /, "-", $3); printf "%s%s:%s", sep, $2, $3; sep=","}')
+		fi
+		printf 'hv%d power=%s link=%s libvirtd=%s worker=%s bmc=%s domains=%s\n' "$k" "$power" "$link" "$lv" "$worker" \
+			"$(bmc_running "$k" >/dev/null && echo "up(127.0.0.1:$(bmc_port "$k"))" || echo down)" "${domains:--}"
+	done
+}
+
+# local_uri K: the host's libvirtd through its unix socket, which works even while the host is cut off.
+local_uri() { echo "qemu:///system?socket=$(host_dir "$1")/run/libvirt-sock"; }
+
+host_domains() { # host_domains K: "hvK<TAB>name<TAB>state" lines
+	local k=$1
+	timeout 10 virsh -c "$(local_uri "$k")" list --all |
+		awk -v h="hv$k" 'seen && NF >= 3 {name=$2; $1=""; $2=""; sub(/^ +/, ""); printf "%s\t%s\t%s\n", h, name, $0} /^-+$/ {seen=1}'
+}
+
+cmd_domains() {
+	local n k
+	n=$(lab_size)
+	for ((k = 1; k <= n; k++)); do
+		host_on "$k" && [[ -e $(host_dir "$k")/ready ]] || continue
+		local out
+		out=$(host_domains "$k") || die "hv$k: virsh list --all failed"
+		if [[ -n $out ]]; then echo "$out"; else echo "hv$k"; fi
+	done
+}
+
+cmd_power() { # cmd_power HOST on|off
+	local k start out
+	k=$(host_index "$1")
+	start=$(now)
+	out=$(ipmi "$k" chassis power "$2" 2>&1) || die "$1: BMC 127.0.0.1:$(bmc_port "$k"): chassis power $2: $out"
+	if [[ $2 == off ]]; then
+		local deadline=$(($(now) + 10000000))
+		while host_on "$k"; do
+			(($(now) < deadline)) || die "$1: still on 10s after chassis power off"
+			sleep 0.02
+		done
+	else
+		wait_ready "$k"
+	fi
+	note "$1: power $2 ($(elapsed "$start"))"
+}
+
+cmd_link() { # cmd_link HOST up|down
+	local k
+	k=$(host_index "$1")
+	ip link set "$(veth_of "$k")" "$2"
+}
+
+cmd_kill_worker() {
+	local k hd wpid pid
+	k=$(host_index "$1")
+	hd=$(host_dir "$k")
+	host_on "$k" || die "$1: powered off"
+	wpid=$(cat "$hd/worker.pid" 2>/dev/null) || die "$1: no worker (is VMHA_BIN set?)"
+	pid=$(ns_to_host_pid "$k" "$wpid") || die "$1: worker (pid $wpid inside the host) is not running"
+	kill -KILL "$pid"
+	note "$1: killed worker pid $pid"
+}
+
+cmd_inventory() {
+	local n k
+	n=$(lab_size)
+	echo "hosts:"
+	for ((k = 1; k <= n; k++)); do
+		cat <<-EOF
+			  - name: hv$k
+			    address: $(host_addr "$k")
+			    libvirtURI: qemu+tcp://$(host_addr "$k")/system
+			    bmc:
+			      address: 127.0.0.1
+			      port: $(bmc_port "$k")
+			      user: admin
+			      passwordFile: $(passfile_of "$k")
+			    labels:
+			      rack: r$k
+		EOF
+	done
+}
+
+usage() { sed -n '2,/^set -euo/p' "$SELF" | sed '$d; s/^# \{0,1\}//' >&2; }
+
+main() {
+	local cmd=${1:-}
+	(($#)) && shift
+	case $cmd in
+	up) cmd_up "$@" ;;
+	down) cmd_down "$@" ;;
+	status) cmd_status ;;
+	power-off) (($# == 1)) || die "usage: power-off HOST"; cmd_power "$1" off ;;
+	power-on) (($# == 1)) || die "usage: power-on HOST"; cmd_power "$1" on ;;
+	cut) (($# == 1)) || die "usage: cut HOST"; cmd_link "$1" down ;;
+	restore) (($# == 1)) || die "usage: restore HOST"; cmd_link "$1" up ;;
+	kill-worker) (($# == 1)) || die "usage: kill-worker HOST"; cmd_kill_worker "$1" ;;
+	virsh)
+		(($# >= 1)) || die "usage: virsh HOST ARGS..."
+		local k
+		k=$(host_index "$1")
+		shift
+		exec virsh -c "qemu+tcp://$(host_addr "$k")/system" "$@"
+		;;
+	domains) cmd_domains ;;
+	inventory) cmd_inventory ;;
+	bmc-port) bmc_port "$(host_index "${1:-}")" ;;
+	address) host_addr "$(host_index "${1:-}")" ;;
+	password-file) passfile_of "$(host_index "${1:-}")" ;;
+	_init) cmd_init "$@" ;;
+	_chassis) cmd_chassis "$@" ;;
+	help | -h | --help) usage ;;
+	*) usage; die "unknown command '$cmd'" ;;
+	esac
+}
+
+main "$@"
