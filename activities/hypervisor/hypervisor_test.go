@@ -1,0 +1,295 @@
+package hypervisor
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"vmha/activities"
+	"vmha/activities/domainxml"
+	"vmha/types"
+)
+
+// testURI is libvirt's in-process test driver; every connection in this process shares its state.
+const testURI = "test:///default"
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func open(t *testing.T, uri string) *Libvirt {
+	t.Helper()
+	l, err := Open(context.Background(), uri, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return l
+}
+
+func testPolicy() types.HAPolicy {
+	return types.HAPolicy{Enabled: true, Priority: 3, Rules: types.Rules{PinLabels: []string{"zone=a"}, AntiAffinityGroup: "web"}}
+}
+
+// testDomain builds a vmha domain for the test driver, which only knows domains of type "test".
+func testDomain(t *testing.T, name string) (string, string) {
+	t.Helper()
+	id := uuid.NewString()
+	xml, err := domainxml.Build(domainxml.Spec{Name: name, UUID: id, VCPUs: 3, MemoryMiB: 256,
+		DiskPath: "/share/" + name + ".qcow2", DiskFormat: "qcow2", DomainType: "qemu", Policy: testPolicy()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id, strings.Replace(xml, `<domain type="qemu">`, `<domain type="test">`, 1)
+}
+
+func state(t *testing.T, l *Libvirt, id string) types.DomainState {
+	t.Helper()
+	s, err := l.State(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestLifecycle(t *testing.T) {
+	ctx := context.Background()
+	l := open(t, testURI)
+	id, xml := testDomain(t, "lifecycle")
+	t.Cleanup(func() { l.Destroy(ctx, id); l.Undefine(ctx, id) })
+
+	if s := state(t, l, id); s != types.DomainNotFound {
+		t.Fatalf("state before define = %s", s)
+	}
+	got, err := l.Define(ctx, xml)
+	if err != nil || got != id {
+		t.Fatalf("Define = %q, %v; want %s", got, err, id)
+	}
+	if _, err := l.Define(ctx, xml); err != nil {
+		t.Fatalf("redefine: %v", err)
+	}
+	if s := state(t, l, id); s != types.DomainShutoff {
+		t.Fatalf("state after define = %s", s)
+	}
+	for range 2 {
+		if err := l.Start(ctx, id); err != nil {
+			t.Fatalf("Start: %v", err)
+		}
+		if s := state(t, l, id); s != types.DomainRunning {
+			t.Fatalf("state after start = %s", s)
+		}
+	}
+	doms, err := l.Domains(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !containsDomain(doms, activities.Domain{UUID: id, Name: "lifecycle", State: types.DomainRunning}) {
+		t.Fatalf("Domains = %+v, lacks the running domain", doms)
+	}
+	dump, err := l.InactiveXML(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := domainxml.Parse(dump)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := types.VMRecord{UUID: id, Name: "lifecycle", MemoryMiB: 256, VCPUs: 3, Policy: testPolicy()}
+	if !reflect.DeepEqual(rec, want) {
+		t.Fatalf("libvirt's inactive XML parses to %+v, want %+v\n%s", rec, want, dump)
+	}
+	for range 2 {
+		if err := l.Destroy(ctx, id); err != nil {
+			t.Fatalf("Destroy: %v", err)
+		}
+		if s := state(t, l, id); s != types.DomainShutoff {
+			t.Fatalf("state after destroy = %s", s)
+		}
+	}
+	for range 2 {
+		if err := l.Undefine(ctx, id); err != nil {
+			t.Fatalf("Undefine: %v", err)
+		}
+		if s := state(t, l, id); s != types.DomainNotFound {
+			t.Fatalf("state after undefine = %s", s)
+		}
+	}
+	if err := l.Destroy(ctx, id); err != nil {
+		t.Fatalf("Destroy of a missing domain: %v", err)
+	}
+	if err := l.Start(ctx, id); !errors.Is(err, activities.ErrNotFound) {
+		t.Fatalf("Start of a missing domain: %v, want ErrNotFound", err)
+	}
+	if _, err := l.InactiveXML(ctx, id); !errors.Is(err, activities.ErrNotFound) {
+		t.Fatalf("InactiveXML of a missing domain: %v, want ErrNotFound", err)
+	}
+	if _, err := l.Define(ctx, "<domain type='test'><name>broken"); err == nil {
+		t.Fatal("Define accepted broken XML")
+	}
+}
+
+func containsDomain(doms []activities.Domain, d activities.Domain) bool {
+	for _, x := range doms {
+		if x == d {
+			return true
+		}
+	}
+	return false
+}
+
+func TestStats(t *testing.T) {
+	ctx := context.Background()
+	l := open(t, testURI)
+	before, err := l.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before.CPUs < 1 || before.MemoryTotalMiB < 1 || before.MemoryFreeMiB > before.MemoryTotalMiB ||
+		before.CPULoad < 0 || before.CPULoad > 1 || before.SampledAt.IsZero() {
+		t.Fatalf("insane stats %+v", before)
+	}
+	id, xml := testDomain(t, "stats")
+	t.Cleanup(func() { l.Destroy(ctx, id); l.Undefine(ctx, id) })
+	if _, err := l.Define(ctx, xml); err != nil {
+		t.Fatal(err)
+	}
+	defined, err := l.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if defined.VCPUsAllocated != before.VCPUsAllocated || defined.MemoryAllocatedMiB != before.MemoryAllocatedMiB {
+		t.Fatalf("a defined, stopped domain counted: %+v -> %+v", before, defined)
+	}
+	if err := l.Start(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	after, err := l.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.VCPUsAllocated-before.VCPUsAllocated != 3 || after.MemoryAllocatedMiB-before.MemoryAllocatedMiB != 256 {
+		t.Fatalf("running domain of 3 vCPUs / 256 MiB: stats went from %+v to %+v", before, after)
+	}
+	if !reflect.DeepEqual(after.AntiAffinityGroups, []string{"web"}) {
+		t.Fatalf("anti-affinity groups = %v, want [web]", after.AntiAffinityGroups)
+	}
+}
+
+func TestWatchDefinitions(t *testing.T) {
+	ctx := context.Background()
+	l := open(t, testURI)
+	// Events come through a second connection: the watch must see changes made by anyone, not only itself.
+	other := open(t, testURI)
+	wctx, cancel := context.WithCancel(ctx)
+	events := make(chan activities.DomainEvent, 64)
+	watchErr := make(chan error, 1)
+	go func() { watchErr <- l.WatchDefinitions(wctx, func(e activities.DomainEvent) { events <- e }) }()
+	t.Cleanup(cancel)
+
+	// Registration happens in the watch goroutine: touch a probe domain until its event shows the watch is in place.
+	probeID, probeXML := testDomain(t, "watch-probe")
+	t.Cleanup(func() { other.Undefine(ctx, probeID) })
+	waitEvent(t, events, probeID, func() {
+		if _, err := other.Define(ctx, probeXML); err != nil {
+			t.Fatal(err)
+		}
+	})
+	id, xml := testDomain(t, "watched")
+	t.Cleanup(func() { other.Destroy(ctx, id); other.Undefine(ctx, id) })
+	if _, err := other.Define(ctx, xml); err != nil {
+		t.Fatal(err)
+	}
+	if got := nextEvent(t, events, id); got != activities.DomainDefined {
+		t.Fatalf("event %s, want defined", got)
+	}
+	steps := []struct {
+		do   func(context.Context, string) error
+		want activities.DomainEventKind
+	}{
+		{other.Start, activities.DomainStarted},
+		{other.Destroy, activities.DomainStopped},
+		{other.Undefine, activities.DomainUndefined},
+	}
+	for _, s := range steps {
+		if err := s.do(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if got := nextEvent(t, events, id); got != s.want {
+			t.Fatalf("event %s, want %s", got, s.want)
+		}
+	}
+	cancel()
+	select {
+	case err := <-watchErr:
+		if err != nil {
+			t.Fatalf("WatchDefinitions after cancel: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("WatchDefinitions did not return after its context ended")
+	}
+}
+
+// waitEvent repeats act until an event for id arrives.
+func waitEvent(t *testing.T, events <-chan activities.DomainEvent, id string, act func()) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		act()
+		select {
+		case e := <-events:
+			if e.UUID == id {
+				return
+			}
+		case <-time.After(100 * time.Millisecond):
+		case <-deadline:
+			t.Fatal("no event for the domain")
+		}
+	}
+}
+
+func nextEvent(t *testing.T, events <-chan activities.DomainEvent, id string) activities.DomainEventKind {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case e := <-events:
+			if e.UUID == id {
+				return e.Kind
+			}
+		case <-deadline:
+			t.Fatal("no event for the domain")
+		}
+	}
+}
+
+func TestClosedConnection(t *testing.T) {
+	l, err := Open(context.Background(), testURI, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.State(context.Background(), uuid.NewString()); err == nil || !strings.Contains(err.Error(), "closed") {
+		t.Fatalf("State after Close: %v, want a closed error", err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+}
+
+func TestOpenFails(t *testing.T) {
+	_, err := Open(context.Background(), "qemu+unix:///system?socket=/nonexistent/sock", quiet())
+	if err == nil || !strings.Contains(err.Error(), "/nonexistent/sock") {
+		t.Fatalf("Open of a missing socket: %v", err)
+	}
+}
