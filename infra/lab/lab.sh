@@ -20,6 +20,7 @@
 #   inventory              print a vmha inventory (YAML) of the lab
 #   bmc-port HOST | address HOST | password-file HOST
 set -euo pipefail
+shopt -s inherit_errexit
 
 readonly LAB_DIR=${VMHA_LAB_DIR:-/tmp/vmha-lab}
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
@@ -81,7 +82,7 @@ in_netns() { [[ $(ip netns identify "$1" 2>/dev/null) == "$2" ]]; }
 # netns_pids NETNS: live processes in the namespace (every process of a simulated host is there).
 netns_pids() {
 	local p
-	for p in $(ip netns pids "$1" 2>/dev/null); do
+	for p in $(ip netns pids "$1" 2>/dev/null || true); do
 		alive "$p" && echo "$p"
 	done
 	return 0
@@ -140,7 +141,12 @@ ensure_packages() {
 
 # ---------- network ----------
 
-bridge_owner() { ip -o link show "$BRIDGE" 2>/dev/null | sed -n 's/.*alias vmha-lab:\([^ ]*\).*/\1/p'; }
+bridge_owner() { # the lab directory recorded on the bridge; empty without a bridge
+	local line
+	line=$(ip -o link show "$BRIDGE" 2>/dev/null) || return 0
+	[[ $line =~ alias\ vmha-lab:([^ ]+) ]] && echo "${BASH_REMATCH[1]}"
+	return 0
+}
 
 ensure_bridge() {
 	if ip link show "$BRIDGE" >/dev/null 2>&1; then
@@ -460,7 +466,8 @@ cmd_up() {
 	# Prove each BMC chain end to end: ipmitool -> ipmi_sim -> chassis control -> this host's power.
 	for ((k = 1; k <= n; k++)); do
 		local out="" deadline=$(($(now) + 5000000))
-		until out=$(ipmi "$k" chassis power status 2>&1) && [[ $out == "Chassis Power is on" ]]; do
+		until out=$(ipmi "$k" -N 1 -R 1 chassis power status 2>&1) && [[ $out == "Chassis Power is on" ]]; do
+			bmc_running "$k" >/dev/null || die "hv$k: its BMC (ipmi_sim) exited: $(tail -3 "$(host_dir "$k")/bmc/ipmi_sim.log" 2>/dev/null)"
 			(($(now) < deadline)) || die "hv$k: BMC on 127.0.0.1:$(bmc_port "$k") does not report power on: $out
 $(tail -5 "$(host_dir "$k")/bmc/ipmi_sim.log" 2>/dev/null)"
 			sleep 0.05
@@ -539,7 +546,10 @@ cmd_status() {
 			if wpid=$(cat "$hd/worker.pid" 2>/dev/null); then
 				if pid=$(ns_to_host_pid "$k" "$wpid"); then worker="running(pid $pid)"; else worker=restarting; fi
 			fi
-			[[ $lv == up ]] && domains=$(host_domains "$k" | awk -F'\t' '{gsub(/ /, "-", $3); printf "%s%s:%s", sep, $2, $3; sep=","}')
+			if [[ $lv == up ]]; then
+				domains=$(host_domains "$k" | awk -F'\t' '{gsub(/ /, "-", $3); printf "%s%s:%s", sep, $2, $3; sep=","}') ||
+					domains="?"
+			fi
 		fi
 		printf 'hv%d power=%s link=%s libvirtd=%s worker=%s bmc=%s domains=%s\n' "$k" "$power" "$link" "$lv" "$worker" \
 			"$(bmc_running "$k" >/dev/null && echo "up(127.0.0.1:$(bmc_port "$k"))" || echo down)" "${domains:--}"
