@@ -114,7 +114,7 @@ wait_gone() { # wait_gone SECONDS PID...: 0 once none is alive
 		left=0
 		for p in "$@"; do alive "$p" && left=1; done
 		((left == 0)) && return 0
-	(($(now) > deadline)) && return 1
+		(($(now) > deadline)) && return 1
 		sleep 0.02
 	done
 }
@@ -128,8 +128,11 @@ ensure_packages() {
 	done
 	if ((${#missing[@]})); then
 		note "installing ${missing[*]}"
-		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-			-o Dpkg::Options::=--force-confold -o DPkg::Lock::Timeout=600 "${missing[@]}" >&2 ||
+		local install=(apt-get install -y --no-install-recommends -o Dpkg::Options::=--force-confold
+			-o DPkg::Lock::Timeout=600 "${missing[@]}")
+		# A machine that never ran apt-get update has no package lists: update once and retry.
+		DEBIAN_FRONTEND=noninteractive "${install[@]}" >&2 ||
+			{ apt-get -o DPkg::Lock::Timeout=600 update >&2 && DEBIAN_FRONTEND=noninteractive "${install[@]}" >&2; } ||
 			die "apt-get install ${missing[*]} failed"
 	fi
 	# libvirtd resolves its default qemu user before it reads qemu.conf.
@@ -411,7 +414,16 @@ cmd_chassis() {
 		*) die "chassis $host: set power $val: want 0 or 1" ;;
 		esac
 		;;
-	"set reset" | "set boot") ;; # accepted and ignored
+	# Power cycle is ipmi_sim's own "set power 0", then "set power 1" a second later.
+	"set reset") # hard reset: the host dies and boots again; its link stays as it is
+		with_host_lock "$k" halt "$k"
+		with_host_lock "$k" boot "$k"
+		;;
+	"set shutdown") # soft shutdown: there is no OS to ask, so it is a power off
+		with_host_lock "$k" halt "$k"
+		ip link set "$(veth_of "$k")" down
+		;;
+	"set boot" | "set identify") ;; # accepted and ignored
 	*) die "chassis $host: unsupported '$op $parm'" ;;
 	esac
 }
