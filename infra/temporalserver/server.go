@@ -43,7 +43,7 @@ type Options struct {
 	FrontendPort int
 	// UIPort is the Web UI's HTTP port; 0 runs no UI.
 	UIPort int
-	// Namespace is created at first start with the vmha search attributes; required.
+	// Namespace is created at first start with the vmha search attributes and 7 days of retention; required.
 	Namespace string
 	// Logger receives the server's warnings and errors; default slog.Default().
 	Logger *slog.Logger
@@ -81,7 +81,7 @@ func (s *Server) FrontendAddress() string { return s.frontendAddress }
 // UIAddress is the host:port of the Web UI, empty when it is off.
 func (s *Server) UIAddress() string { return s.uiAddress }
 
-// Stop stops the Web UI, then the server. The SQLite file stays consistent even without Stop (WAL journal).
+// Stop stops the Web UI, then the server. SQLite keeps the file consistent even when the process dies without Stop.
 func (s *Server) Stop() error {
 	var errs []error
 	if s.ui != nil {
@@ -92,7 +92,8 @@ func (s *Server) Stop() error {
 }
 
 // Start opens (or creates) the database in o.DataDir, starts the server and the Web UI, and returns once the
-// frontend serves o.Namespace with every vmha search attribute.
+// frontend serves o.Namespace with every vmha search attribute. ctx bounds that last check, not the server's life:
+// it runs until Stop.
 func Start(ctx context.Context, o Options) (srv *Server, err error) {
 	o = o.withDefaults()
 	if err := o.validate(); err != nil {
@@ -312,7 +313,7 @@ func startTemporal(o Options, sqlConf *config.SQL, frontendAddress string) (e *e
 	dyn := dynamicconfig.StaticClient{
 		// Values of the Temporal CLI's dev server: a bigger mutable state cache, and visibility queries
 		// (the Web UI's lists) not throttled to the production default.
-		dynamicconfig.HistoryCacheHostLevelMaxSize.Key():                8096,
+		dynamicconfig.HistoryCacheHostLevelMaxSize.Key():                 8096,
 		dynamicconfig.FrontendMaxNamespaceVisibilityRPSPerInstance.Key(): 100,
 	}
 
