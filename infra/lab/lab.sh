@@ -280,7 +280,7 @@ with_host_lock() { # with_host_lock K CMD...: serialises boots and kills of one 
 
 # boot K: start the host in the background (no-op when it runs). Returns once its init is known.
 boot() {
-	local k=$1 hd ns us tini="" deadline
+	local k=$1 hd ns us tini="" deadline comm=""
 	hd=$(host_dir "$k") ns=$(netns_of "$k")
 	host_on "$k" && return 0
 	kill_netns_procs "$k"
@@ -294,8 +294,12 @@ boot() {
 	while [[ -z $tini ]]; do
 		(($(now) < deadline)) || die "hv$k: its init (tini) did not start; see $hd/boot.log"
 		alive "$us" || die "hv$k: boot failed; see $hd/boot.log: $(tail -3 "$hd/boot.log")"
-		# The host's init is the process of its namespaces that sees itself as PID 1.
+		# The host's init is the process of its namespaces that sees itself as PID 1, once it has exec'd tini
+		# (before that it is still unshare's fork, and host_on would call the host off).
 		tini=$(ns_to_host_pid "$k" 1) || tini=""
+		comm=""
+		[[ -n $tini ]] && { read -r comm <"/proc/$tini/comm"; } 2>/dev/null
+		[[ $comm == tini ]] || tini=""
 		[[ -n $tini ]] || sleep 0.01
 	done
 	echo "$tini" >"$hd/power.pid"
@@ -474,6 +478,7 @@ cmd_up() {
 	done
 	for ((k = 1; k <= n; k++)); do
 		wait_ready "$k"
+		wait_link "$k"
 	done
 	# Prove each BMC chain end to end: ipmitool -> ipmi_sim -> chassis control -> this host's power.
 	for ((k = 1; k <= n; k++)); do
@@ -553,7 +558,7 @@ cmd_status() {
 		link=down
 		[[ $(ip -o link show "$(veth_of "$k")" 2>/dev/null) =~ \<([A-Z_]+,)*UP[,\>] ]] && link=up
 		if [[ $power == on ]]; then
-			if timeout 5 virsh -q -c "$(local_uri "$k")" uri >/dev/null 2>&1; then lv=up; else lv=down; fi
+			if timeout -k 2 5 virsh -q -c "$(local_uri "$k")" uri >/dev/null 2>&1; then lv=up; else lv=down; fi
 			worker=none
 			if wpid=$(cat "$hd/worker.pid" 2>/dev/null); then
 				if pid=$(ns_to_host_pid "$k" "$wpid"); then worker="running(pid $pid)"; else worker=restarting; fi
@@ -573,7 +578,7 @@ local_uri() { echo "qemu:///system?socket=$(host_dir "$1")/run/libvirt-sock"; }
 
 host_domains() { # host_domains K: "hvK<TAB>name<TAB>state" lines
 	local k=$1
-	timeout 10 virsh -c "$(local_uri "$k")" list --all |
+	timeout -k 2 10 virsh -c "$(local_uri "$k")" list --all |
 		awk -v h="hv$k" 'seen && NF >= 3 {name=$2; $1=""; $2=""; sub(/^ +/, ""); printf "%s\t%s\t%s\n", h, name, $0} /^-+$/ {seen=1}'
 }
 
@@ -601,6 +606,7 @@ cmd_power() { # cmd_power HOST on|off
 		done
 	else
 		wait_ready "$k"
+		wait_link "$k"
 	fi
 	note "$1: power $2 ($(elapsed "$start"))"
 }
@@ -609,6 +615,24 @@ cmd_link() { # cmd_link HOST up|down
 	local k
 	k=$(host_index "$1")
 	ip link set "$(veth_of "$k")" "$2"
+	[[ $2 == down ]] || wait_link "$k"
+}
+
+# wait_link K: until the host's link carries traffic. The kernel applies carrier changes asynchronously (up to a
+# second later), and the bridge forwards on the port only after that.
+wait_link() {
+	local k=$1 veth state deadline
+	veth=$(veth_of "$k")
+	deadline=$(($(now) + 5000000))
+	while :; do
+		state=""
+		{ read -r state <"/sys/class/net/$veth/brport/state"; } 2>/dev/null || true
+		# brport state 3 is forwarding.
+		[[ $state == 3 && $(ip -o link show "$veth") == *"state UP"* &&
+			$(ip -n "$(netns_of "$k")" -o link show eth1) == *"state UP"* ]] && return 0
+		(($(now) < deadline)) || die "hv$k: link $veth not forwarding 5s after it was set up"
+		sleep 0.02
+	done
 }
 
 cmd_kill_worker() {

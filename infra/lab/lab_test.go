@@ -54,6 +54,9 @@ func TestLabLifecycle(t *testing.T) {
 	t.Cleanup(func() {
 		downCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
+		if t.Failed() {
+			logLab(t, downCtx, l)
+		}
 		if err := l.Down(downCtx); err != nil {
 			t.Error(err)
 		}
@@ -198,6 +201,9 @@ func TestLabLifecycle(t *testing.T) {
 	if len(labPIDs) < 8 {
 		t.Errorf("lab processes before down: %v, want at least tini, init, libvirtd, worker per host and two BMCs", labPIDs)
 	}
+	if t.Failed() {
+		logLab(t, ctx, l)
+	}
 	if err := l.Down(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -238,6 +244,22 @@ func TestDownAfterPartialUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertNothingLeft(t, ctx, dir, []string{strayPID})
+}
+
+// logLab logs what explains a failure: the lab's status and the tail of every host's logs.
+func logLab(t *testing.T, ctx context.Context, l *Lab) {
+	t.Helper()
+	status, err := l.Status(ctx)
+	t.Logf("lab status (err %v):\n%s", err, status)
+	logs, _ := filepath.Glob(filepath.Join(l.Dir, "hv*", "*.log"))
+	bmcLogs, _ := filepath.Glob(filepath.Join(l.Dir, "hv*", "bmc", "*.log"))
+	for _, f := range append(logs, bmcLogs...) {
+		data, _ := os.ReadFile(f)
+		if len(data) > 3000 {
+			data = data[len(data)-3000:]
+		}
+		t.Logf("--- %s:\n%s", f, data)
+	}
 }
 
 func assertNothingLeft(t *testing.T, ctx context.Context, dir string, pids []string) {
