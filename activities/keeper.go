@@ -25,7 +25,14 @@ type Keeper struct {
 func (k *Keeper) Run(ctx context.Context) error {
 	events := make(chan DomainEvent, 64)
 	watchErr := make(chan error, 1)
-	go func() { watchErr <- k.Hypervisor.WatchDefinitions(ctx, func(e DomainEvent) { events <- e }) }()
+	go func() {
+		watchErr <- k.Hypervisor.WatchDefinitions(ctx, func(e DomainEvent) {
+			select {
+			case events <- e:
+			case <-ctx.Done():
+			}
+		})
+	}()
 	if err := k.Reconcile(ctx); err != nil {
 		k.Logger.Error("reconcile catalog", "host", k.Host, "error", err)
 	}

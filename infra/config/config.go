@@ -14,8 +14,8 @@ const Prefix = "VMHA"
 
 // Settings is every knob of vmha. Each role reads only the ones it needs.
 type Settings struct {
-	// Temporal connection. An empty TemporalAddress means: run the embedded server (vmha server) or dial it.
-	TemporalAddress string `envconfig:"TEMPORAL_ADDRESS" default:"127.0.0.1:7233" desc:"host:port of the Temporal frontend"`
+	// Temporal connection. vmha server listens on TemporalAddress; every other role dials it.
+	TemporalAddress string `envconfig:"TEMPORAL_ADDRESS" default:"127.0.0.1:7233" desc:"host:port of the Temporal frontend (vmha server listens there)"`
 	Namespace       string `envconfig:"NAMESPACE" default:"vmha" desc:"Temporal namespace"`
 	TLSCert         string `envconfig:"TLS_CERT" desc:"client certificate file for an external Temporal (mTLS)"`
 	TLSKey          string `envconfig:"TLS_KEY" desc:"client key file for an external Temporal (mTLS)"`
@@ -40,7 +40,7 @@ type Settings struct {
 	MissesBeforeDead    int           `envconfig:"MISSES_BEFORE_DEAD" default:"3" desc:"consecutive network misses that make a host unreachable"`
 	PowerConfirmations  int           `envconfig:"POWER_CONFIRMATIONS" default:"2" desc:"equal BMC readings in a row before a power change counts"`
 	WorkerGrace         time.Duration `envconfig:"WORKER_GRACE" default:"90s" desc:"a host worker not seen polling for this long counts as gone"`
-	WatchFor            time.Duration `envconfig:"WATCH_FOR" default:"1h" desc:"a steady watch still reports this often (bounds history)"`
+	BMCIdleInterval     time.Duration `envconfig:"BMC_IDLE_INTERVAL" default:"2s" desc:"how often power is read while the network answers (every probe once it fails)"`
 	FenceTimeout        time.Duration `envconfig:"FENCE_TIMEOUT" default:"60s" desc:"how long to wait for the BMC to report off after a power-off"`
 
 	RecoveryConcurrency int     `envconfig:"RECOVERY_CONCURRENCY" default:"8" desc:"VMs of one dead host recovered at once"`
@@ -74,12 +74,16 @@ func (s Settings) Validate() error {
 		return fmt.Errorf("%s_MISSES_BEFORE_DEAD=%d: want >= MISSES_BEFORE_SUSPECT (%d)", Prefix, s.MissesBeforeDead, s.MissesBeforeSuspect)
 	case s.PowerConfirmations < 1:
 		return fmt.Errorf("%s_POWER_CONFIRMATIONS=%d: want >= 1", Prefix, s.PowerConfirmations)
+	case s.ProbeTimeout <= 0 || s.BMCTimeout <= 0:
+		return fmt.Errorf("%s_PROBE_TIMEOUT=%s / %s_BMC_TIMEOUT=%s: want > 0", Prefix, s.ProbeTimeout, Prefix, s.BMCTimeout)
 	case s.ProbeInterval <= 0:
 		return fmt.Errorf("%s_PROBE_INTERVAL=%s: want > 0", Prefix, s.ProbeInterval)
 	case s.RecoveryConcurrency < 1:
 		return fmt.Errorf("%s_RECOVERY_CONCURRENCY=%d: want >= 1", Prefix, s.RecoveryConcurrency)
 	case s.OvercommitRatio < 1:
 		return fmt.Errorf("%s_OVERCOMMIT_RATIO=%g: want >= 1", Prefix, s.OvercommitRatio)
+	case s.LogLevel != "debug" && s.LogLevel != "info" && s.LogLevel != "warn" && s.LogLevel != "error":
+		return fmt.Errorf("%s_LOG_LEVEL=%q: want debug, info, warn or error", Prefix, s.LogLevel)
 	case (s.TLSCert == "") != (s.TLSKey == ""):
 		return fmt.Errorf("%s_TLS_CERT=%q and %s_TLS_KEY=%q: set both or neither", Prefix, s.TLSCert, Prefix, s.TLSKey)
 	}

@@ -1,0 +1,235 @@
+// Command vmha is high availability for libvirt/KVM virtual machines on Temporal. One binary plays every role:
+// the embedded Temporal server with its Web UI and the controller, a controller alone, the worker on each
+// hypervisor, and the operator's commands.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"go.temporal.io/sdk/client"
+
+	"vmha/infra/config"
+	"vmha/infra/temporalclient"
+	"vmha/infra/temporalserver"
+	"vmha/starter"
+	"vmha/types"
+	"vmha/workers"
+)
+
+const usage = `vmha: high availability for libvirt/KVM virtual machines, on Temporal.
+
+Roles (long-running):
+  vmha server        embedded Temporal server (SQLite in VMHA_DATA_DIR) + Web UI + controller worker
+  vmha controller    controller worker only, against VMHA_TEMPORAL_ADDRESS (run several for redundancy)
+  vmha hypervisor    worker for one hypervisor (run on each host, VMHA_HOST_NAME=<inventory name>)
+
+Operator commands:
+  vmha apply -f hosts.yaml          register hosts (idempotent; hosts left out of the file stop being watched)
+  vmha hosts                        list hosts and their states
+  vmha create-vm --name web1 --image /share/images/debian.qcow2 --vcpus 1 --memory-mib 512
+                                    create an HA VM on the host the scheduler picks
+  vmha failover --host hv1 [--fence] [--reason TEXT]
+                                    move a host's VMs away; --fence powers a running host off first (IPMI)
+  vmha maintenance --host hv1 on|off
+                                    pause or resume watching a host (nothing is recovered while paused)
+  vmha recoveries [--host hv1] [--limit 20]
+                                    recent recoveries and where each VM went
+  vmha help env                     every VMHA_* setting with its default
+
+Every command reads its connection from the environment (VMHA_TEMPORAL_ADDRESS, VMHA_NAMESPACE, VMHA_TLS_*).
+Run "vmha COMMAND --help" for a command's flags.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "help" || args[0] == "--help" || args[0] == "-h" {
+		if len(args) > 1 && args[1] == "env" {
+			fmt.Fprintln(stdout, "Settings (environment variables):")
+			if err := config.Usage(); err != nil {
+				fmt.Fprintln(stderr, err)
+				return 1
+			}
+			return 0
+		}
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	s, err := config.Load()
+	if err != nil {
+		fmt.Fprintln(stderr, "vmha:", err)
+		return 2
+	}
+	logger := newLogger(s.LogLevel, stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	cmd, rest := args[0], args[1:]
+	if err := dispatch(ctx, cmd, rest, s, logger, stdout); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "vmha %s: %v\n", cmd, err)
+		return 1
+	}
+	return 0
+}
+
+func dispatch(ctx context.Context, cmd string, args []string, s config.Settings, logger *slog.Logger, out io.Writer) error {
+	switch cmd {
+	case "server":
+		return serve(ctx, s, logger, out)
+	case "controller":
+		return withClient(ctx, s, logger, func(c client.Client) error { return workers.RunController(ctx, s, c, logger) })
+	case "hypervisor":
+		return withClient(ctx, s, logger, func(c client.Client) error { return workers.RunHypervisor(ctx, s, c, logger) })
+	case "apply", "hosts", "create-vm", "failover", "maintenance", "recoveries":
+		return operate(ctx, cmd, args, s, logger, out)
+	}
+	return fmt.Errorf("unknown command %q (see vmha help)", cmd)
+}
+
+// serve runs the embedded Temporal server on VMHA_TEMPORAL_ADDRESS with its Web UI, and the controller in-process.
+func serve(ctx context.Context, s config.Settings, logger *slog.Logger, out io.Writer) error {
+	host, portText, err := net.SplitHostPort(s.TemporalAddress)
+	if err != nil {
+		return fmt.Errorf("%s_TEMPORAL_ADDRESS=%q: want host:port: %w", config.Prefix, s.TemporalAddress, err)
+	}
+	port, err := strconv.Atoi(portText)
+	if err != nil {
+		return fmt.Errorf("%s_TEMPORAL_ADDRESS=%q: port %q: %w", config.Prefix, s.TemporalAddress, portText, err)
+	}
+	srv, err := temporalserver.Start(ctx, temporalserver.Options{
+		DataDir: s.DataDir, ListenAddress: host, FrontendPort: port, UIPort: s.UIPort, Namespace: s.Namespace, Logger: logger,
+	})
+	if err != nil {
+		return err
+	}
+	defer srv.Stop()
+	fmt.Fprintf(out, "Temporal frontend: %s (namespace %s)\n", srv.FrontendAddress(), s.Namespace)
+	if ui := srv.UIAddress(); ui != "" {
+		fmt.Fprintf(out, "Temporal Web UI:   http://%s/namespaces/%s/workflows\n", ui, s.Namespace)
+	}
+	if !s.EmbeddedController {
+		<-ctx.Done()
+		return nil
+	}
+	return withClient(ctx, s, logger, func(c client.Client) error { return workers.RunController(ctx, s, c, logger) })
+}
+
+func withClient(ctx context.Context, s config.Settings, logger *slog.Logger, fn func(client.Client) error) error {
+	c, err := temporalclient.Dial(ctx, s, logger)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return fn(c)
+}
+
+// operate runs one operator command.
+func operate(ctx context.Context, cmd string, args []string, s config.Settings, logger *slog.Logger, out io.Writer) error {
+	fs := flag.NewFlagSet("vmha "+cmd, flag.ContinueOnError)
+	fs.SetOutput(out)
+	var (
+		file, host, reason, name, image, pinHosts, pinLabels, avoidHosts, avoidLabels, group string
+		fence                                                                          bool
+		vcpus, priority, limit                                                         int
+		memory                                                                         int64
+	)
+	switch cmd {
+	case "apply":
+		fs.StringVar(&file, "f", "", "inventory file (YAML or JSON) listing every host to watch")
+	case "failover":
+		fs.StringVar(&host, "host", "", "host to fail over (its inventory name)")
+		fs.BoolVar(&fence, "fence", false, "power the host off over IPMI first if it is on (required for a running host)")
+		fs.StringVar(&reason, "reason", "", "why, for the history and the notifications")
+	case "maintenance":
+		fs.StringVar(&host, "host", "", "host to pause (on) or resume (off)")
+	case "recoveries":
+		fs.StringVar(&host, "host", "", "only recoveries of this host")
+		fs.IntVar(&limit, "limit", 20, "how many to show")
+	case "create-vm":
+		fs.StringVar(&name, "name", "", "VM name (unique)")
+		fs.StringVar(&image, "image", "", "base image on the shared storage (the VM gets its own qcow2 overlay)")
+		fs.IntVar(&vcpus, "vcpus", 1, "virtual CPUs")
+		fs.Int64Var(&memory, "memory-mib", 256, "memory in MiB")
+		fs.IntVar(&priority, "priority", 0, "recovery priority (higher first)")
+		fs.StringVar(&pinHosts, "pin-host", "", "comma-separated hosts the VM may run on")
+		fs.StringVar(&pinLabels, "pin-label", "", "comma-separated key=value labels a host must have")
+		fs.StringVar(&avoidHosts, "avoid-host", "", "comma-separated hosts the VM must not run on")
+		fs.StringVar(&avoidLabels, "avoid-label", "", "comma-separated key=value labels a host must not have")
+		fs.StringVar(&group, "anti-affinity", "", "anti-affinity group: no two VMs of a group on one host")
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	return withClient(ctx, s, logger, func(c client.Client) error {
+		st := starter.Starter{Client: c, Out: out}
+		switch cmd {
+		case "apply":
+			if file == "" {
+				return errors.New("-f: missing inventory file")
+			}
+			inv, err := starter.ReadInventory(file)
+			if err != nil {
+				return err
+			}
+			_, err = st.Apply(ctx, inv)
+			return err
+		case "hosts":
+			_, err := st.Hosts(ctx)
+			return err
+		case "failover":
+			_, err := st.Failover(ctx, types.FailoverRequest{Host: host, Fence: fence, Reason: reason})
+			return err
+		case "maintenance":
+			on, err := onOff(fs.Args())
+			if err != nil {
+				return err
+			}
+			return st.Maintenance(ctx, host, on)
+		case "recoveries":
+			_, err := st.Recoveries(ctx, host, limit)
+			return err
+		default:
+			_, err := st.CreateVM(ctx, types.CreateVMRequest{Name: name, Image: image, VCPUs: vcpus, MemoryMiB: memory,
+				Policy: types.HAPolicy{Enabled: true, Priority: priority, Rules: types.Rules{
+					PinHosts: split(pinHosts), PinLabels: split(pinLabels), AvoidHosts: split(avoidHosts),
+					AvoidLabels: split(avoidLabels), AntiAffinityGroup: group,
+				}}})
+			return err
+		}
+	})
+}
+
+func onOff(args []string) (bool, error) {
+	if len(args) == 1 && (args[0] == "on" || args[0] == "off") {
+		return args[0] == "on", nil
+	}
+	return false, fmt.Errorf("want on or off after the flags, got %q", args)
+}
+
+func split(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, ",")
+}
+
+func newLogger(level string, w io.Writer) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level)) // config.Validate accepted it
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
+}

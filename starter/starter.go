@@ -1,0 +1,256 @@
+// Package starter is the operator's side of vmha: apply the inventory, list hosts and their states, create a VM,
+// fail a host over and show recent recoveries. Each command starts or reads Temporal workflows, so everything it
+// does is also visible (and doable) in the Temporal Web UI and CLI.
+package starter
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	commonpb "go.temporal.io/api/common/v1"
+	enumspb "go.temporal.io/api/enums/v1"
+	workflowpb "go.temporal.io/api/workflow/v1"
+	"go.temporal.io/api/workflowservice/v1"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/converter"
+
+	"vmha/activities"
+	"vmha/types"
+	"vmha/workflows"
+)
+
+// Starter runs operator commands against one Temporal namespace.
+type Starter struct {
+	Client client.Client
+	Out    io.Writer
+}
+
+// Apply makes the running monitors match the inventory and prints what changed.
+func (s Starter) Apply(ctx context.Context, inv types.Inventory) (types.ApplyResult, error) {
+	var res types.ApplyResult
+	run, err := s.Client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+		ID:                                       types.ApplyInventoryID,
+		TaskQueue:                                types.ControllerTaskQueue,
+		WorkflowIDConflictPolicy:                 enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
+		WorkflowExecutionErrorWhenAlreadyStarted: true,
+	}, types.ApplyInventoryWorkflow, inv)
+	if err != nil {
+		return res, fmt.Errorf("start apply (is another apply running?): %w", err)
+	}
+	if err := run.Get(ctx, &res); err != nil {
+		return res, fmt.Errorf("apply inventory: %w", err)
+	}
+	fmt.Fprintf(s.Out, "added: %s\nupdated: %s\nunchanged: %s\nremoved: %s\n",
+		list(res.Added), list(res.Updated), list(res.Unchanged), list(res.Removed))
+	return res, nil
+}
+
+// HostRow is one line of `vmha hosts`.
+type HostRow struct {
+	Name    string
+	State   types.HostState
+	Since   time.Time
+	Address string
+}
+
+// Hosts lists every monitored host with its state, from visibility (the same search attributes the Web UI filters on).
+func (s Starter) Hosts(ctx context.Context) ([]HostRow, error) {
+	query := fmt.Sprintf("WorkflowType = '%s' AND ExecutionStatus = 'Running'", types.HostMonitorWorkflow)
+	execs, err := s.list(ctx, query, 10000)
+	if err != nil {
+		return nil, err
+	}
+	rows := make([]HostRow, 0, len(execs))
+	for _, e := range execs {
+		var spec types.HostSpec
+		decode(e.GetMemo().GetFields()[activities.MemoSpec], &spec)
+		row := HostRow{Name: spec.Name, Address: spec.Address}
+		fields := e.GetSearchAttributes().GetIndexedFields()
+		var state string
+		decode(fields[types.HostStateAttr.GetName()], &state)
+		decode(fields[types.HostStateSinceAttr.GetName()], &row.Since)
+		row.State = types.HostState(state)
+		rows = append(rows, row)
+	}
+	sort.Slice(rows, func(i, j int) bool { return rows[i].Name < rows[j].Name })
+	tw := tabwriter.NewWriter(s.Out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "HOST\tSTATE\tSINCE\tADDRESS")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Name, orDash(string(r.State)), since(r.Since), r.Address)
+	}
+	return rows, tw.Flush()
+}
+
+// CreateVM creates an HA VM through the CreateVM workflow and prints where it runs.
+func (s Starter) CreateVM(ctx context.Context, req types.CreateVMRequest) (types.VMRecord, error) {
+	var rec types.VMRecord
+	if err := req.Validate(); err != nil {
+		return rec, err
+	}
+	run, err := s.Client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+		ID:                                       types.CreateVMID(req.Name),
+		TaskQueue:                                types.ControllerTaskQueue,
+		WorkflowIDConflictPolicy:                 enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
+		WorkflowExecutionErrorWhenAlreadyStarted: true,
+	}, types.CreateVMWorkflow, req)
+	if err != nil {
+		return rec, fmt.Errorf("start creation of %s: %w", req.Name, err)
+	}
+	if err := run.Get(ctx, &rec); err != nil {
+		return rec, fmt.Errorf("create %s (workflow %s): %w", req.Name, run.GetID(), err)
+	}
+	fmt.Fprintf(s.Out, "VM %s (uuid %s) runs on %s, generation %d\n", rec.Name, rec.UUID, rec.Owner, rec.Generation)
+	return rec, nil
+}
+
+// Failover fails a host over through the ManualFailover workflow; fence powers a running host off first.
+func (s Starter) Failover(ctx context.Context, req types.FailoverRequest) (workflows.FailoverResult, error) {
+	var res workflows.FailoverResult
+	run, err := s.Client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+		ID:                                       types.ManualFailoverID(req.Host),
+		TaskQueue:                                types.ControllerTaskQueue,
+		WorkflowIDConflictPolicy:                 enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
+		WorkflowExecutionErrorWhenAlreadyStarted: true,
+	}, types.ManualFailoverWorkflow, req)
+	if err != nil {
+		return res, fmt.Errorf("start failover of %s: %w", req.Host, err)
+	}
+	if err := run.Get(ctx, &res); err != nil {
+		return res, fmt.Errorf("failover of %s (workflow %s): %w", req.Host, run.GetID(), err)
+	}
+	fenced := "was already off"
+	if res.Fenced {
+		fenced = "was powered off by vmha (BMC confirmed off)"
+	}
+	fmt.Fprintf(s.Out, "host %s %s; its monitor %s now recovers its VMs (see `vmha recoveries --host %s`)\n",
+		res.Host, fenced, res.Monitor, res.Host)
+	return res, nil
+}
+
+// RecoveryRow is one line of `vmha recoveries`.
+type RecoveryRow struct {
+	WorkflowID string
+	Type       string
+	Host       string
+	Status     string
+	Started    time.Time
+	Seconds    float64
+	Summary    string
+}
+
+// Recoveries lists recent host and VM recoveries, newest first, with each finished VM recovery's outcome.
+func (s Starter) Recoveries(ctx context.Context, host string, limit int) ([]RecoveryRow, error) {
+	query := fmt.Sprintf("WorkflowType IN ('%s', '%s')", types.HostRecoveryWorkflow, types.RecoverVMWorkflow)
+	if host != "" {
+		query += fmt.Sprintf(" AND %s = '%s'", types.HostAttr.GetName(), host)
+	}
+	execs, err := s.list(ctx, query, limit)
+	if err != nil {
+		return nil, err
+	}
+	var rows []RecoveryRow
+	for _, e := range execs {
+		row := RecoveryRow{WorkflowID: e.GetExecution().GetWorkflowId(), Type: e.GetType().GetName(),
+			Status: strings.ToLower(e.GetStatus().String()), Started: e.GetStartTime().AsTime()}
+		decode(e.GetSearchAttributes().GetIndexedFields()[types.HostAttr.GetName()], &row.Host)
+		if e.GetCloseTime() != nil {
+			row.Seconds = e.GetCloseTime().AsTime().Sub(row.Started).Seconds()
+			row.Summary = s.summary(ctx, row)
+		}
+		rows = append(rows, row)
+	}
+	tw := tabwriter.NewWriter(s.Out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "STARTED\tTYPE\tHOST\tSTATUS\tSECONDS\tOUTCOME\tWORKFLOW ID")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.2f\t%s\t%s\n", r.Started.Local().Format(time.DateTime), r.Type, r.Host, r.Status, r.Seconds, r.Summary, r.WorkflowID)
+	}
+	return rows, tw.Flush()
+}
+
+// summary reads a finished recovery's result; it is what an operator wants first: where did the VM go.
+func (s Starter) summary(ctx context.Context, r RecoveryRow) string {
+	run := s.Client.GetWorkflow(ctx, r.WorkflowID, "")
+	switch r.Type {
+	case types.RecoverVMWorkflow:
+		var o types.VMOutcome
+		if err := run.Get(ctx, &o); err != nil {
+			return err.Error()
+		}
+		if o.Recovered {
+			return fmt.Sprintf("%s -> %s", o.VM, o.Target)
+		}
+		return fmt.Sprintf("%s NOT recovered: %s", o.VM, o.Reason)
+	default:
+		var res types.RecoveryResult
+		if err := run.Get(ctx, &res); err != nil {
+			return err.Error()
+		}
+		ok := 0
+		for _, o := range res.Outcomes {
+			if o.Recovered {
+				ok++
+			}
+		}
+		return fmt.Sprintf("%d of %d VMs recovered", ok, len(res.Outcomes))
+	}
+}
+
+func (s Starter) list(ctx context.Context, query string, limit int) ([]*workflowpb.WorkflowExecutionInfo, error) {
+	var out []*workflowpb.WorkflowExecutionInfo
+	var token []byte
+	for {
+		resp, err := s.Client.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{Query: query, NextPageToken: token, PageSize: int32(min(limit, 1000))})
+		if err != nil {
+			return nil, fmt.Errorf("list workflows (%s): %w", query, err)
+		}
+		out = append(out, resp.GetExecutions()...)
+		token = resp.GetNextPageToken()
+		if len(token) == 0 || len(out) >= limit {
+			return out[:min(len(out), limit)], nil
+		}
+	}
+}
+
+func decode(p *commonpb.Payload, v interface{}) {
+	if p != nil {
+		_ = converter.GetDefaultDataConverter().FromPayload(p, v)
+	}
+}
+
+func list(names []string) string {
+	if len(names) == 0 {
+		return "-"
+	}
+	return strings.Join(names, ", ")
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func since(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return fmt.Sprintf("%s (%s ago)", t.Local().Format(time.DateTime), time.Since(t).Round(time.Second))
+}
+
+// Maintenance pauses (on) or resumes (off) a host's monitor; nothing is recovered while it is paused.
+func (s Starter) Maintenance(ctx context.Context, host string, on bool) error {
+	if !types.ValidName(host) {
+		return fmt.Errorf("--host %q: not a valid host name", host)
+	}
+	if err := s.Client.SignalWorkflow(ctx, types.HostMonitorID(host), "", activities.SignalMaintenance, on); err != nil {
+		return fmt.Errorf("maintenance of %s: %w", host, err)
+	}
+	fmt.Fprintf(s.Out, "host %s: maintenance %t\n", host, on)
+	return nil
+}

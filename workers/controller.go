@@ -1,0 +1,109 @@
+// Package workers runs vmha's two kinds of Temporal workers: the controller (workflows, probes, placement,
+// notifications; several replicas may run) and the hypervisor worker (one per host: libvirt calls and catalog
+// writes on that host's own task queue).
+package workers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/worker"
+
+	"vmha/activities"
+	"vmha/activities/bmc"
+	"vmha/activities/notify"
+	"vmha/infra/config"
+	"vmha/types"
+	"vmha/workflows"
+)
+
+// RunController serves the controller task queue until ctx ends: every workflow, and the activities that probe
+// hosts, fence them, place VMs and tell users. It also serves /metrics on MetricsAddr.
+func RunController(ctx context.Context, s config.Settings, c client.Client, logger *slog.Logger) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	notifier, err := notify.New(notify.Options{WebhookURL: s.WebhookURL, WebhookSecret: s.WebhookSecret, Logger: logger, Registry: reg})
+	if err != nil {
+		return fmt.Errorf("notifier: %w", err)
+	}
+	if s.MetricsAddr != "" {
+		stop, err := serveMetrics(s.MetricsAddr, notify.Handler(reg), logger)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	w := worker.New(c, types.ControllerTaskQueue, worker.Options{})
+	workflows.Register(w)
+	w.RegisterActivity(NewController(s, c, bmc.New(s.BMCTimeout, logger), notifier, logger))
+	logger.Info("controller worker started", "task_queue", types.ControllerTaskQueue, "metrics", s.MetricsAddr)
+	return run(ctx, w)
+}
+
+// NewController wires the controller's activities from the settings.
+func NewController(s config.Settings, c client.Client, power activities.PowerController, n activities.Notifier, logger *slog.Logger) *activities.Controller {
+	return &activities.Controller{
+		Client:   c,
+		Power:    power,
+		Notifier: n,
+		Logger:   logger,
+		Probe: activities.ProbeSettings{
+			Interval:            s.ProbeInterval,
+			NetworkTimeout:      s.ProbeTimeout,
+			BMCTimeout:          s.BMCTimeout,
+			MissesBeforeSuspect: s.MissesBeforeSuspect,
+			MissesBeforeDead:    s.MissesBeforeDead,
+			PowerConfirmations:  s.PowerConfirmations,
+			WorkerGrace:         s.WorkerGrace,
+			BMCIdleInterval:     s.BMCIdleInterval,
+		},
+		Policy: types.Policy{
+			RecoveryConcurrency: s.RecoveryConcurrency,
+			OvercommitRatio:     s.OvercommitRatio,
+			HostReserveMiB:      s.HostReserveMiB,
+			FenceTimeout:        s.FenceTimeout,
+		},
+	}
+}
+
+// serveMetrics listens at once, so a busy port is an error at start-up rather than a log line later.
+func serveMetrics(addr string, h http.Handler, logger *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics listener %s (VMHA_METRICS_ADDR): %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", h)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logger.Error("metrics server", "error", err)
+		}
+	}()
+	return func() { _ = srv.Close() }, nil
+}
+
+// run starts the workers and stops them when ctx ends.
+func run(ctx context.Context, ws ...worker.Worker) error {
+	for i, w := range ws {
+		if err := w.Start(); err != nil {
+			for _, started := range ws[:i] {
+				started.Stop()
+			}
+			return fmt.Errorf("start worker: %w", err)
+		}
+	}
+	<-ctx.Done()
+	for _, w := range ws {
+		w.Stop()
+	}
+	return nil
+}

@@ -1,0 +1,85 @@
+package workers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/worker"
+
+	"vmha/activities"
+	"vmha/activities/catalog"
+	"vmha/activities/hypervisor"
+	"vmha/infra/config"
+	"vmha/types"
+)
+
+// RunHypervisor serves one host until ctx ends: its own task queue (libvirt calls that must run here), the share
+// queue (catalog reads any host can serve) and the keeper that follows libvirt's events into the catalog.
+func RunHypervisor(ctx context.Context, s config.Settings, c client.Client, logger *slog.Logger) error {
+	if !types.ValidName(s.HostName) {
+		return fmt.Errorf("%s_HOST_NAME=%q: set it to this host's name in the inventory", config.Prefix, s.HostName)
+	}
+	logger = logger.With("host", s.HostName)
+	hv, err := openLibvirt(ctx, s.LibvirtURI, logger)
+	if err != nil {
+		return err
+	}
+	defer hv.Close()
+	ledger := &activities.Ledger{Catalog: catalog.New(s.SharePath, s.ShareTimeout)}
+	host := &activities.Host{Name: s.HostName, Hypervisor: hv, Ledger: ledger, DomainType: domainType(), SharePath: s.SharePath, Logger: logger}
+
+	own := worker.New(c, types.HostTaskQueue(s.HostName), worker.Options{})
+	own.RegisterActivity(host)
+	share := worker.New(c, types.ShareTaskQueue, worker.Options{})
+	share.RegisterActivity(&activities.Share{Catalog: ledger.Catalog})
+
+	keeper := &activities.Keeper{Host: s.HostName, Hypervisor: hv, Ledger: ledger, Logger: logger}
+	go keepCatalog(ctx, keeper, logger)
+	logger.Info("hypervisor worker started", "task_queue", types.HostTaskQueue(s.HostName), "libvirt", s.LibvirtURI, "share", s.SharePath)
+	return run(ctx, own, share)
+}
+
+// openLibvirt waits for libvirtd: on a host that just booted, the worker may start first.
+func openLibvirt(ctx context.Context, uri string, logger *slog.Logger) (*hypervisor.Libvirt, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for {
+		hv, err := hypervisor.Open(ctx, uri, logger)
+		if err == nil {
+			return hv, nil
+		}
+		logger.Warn("libvirt not answering yet", "uri", uri, "error", err)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("open libvirt %s (%s_LIBVIRT_URI): %w", uri, config.Prefix, errors.Join(err, ctx.Err()))
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// keepCatalog restarts the keeper when its event stream breaks (libvirtd restarted, say).
+func keepCatalog(ctx context.Context, k *activities.Keeper, logger *slog.Logger) {
+	for ctx.Err() == nil {
+		if err := k.Run(ctx); err != nil {
+			logger.Error("catalog keeper stopped; restarting", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// domainType is kvm where the kernel offers it, else qemu (software emulation): the same XML works on both.
+func domainType() string {
+	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
+		f.Close()
+		return "kvm"
+	}
+	return "qemu"
+}
