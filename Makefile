@@ -1,0 +1,47 @@
+# vmha: `make run` sets everything up and starts the demo; `make test` runs every test. See README.md.
+SHELL := /bin/bash
+export GOTOOLCHAIN := local
+export GOFLAGS := -mod=mod
+
+BIN          := $(CURDIR)/bin
+VMHA         := $(BIN)/vmha
+TEMPORAL_CLI := $(BIN)/tools/temporal
+# The Temporal CLI gets its own bin dir and module graph: adding it to our go.mod breaks its build.
+TEMPORAL_CLI_VERSION := v1.5.1
+
+export VMHA_BIN := $(VMHA)
+export VMHA_TEMPORAL_CLI := $(TEMPORAL_CLI)
+
+.PHONY: run stop test deps build bench bench-lab lab-down
+
+## run: install what is missing, build, start a 3-host lab, the embedded Temporal + Web UI + controller, create a VM
+run: build $(TEMPORAL_CLI)
+	infra/demo.sh start
+
+## stop: stop what `make run` started (server, workers, lab)
+stop:
+	infra/demo.sh stop
+
+## test: every test: unit, activities against libvirt's test driver and a real BMC, embedded Temporal, lab scenarios
+test: build $(TEMPORAL_CLI)
+	go test -count=1 -timeout 28m ./...
+
+deps:
+	infra/deps.sh
+
+build: deps
+	go build -o $(VMHA) .
+
+$(TEMPORAL_CLI):
+	GOFLAGS= GOBIN=$(BIN)/tools go install github.com/temporalio/cli/cmd/temporal@$(TEMPORAL_CLI_VERSION)
+
+## bench: steady-state history per host and 50-VM recovery time (libvirt test driver); table in docs/benchmark.md
+bench: build
+	go run ./tests/bench
+
+## bench-lab: scenario 1 (BMC power-off) ten times on the lab: min/median/max seconds; table in docs/bench-lab.md
+bench-lab: build
+	VMHA_BENCH_LAB=10 go test -count=1 -timeout 20m -run TestBenchLab -v ./tests/
+
+lab-down:
+	infra/lab/lab.sh down
