@@ -58,7 +58,7 @@ start() {
 	"$LAB" inventory >"$STATE/inventory.yaml"
 	"$VMHA_BIN" apply -f "$STATE/inventory.yaml"
 	wait_for 60 "3 healthy hosts" all_healthy
-	if ! "$VMHA_BIN" recoveries >/dev/null 2>&1 || ! grep -q "^$VM\b" <("$LAB" domains | cut -f2); then
+	if ! "$LAB" domains | cut -f2 | grep -qx "$VM"; then
 		"$VMHA_BIN" create-vm --name "$VM" --image "$VMHA_LAB_DIR/share/images/tiny.qcow2" --vcpus 1 --memory-mib 64 --priority 10
 	fi
 	trap - ERR
