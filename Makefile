@@ -41,7 +41,7 @@ bench: build
 
 ## bench-lab: scenario 1 (BMC power-off) ten times on the lab: min/median/max seconds; table in docs/bench-lab.md
 bench-lab: build
-	VMHA_BENCH_LAB=10 go test -count=1 -timeout 20m -run TestBenchLab -v ./tests/
+	VMHA_BENCH_LAB=10 go test -count=1 -timeout 20m -run TestBenchLab -v ./tests/lab/
 
 lab-down:
 	infra/lab/lab.sh down
