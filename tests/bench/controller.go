@@ -1,0 +1,61 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/worker"
+
+	"vmha/activities"
+	"vmha/infra/config"
+	"vmha/types"
+	"vmha/workers"
+	"vmha/workflows"
+)
+
+// alwaysOn is a BMC that answers "power on" at once: the benchmark measures vmha, not IPMI round trips.
+type alwaysOn struct{}
+
+func (alwaysOn) PowerStatus(context.Context, types.BMCSpec, string) (types.PowerState, error) {
+	return types.PowerOn, nil
+}
+
+func (alwaysOn) PowerOff(context.Context, types.BMCSpec, string) error { return nil }
+
+// silent drops notifications: no webhook is configured in the benchmark.
+type silent struct{}
+
+func (silent) Notify(context.Context, types.Event) error { return nil }
+
+// controllerWorker is the controller worker as workers.RunController builds it, with the fake BMC and notifier.
+// slots overrides the activity slots (0 keeps the SDK default vmha runs with).
+func controllerWorker(c client.Client, s config.Settings, slots int, logger *slog.Logger) (worker.Worker, *activities.Controller) {
+	w := worker.New(c, types.ControllerTaskQueue, worker.Options{MaxConcurrentActivityExecutionSize: slots})
+	workflows.Register(w)
+	ctrl := workers.NewController(s, c, alwaysOn{}, silent{}, logger)
+	w.RegisterActivity(ctrl)
+	return w, ctrl
+}
+
+// runControllerChild is the controller process of a steady-state run: settings from VMHA_* (defaults unless the
+// parent set them), the server from VMHA_TEMPORAL_ADDRESS.
+func runControllerChild(ctx context.Context, slots int, logger *slog.Logger) error {
+	s, err := config.Load()
+	if err != nil {
+		return err
+	}
+	c, err := client.Dial(client.Options{HostPort: s.TemporalAddress, Namespace: s.Namespace, Logger: sdkLogger(logger)})
+	if err != nil {
+		return fmt.Errorf("dial %s: %w", s.TemporalAddress, err)
+	}
+	defer c.Close()
+	w, _ := controllerWorker(c, s, slots, logger)
+	if err := w.Start(); err != nil {
+		return fmt.Errorf("start controller worker: %w", err)
+	}
+	<-ctx.Done()
+	w.Stop()
+	return nil
+}

@@ -1,0 +1,131 @@
+// Command bench measures vmha against the embedded Temporal server and prints markdown tables:
+//
+//   - steady state: N hosts watched by the real controller worker (run as a child process so that its CPU and
+//     memory are its own), the history events they cost per host per hour, and the controller's CPU and memory;
+//   - recovery: the time from a host's death being confirmed to all of its HA VMs running elsewhere, with
+//     libvirt's test driver standing in for the hypervisors.
+//
+// It is a measurement, not a test: nothing here asserts a speed. Run it with
+//
+//	go run ./tests/bench -hosts 100,1000,5000 -window 60s -vms 50 -concurrency 8,16,50 -reps 3
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// roleController is the argument that makes this binary the controller child of a steady-state run.
+const roleController = "controller"
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var (
+		role        = flag.String("role", "", "internal: \"controller\" runs the controller worker child")
+		hostsFlag   = flag.String("hosts", "100,1000,5000", "steady state: host counts to measure (empty: skip)")
+		window      = flag.Duration("window", 60*time.Second, "steady state: how long to watch once all hosts are healthy")
+		settle      = flag.Duration("settle", 5*time.Minute, "steady state: how long to wait for every host to become healthy")
+		slots       = flag.Int("activity-slots", 0, "steady state: controller worker MaxConcurrentActivityExecutionSize (0: SDK default, as vmha runs it)")
+		vms         = flag.Int("vms", 50, "recovery: HA VMs on the failed host (0: skip)")
+		concurrency = flag.String("concurrency", "8,16,50", "recovery: RECOVERY_CONCURRENCY values to measure")
+		reps        = flag.Int("reps", 3, "recovery: repetitions per concurrency")
+		verbose     = flag.Bool("v", false, "log progress at debug level")
+	)
+	flag.Parse()
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	if *role == roleController {
+		return runControllerChild(ctx, *slots, logger)
+	}
+	hosts, err := ints(*hostsFlag)
+	if err != nil {
+		return fmt.Errorf("-hosts: %w", err)
+	}
+	concs, err := ints(*concurrency)
+	if err != nil {
+		return fmt.Errorf("-concurrency: %w", err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find own executable for the controller child: %w", err)
+	}
+
+	out := os.Stdout
+	fmt.Fprintf(out, "Machine: %d CPUs, %s, %s/%s. Command: %s\n\n", runtime.NumCPU(), memTotal(), runtime.GOOS, runtime.GOARCH,
+		strings.Join(os.Args[1:], " "))
+	if len(hosts) > 0 {
+		var rows []steadyRow
+		for _, n := range hosts {
+			logger.Info("steady state", "hosts", n, "window", *window)
+			row, err := runSteady(ctx, steadyConfig{Hosts: n, Window: *window, Settle: *settle, Slots: *slots, Exe: exe}, logger)
+			if err != nil {
+				return fmt.Errorf("steady state with %d hosts: %w", n, err)
+			}
+			rows = append(rows, row)
+		}
+		printSteady(out, rows, *window)
+	}
+	if *vms > 0 && len(concs) > 0 {
+		logger.Info("recovery", "vms", *vms, "concurrency", concs, "reps", *reps)
+		rows, err := runRecovery(ctx, recoveryConfig{VMs: *vms, Concurrency: concs, Reps: *reps}, logger)
+		if err != nil {
+			return fmt.Errorf("recovery: %w", err)
+		}
+		printRecovery(out, rows, *vms)
+	}
+	return nil
+}
+
+func ints(list string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(list, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q: want positive integers separated by commas", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// memTotal reads the machine's memory for the table's caption.
+func memTotal() string {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return "memory unknown"
+	}
+	defer f.Close()
+	b, _ := io.ReadAll(io.LimitReader(f, 4096))
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+			kib, _ := strconv.ParseFloat(strings.Fields(v)[0], 64)
+			return fmt.Sprintf("%.1f GiB RAM", kib/1024/1024)
+		}
+	}
+	return "memory unknown"
+}

@@ -1,0 +1,347 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	enumspb "go.temporal.io/api/enums/v1"
+	taskqueuepb "go.temporal.io/api/taskqueue/v1"
+	"go.temporal.io/api/workflowservice/v1"
+	"go.temporal.io/sdk/client"
+
+	"vmha/activities"
+	"vmha/types"
+)
+
+type steadyConfig struct {
+	Hosts  int
+	Window time.Duration
+	Settle time.Duration
+	Slots  int
+	Exe    string
+}
+
+// steadyRow is one host count's measurements.
+type steadyRow struct {
+	Hosts int
+	// StartMonitors is how long the N SignalWithStart calls took (32 at a time).
+	StartMonitors time.Duration
+	// Settled is how long until every monitor was healthy; zero when they were not all healthy within Settle.
+	Settled time.Duration
+	// HealthyAtStart and HealthyAtEnd count healthy monitors when the window opened and closed.
+	HealthyAtStart, HealthyAtEnd int64
+	// StartupEvents is the mean history length per monitor when the window opened.
+	StartupEvents float64
+	// WindowEvents is the number of history events all monitors added during the window.
+	WindowEvents int64
+	// WatchRetries is how many watch activities were retried during the window (heartbeat timeouts, failures):
+	// retries add no history event but mean the controller did not keep up.
+	WatchRetries int64
+	// NotStarted counts watches still waiting for a worker slot when the window closed.
+	NotStarted int
+	// PollRejects counts the simulated hosts' polls the server refused during the window.
+	PollRejects int64
+	// DescribeFailures counts the controller's failed DescribeTaskQueue calls (its "describe task queue" warnings).
+	DescribeFailures int
+	Controller       procUse
+	Bench            procUse
+}
+
+// procUse is a process's CPU over the window and its memory at the end.
+type procUse struct {
+	CPUPercent float64
+	RSSMiB     float64
+	PeakMiB    float64
+}
+
+func use(a, b procSample) procUse {
+	return procUse{CPUPercent: cpuPercent(a, b), RSSMiB: float64(b.rssKiB) / 1024, PeakMiB: float64(b.hwmKiB) / 1024}
+}
+
+func runSteady(ctx context.Context, cfg steadyConfig, logger *slog.Logger) (row steadyRow, err error) {
+	row.Hosts = cfg.Hosts
+	srv, err := startServer(ctx, logger)
+	if err != nil {
+		return row, err
+	}
+	defer func() { err = errors.Join(err, srv.stop()) }()
+	target, err := listenProbeTarget()
+	if err != nil {
+		return row, err
+	}
+	defer target.close()
+
+	child, childLog, err := startControllerChild(cfg, srv)
+	if err != nil {
+		return row, err
+	}
+	defer func() { err = errors.Join(err, stopChild(child)) }()
+
+	specs := make([]types.HostSpec, cfg.Hosts)
+	for i := range specs {
+		specs[i] = hostSpec(fmt.Sprintf("sim%05d", i+1), target.port())
+	}
+	pollCtx, stopPolls := context.WithCancel(ctx)
+	var rejects atomic.Int64
+	var polls sync.WaitGroup
+	for _, h := range specs {
+		polls.Add(1)
+		go func() {
+			defer polls.Done()
+			pollAsHost(pollCtx, srv.client, h.Name, &rejects)
+		}()
+	}
+	defer func() { stopPolls(); polls.Wait() }()
+
+	began := time.Now()
+	upsert := &activities.Controller{Client: srv.client}
+	if err := parallel(ctx, len(specs), 32, func(i int) error { return upsert.UpsertMonitor(ctx, specs[i]) }); err != nil {
+		return row, err
+	}
+	row.StartMonitors = time.Since(began)
+	logger.Info("monitors started", "hosts", cfg.Hosts, "took", row.StartMonitors.Round(time.Millisecond))
+
+	row.Settled, row.HealthyAtStart, err = waitHealthy(ctx, srv.client, int64(cfg.Hosts), began, cfg.Settle, logger)
+	if err != nil {
+		return row, err
+	}
+	before, err := historyOf(ctx, srv.client, specs)
+	if err != nil {
+		return row, err
+	}
+	row.StartupEvents = float64(before.events) / float64(cfg.Hosts)
+	rejects.Store(0)
+	ctrl0, err := sampleProc(child.Process.Pid)
+	if err != nil {
+		return row, err
+	}
+	bench0, err := sampleProc(os.Getpid())
+	if err != nil {
+		return row, err
+	}
+	logger.Info("window opens", "hosts", cfg.Hosts, "healthy", row.HealthyAtStart, "events_per_host", row.StartupEvents)
+	select {
+	case <-ctx.Done():
+		return row, ctx.Err()
+	case <-time.After(cfg.Window):
+	}
+	ctrl1, err := sampleProc(child.Process.Pid)
+	if err != nil {
+		return row, err
+	}
+	bench1, err := sampleProc(os.Getpid())
+	if err != nil {
+		return row, err
+	}
+	row.PollRejects = rejects.Load()
+	after, err := historyOf(ctx, srv.client, specs)
+	if err != nil {
+		return row, err
+	}
+	row.WindowEvents = after.events - before.events
+	row.WatchRetries = after.attempts - before.attempts
+	row.NotStarted = after.notStarted
+	if row.HealthyAtEnd, err = countMonitors(ctx, srv.client, types.HostHealthy); err != nil {
+		return row, err
+	}
+	row.Controller, row.Bench = use(ctrl0, ctrl1), use(bench0, bench1)
+	row.DescribeFailures = countLines(childLog, "describe task queue")
+	logger.Info("window closed", "hosts", cfg.Hosts, "events", row.WindowEvents, "controller_cpu_pct", row.Controller.CPUPercent)
+	return row, nil
+}
+
+// startControllerChild runs this binary as the controller worker, with vmha's default settings.
+func startControllerChild(cfg steadyConfig, srv *server) (*exec.Cmd, string, error) {
+	logPath := filepath.Join(srv.dir, "controller.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return nil, "", fmt.Errorf("controller log: %w", err)
+	}
+	cmd := exec.Command(cfg.Exe, "-role="+roleController, fmt.Sprintf("-activity-slots=%d", cfg.Slots))
+	cmd.Env = append(os.Environ(),
+		"VMHA_TEMPORAL_ADDRESS="+srv.srv.FrontendAddress(), "VMHA_NAMESPACE="+namespace, passwordEnv+"=bench")
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		return nil, "", fmt.Errorf("start controller child %s: %w", cfg.Exe, err)
+	}
+	// The child holds its own descriptor of the log.
+	logFile.Close()
+	return cmd, logPath, nil
+}
+
+func stopChild(cmd *exec.Cmd) error {
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			return fmt.Errorf("controller child: %w", err)
+		}
+		return nil
+	case <-time.After(15 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+		return errors.New("controller child did not stop within 15s of SIGTERM: killed")
+	}
+}
+
+// pollAsHost is a simulated hypervisor worker's presence: a long poll on the host's task queue, over and over,
+// which is what makes DescribeTaskQueue report the host's worker alive. Nothing is ever scheduled there.
+func pollAsHost(ctx context.Context, c client.Client, host string, rejects *atomic.Int64) {
+	req := &workflowservice.PollActivityTaskQueueRequest{
+		Namespace: namespace,
+		TaskQueue: &taskqueuepb.TaskQueue{Name: types.HostTaskQueue(host), Kind: enumspb.TASK_QUEUE_KIND_NORMAL},
+		Identity:  "bench-" + host,
+	}
+	for ctx.Err() == nil {
+		pollCtx, cancel := context.WithTimeout(ctx, 70*time.Second)
+		_, err := c.WorkflowService().PollActivityTaskQueue(pollCtx, req)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			rejects.Add(1)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
+}
+
+// waitHealthy waits until n monitors report healthy or settle passes since began.
+func waitHealthy(ctx context.Context, c client.Client, n int64, began time.Time, settle time.Duration, logger *slog.Logger) (time.Duration, int64, error) {
+	for {
+		healthy, err := countMonitors(ctx, c, types.HostHealthy)
+		if err != nil {
+			return 0, 0, err
+		}
+		if healthy == n {
+			return time.Since(began), healthy, nil
+		}
+		if time.Since(began) > settle {
+			logger.Warn("not every host became healthy", "healthy", healthy, "hosts", n, "after", settle)
+			return 0, healthy, nil
+		}
+		logger.Debug("waiting for healthy", "healthy", healthy, "hosts", n)
+		select {
+		case <-ctx.Done():
+			return 0, 0, ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// histories sums what DescribeWorkflowExecution says about every monitor.
+type histories struct {
+	events     int64
+	attempts   int64 // attempts of the pending watch activities, summed (1 each when nothing was retried)
+	notStarted int   // watch activities scheduled but not picked up by a worker
+}
+
+func historyOf(ctx context.Context, c client.Client, specs []types.HostSpec) (histories, error) {
+	var mu sync.Mutex
+	var h histories
+	err := parallel(ctx, len(specs), 16, func(i int) error {
+		resp, err := c.DescribeWorkflowExecution(ctx, types.HostMonitorID(specs[i].Name), "")
+		if err != nil {
+			return fmt.Errorf("describe monitor of %s: %w", specs[i].Name, err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		h.events += resp.GetWorkflowExecutionInfo().GetHistoryLength()
+		for _, a := range resp.GetPendingActivities() {
+			h.attempts += int64(a.GetAttempt())
+			if a.GetState() == enumspb.PENDING_ACTIVITY_STATE_SCHEDULED {
+				h.notStarted++
+			}
+		}
+		return nil
+	})
+	return h, err
+}
+
+// parallel runs fn(0..n-1) with at most width at once and returns the first error.
+func parallel(ctx context.Context, n, width int, fn func(i int) error) error {
+	next := make(chan int)
+	errs := make(chan error, width)
+	var wg sync.WaitGroup
+	for range width {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				if err := fn(i); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	var err error
+feed:
+	for i := range n {
+		select {
+		case next <- i:
+		case err = <-errs:
+			break feed
+		case <-ctx.Done():
+			err = ctx.Err()
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	close(errs)
+	if err == nil {
+		err = <-errs
+	}
+	return err
+}
+
+func countLines(path, substr string) int {
+	f, err := os.Open(path)
+	if err != nil {
+		return -1
+	}
+	defer f.Close()
+	n := 0
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), substr) {
+			n++
+		}
+	}
+	return n
+}
+
+func printSteady(w io.Writer, rows []steadyRow, window time.Duration) {
+	fmt.Fprintf(w, "### Steady state (window %s after all hosts healthy; controller = child process running the controller worker)\n\n", window)
+	fmt.Fprintln(w, "| hosts | start monitors | all healthy after | healthy at start/end of window | history events/host at start | events in window | events/host/hour | watch retries in window | watches waiting for a slot | controller CPU (% of 1 core) | controller RSS (peak) MiB | server+simulated hosts CPU (% of 1 core) | server+simulated hosts RSS MiB | refused host polls | failed DescribeTaskQueue |")
+	fmt.Fprintln(w, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	for _, r := range rows {
+		settled := "not within settle"
+		if r.Settled > 0 {
+			settled = r.Settled.Round(100 * time.Millisecond).String()
+		}
+		perHour := float64(r.WindowEvents) / float64(r.Hosts) / window.Hours()
+		fmt.Fprintf(w, "| %d | %s | %s | %d / %d | %.1f | %d | %.2f | %d | %d | %.1f | %.0f (%.0f) | %.1f | %.0f | %d | %d |\n",
+			r.Hosts, r.StartMonitors.Round(100*time.Millisecond), settled, r.HealthyAtStart, r.HealthyAtEnd, r.StartupEvents,
+			r.WindowEvents, perHour, r.WatchRetries, r.NotStarted, r.Controller.CPUPercent, r.Controller.RSSMiB, r.Controller.PeakMiB,
+			r.Bench.CPUPercent, r.Bench.RSSMiB, r.PollRejects, r.DescribeFailures)
+	}
+	fmt.Fprintln(w)
+}
