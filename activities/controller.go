@@ -87,24 +87,29 @@ type SchedulerInput struct {
 	Reservations []types.Reservation `json:"reservations,omitempty"`
 }
 
-// WatchInput asks WatchHost to report as soon as the probe key differs from Last, or after WatchFor anyway.
+// WatchInput asks WatchHost to report as soon as the probe's key differs from Last's, or after WatchFor anyway.
+// A zero Last (a new monitor, or a new spec) reports the first probe at once.
 type WatchInput struct {
 	Spec     types.HostSpec `json:"spec"`
-	Last     string         `json:"last"`
+	Last     types.Probe    `json:"last"`
 	WatchFor time.Duration  `json:"watchFor"`
 }
 
 // WatchHost probes a host until what it sees changes. It heartbeats on every tick (heartbeats add no history)
 // and returns only on a change, so a steady host costs three events per WatchFor.
 func (c *Controller) WatchHost(ctx context.Context, in WatchInput) (types.Probe, error) {
-	w := hostWatch{c: c, spec: in.Spec, power: types.PowerOn}
+	w := c.resumeWatch(in)
+	last := ""
+	if !in.Last.At.IsZero() {
+		last = in.Last.Key()
+	}
 	deadline := time.Now().Add(in.WatchFor)
 	ticker := time.NewTicker(c.Probe.Interval)
 	defer ticker.Stop()
 	for {
 		p := w.probe(ctx)
 		activity.RecordHeartbeat(ctx, p.Key())
-		if p.Key() != in.Last || time.Now().After(deadline) {
+		if p.Key() != last || time.Now().After(deadline) {
 			return p, nil
 		}
 		select {
@@ -128,6 +133,24 @@ type hostWatch struct {
 	workerAlive  bool
 	workerSeenAt time.Time
 	detail       string
+}
+
+// resumeWatch starts from what the last watch saw: its misses and its confirmed power reading. A fresh count
+// would report an unreachable host as merely failing at the start of every watch, and flap.
+func (c *Controller) resumeWatch(in WatchInput) *hostWatch {
+	w := &hostWatch{c: c, spec: in.Spec}
+	if in.Last.At.IsZero() {
+		return w
+	}
+	switch in.Last.Reach {
+	case types.ReachDown:
+		w.misses = c.Probe.MissesBeforeDead
+	case types.ReachFailing:
+		w.misses = c.Probe.MissesBeforeSuspect
+	}
+	w.power, w.powerRead = in.Last.Power, in.Last.Power != ""
+	w.workerAlive = in.Last.WorkerAlive
+	return w
 }
 
 func (w *hostWatch) probe(ctx context.Context) types.Probe {

@@ -68,7 +68,7 @@ func (m *monitor) watch(ctx workflow.Context) {
 	watchCtx, cancel := workflow.WithCancel(ctx)
 	defer cancel()
 	probe := workflow.ExecuteActivity(watchOptions(watchCtx), controller.WatchHost, activities.WatchInput{
-		Spec: m.Spec, Last: m.lastKey(), WatchFor: watchFor,
+		Spec: m.Spec, Last: m.Last, WatchFor: watchFor,
 	})
 	sel := workflow.NewSelector(ctx)
 	sel.AddFuture(probe, func(f workflow.Future) {
@@ -82,14 +82,6 @@ func (m *monitor) watch(ctx workflow.Context) {
 	})
 	m.addSignalHandlers(ctx, sel)
 	sel.Select(ctx)
-}
-
-// lastKey is empty until a first probe is seen, so a new watch reports at once.
-func (m *monitor) lastKey() string {
-	if m.Last.At.IsZero() {
-		return ""
-	}
-	return m.Last.Key()
 }
 
 // observe applies the decision table to a probe and starts a recovery when the host is confirmed dead.
