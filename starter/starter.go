@@ -33,17 +33,8 @@ type Starter struct {
 // Apply makes the running monitors match the inventory and prints what changed.
 func (s Starter) Apply(ctx context.Context, inv types.Inventory) (types.ApplyResult, error) {
 	var res types.ApplyResult
-	run, err := s.Client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
-		ID:                                       types.ApplyInventoryID,
-		TaskQueue:                                types.ControllerTaskQueue,
-		WorkflowIDConflictPolicy:                 enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
-		WorkflowExecutionErrorWhenAlreadyStarted: true,
-	}, types.ApplyInventoryWorkflow, inv)
-	if err != nil {
-		return res, fmt.Errorf("start apply (is another apply running?): %w", err)
-	}
-	if err := run.Get(ctx, &res); err != nil {
-		return res, fmt.Errorf("apply inventory: %w", err)
+	if err := s.execute(ctx, types.ApplyInventoryID, types.ApplyInventoryWorkflow, inv, &res); err != nil {
+		return res, fmt.Errorf("apply inventory (is another apply running?): %w", err)
 	}
 	fmt.Fprintf(s.Out, "added: %s\nupdated: %s\nunchanged: %s\nremoved: %s\n",
 		list(res.Added), list(res.Updated), list(res.Unchanged), list(res.Removed))
@@ -92,17 +83,8 @@ func (s Starter) CreateVM(ctx context.Context, req types.CreateVMRequest) (types
 	if err := req.Validate(); err != nil {
 		return rec, err
 	}
-	run, err := s.Client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
-		ID:                                       types.CreateVMID(req.Name),
-		TaskQueue:                                types.ControllerTaskQueue,
-		WorkflowIDConflictPolicy:                 enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
-		WorkflowExecutionErrorWhenAlreadyStarted: true,
-	}, types.CreateVMWorkflow, req)
-	if err != nil {
-		return rec, fmt.Errorf("start creation of %s: %w", req.Name, err)
-	}
-	if err := run.Get(ctx, &rec); err != nil {
-		return rec, fmt.Errorf("create %s (workflow %s): %w", req.Name, run.GetID(), err)
+	if err := s.execute(ctx, types.CreateVMID(req.Name), types.CreateVMWorkflow, req, &rec); err != nil {
+		return rec, fmt.Errorf("create %s: %w", req.Name, err)
 	}
 	fmt.Fprintf(s.Out, "VM %s (uuid %s) runs on %s, generation %d\n", rec.Name, rec.UUID, rec.Owner, rec.Generation)
 	return rec, nil
@@ -111,17 +93,8 @@ func (s Starter) CreateVM(ctx context.Context, req types.CreateVMRequest) (types
 // Failover fails a host over through the ManualFailover workflow; fence powers a running host off first.
 func (s Starter) Failover(ctx context.Context, req types.FailoverRequest) (workflows.FailoverResult, error) {
 	var res workflows.FailoverResult
-	run, err := s.Client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
-		ID:                                       types.ManualFailoverID(req.Host),
-		TaskQueue:                                types.ControllerTaskQueue,
-		WorkflowIDConflictPolicy:                 enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
-		WorkflowExecutionErrorWhenAlreadyStarted: true,
-	}, types.ManualFailoverWorkflow, req)
-	if err != nil {
-		return res, fmt.Errorf("start failover of %s: %w", req.Host, err)
-	}
-	if err := run.Get(ctx, &res); err != nil {
-		return res, fmt.Errorf("failover of %s (workflow %s): %w", req.Host, run.GetID(), err)
+	if err := s.execute(ctx, types.ManualFailoverID(req.Host), types.ManualFailoverWorkflow, req, &res); err != nil {
+		return res, fmt.Errorf("failover of %s: %w", req.Host, err)
 	}
 	fenced := "was already off"
 	if res.Fenced {
@@ -130,6 +103,24 @@ func (s Starter) Failover(ctx context.Context, req types.FailoverRequest) (workf
 	fmt.Fprintf(s.Out, "host %s %s; its monitor %s now recovers its VMs (see `vmha recoveries --host %s`)\n",
 		res.Host, fenced, res.Monitor, res.Host)
 	return res, nil
+}
+
+// execute starts a workflow under its one ID (refused while another run of it is open, so two operators cannot
+// race) and waits for its result.
+func (s Starter) execute(ctx context.Context, id, workflowType string, in, out interface{}) error {
+	run, err := s.Client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+		ID:                                       id,
+		TaskQueue:                                types.ControllerTaskQueue,
+		WorkflowIDConflictPolicy:                 enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
+		WorkflowExecutionErrorWhenAlreadyStarted: true,
+	}, workflowType, in)
+	if err != nil {
+		return fmt.Errorf("start %s: %w", id, err)
+	}
+	if err := run.Get(ctx, out); err != nil {
+		return fmt.Errorf("workflow %s: %w", id, err)
+	}
+	return nil
 }
 
 // RecoveryRow is one line of `vmha recoveries`.
