@@ -33,9 +33,9 @@ const (
 	uiPort       = "18233"
 	namespace    = "vmha"
 	webhookKey   = "lab-webhook-secret"
-	// hostMemoryMiB caps what vmha may place on a lab host (inventory capacity), so overcommit is checkable
+	// hostMemoryMiB caps what vmha may place on a lab host (inventory capacity: 4 VMs), so overcommit is checkable
 	// even though every lab host shares this machine's memory.
-	hostMemoryMiB = 448
+	hostMemoryMiB = 256
 	vmMemoryMiB   = 64
 )
 
