@@ -369,7 +369,9 @@ func (c *cluster) controllerDown() {
 	}
 }
 
-func (c *cluster) starter() starter.Starter { return starter.Starter{Client: c.client, Out: io.Discard} }
+func (c *cluster) starter() starter.Starter {
+	return starter.Starter{Client: c.client, Out: io.Discard}
+}
 
 // waitState waits until host's monitor publishes state in its VmhaHostState search attribute.
 func (c *cluster) waitState(name string, state types.HostState, within time.Duration) {

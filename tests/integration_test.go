@@ -71,8 +71,12 @@ func TestIntegrationDeadHostRecovery(t *testing.T) {
 		c.assertRunsOnlyOn(o.UUID, o.Target)
 	}
 
-	c.waitEvents(func(e types.Event) bool { return e.Kind == types.EventHostState && e.Host == victim.name && e.To == types.HostRecovered })
-	dead := c.webhook.received(func(e types.Event) bool { return e.Kind == types.EventHostState && e.Host == victim.name && e.To == types.HostDead })
+	c.waitEvents(func(e types.Event) bool {
+		return e.Kind == types.EventHostState && e.Host == victim.name && e.To == types.HostRecovered
+	})
+	dead := c.webhook.received(func(e types.Event) bool {
+		return e.Kind == types.EventHostState && e.Host == victim.name && e.To == types.HostDead
+	})
 	if len(dead) != 1 || dead[0].Seconds <= 0 {
 		t.Fatalf("host.state dead events %+v: want one with the detection time", dead)
 	}
@@ -146,8 +150,7 @@ func TestIntegrationIsolatedHostIsNotRecovered(t *testing.T) {
 		if ids := c.workflows(fmt.Sprintf("WorkflowType IN ('%s', '%s')", types.HostRecoveryWorkflow, types.RecoverVMWorkflow)); len(ids) != 0 {
 			t.Fatalf("isolated host: recoveries started: %v", ids)
 		}
-		// Suspect is tolerated here only because of a known flap (see the end of the test); anything else is a bug.
-		if s := c.state(h.name); s != types.HostIsolated && s != types.HostSuspect {
+		if s := c.state(h.name); s != types.HostIsolated {
 			t.Fatalf("isolated host went %s", s)
 		}
 		time.Sleep(500 * time.Millisecond)
@@ -157,19 +160,19 @@ func TestIntegrationIsolatedHostIsNotRecovered(t *testing.T) {
 
 	h.networkUp(t)
 	c.waitState(h.name, types.HostHealthy, 20*time.Second)
-	c.waitEvents(func(e types.Event) bool { return e.Kind == types.EventHostState && e.Host == h.name && e.To == types.HostIsolated })
+	c.waitEvents(func(e types.Event) bool {
+		return e.Kind == types.EventHostState && e.Host == h.name && e.To == types.HostIsolated
+	})
 	if bad := c.webhook.received(func(e types.Event) bool {
 		return e.Host == h.name && (e.To == types.HostDead || e.Kind == types.EventRecoveryStarted)
 	}); len(bad) != 0 {
 		t.Fatalf("isolated host: events %+v", bad)
 	}
-	// One cut, one alert. KNOWN BUG: every WatchHost starts with no memory of earlier misses, so the watch that
-	// follows "isolated" reports "failing" at its first miss and the monitor flaps isolated/suspect every few probes,
-	// posting an alert each time. Reported for activities/controller.go (seed hostWatch from the last probe).
+	// One cut, one alert: the watches that follow "isolated" remember the misses and do not flap to suspect.
 	if n := len(c.webhook.received(func(e types.Event) bool {
 		return e.Kind == types.EventHostState && e.Host == h.name && e.To == types.HostIsolated
 	})); n != 1 {
-		t.Skipf("KNOWN BUG, safety checks passed: %d host.state isolated alerts for one network cut, want 1", n)
+		t.Fatalf("%d host.state isolated alerts for one network cut, want 1", n)
 	}
 }
 
@@ -292,7 +295,9 @@ func (c *cluster) waitCatalog(uuid, owner string, generation int64) {
 		e, err := c.catalogEntry(uuid)
 		last = fmt.Sprintf("owner %s generation %d HA %t (error %v)", e.Owner, e.Generation, e.Policy.Enabled, err)
 		return err == nil && e.Owner == owner && e.Generation == generation && e.Policy.Enabled
-	}, func() string { return fmt.Sprintf("catalog of %s: %s, want owner %s generation %d", uuid, last, owner, generation) })
+	}, func() string {
+		return fmt.Sprintf("catalog of %s: %s, want owner %s generation %d", uuid, last, owner, generation)
+	})
 }
 
 // assertRecoveries checks that the host's incident ran exactly one RecoverVM per VM, each completed, and nothing else.
@@ -324,7 +329,9 @@ func (c *cluster) assertRecoveries(host string, incident int, vmUUIDs ...string)
 func (c *cluster) waitEvents(match func(types.Event) bool) {
 	c.t.Helper()
 	eventually(c.t, 20*time.Second, func() bool { return len(c.webhook.received(match)) > 0 },
-		func() string { return fmt.Sprintf("no such webhook event; got %+v", c.webhook.received(func(types.Event) bool { return true })) })
+		func() string {
+			return fmt.Sprintf("no such webhook event; got %+v", c.webhook.received(func(types.Event) bool { return true }))
+		})
 }
 
 // diesWithPower wires the host to its BMC: once the chassis reads off, the host is dead.
