@@ -30,6 +30,9 @@ func RunHypervisor(ctx context.Context, s config.Settings, c client.Client, logg
 		return err
 	}
 	defer hv.Close()
+	if err := hv.Warm(ctx, domainType()); err != nil {
+		logger.Warn("emulator not probed ahead of time: the first define here will be slower", "error", err)
+	}
 	ledger := &activities.Ledger{Catalog: catalog.New(s.SharePath, s.ShareTimeout)}
 	host := &activities.Host{Name: s.HostName, Hypervisor: hv, Ledger: ledger, DomainType: domainType(), SharePath: s.SharePath, Logger: logger}
 
