@@ -144,9 +144,9 @@ func operate(ctx context.Context, cmd string, args []string, s config.Settings, 
 	fs.SetOutput(out)
 	var (
 		file, host, reason, name, image, pinHosts, pinLabels, avoidHosts, avoidLabels, group string
-		fence                                                                          bool
-		vcpus, priority, limit                                                         int
-		memory                                                                         int64
+		fence                                                                                bool
+		vcpus, priority, limit                                                               int
+		memory                                                                               int64
 	)
 	switch cmd {
 	case "apply":

@@ -95,7 +95,7 @@ const (
 	PowerOn          PowerState = "on"
 	PowerOff         PowerState = "off"
 	PowerFault       PowerState = "fault"
-	PowerUnreachable PowerState = "unreachable"  // no answer from the BMC
+	PowerUnreachable PowerState = "unreachable" // no answer from the BMC
 	PowerAuthFailed  PowerState = "auth-failed" // the BMC refused our credentials
 )
 
@@ -117,8 +117,8 @@ func (p Probe) Key() string {
 
 // HAPolicy is what a VM's vmha metadata element in its domain XML says.
 type HAPolicy struct {
-	Enabled  bool `json:"enabled"`
-	Priority int  `json:"priority"` // higher recovers first
+	Enabled  bool  `json:"enabled"`
+	Priority int   `json:"priority"` // higher recovers first
 	Rules    Rules `json:"rules"`
 }
 
@@ -304,12 +304,12 @@ type FailoverRequest struct {
 
 // VMOutcome is how the recovery of one VM ended.
 type VMOutcome struct {
-	VM       string `json:"vm"`
-	UUID     string `json:"uuid"`
-	Target   string `json:"target,omitempty"`
-	Recovered bool  `json:"recovered"`
-	Reason   string `json:"reason,omitempty"`
-	Attempts int    `json:"attempts"`
+	VM        string `json:"vm"`
+	UUID      string `json:"uuid"`
+	Target    string `json:"target,omitempty"`
+	Recovered bool   `json:"recovered"`
+	Reason    string `json:"reason,omitempty"`
+	Attempts  int    `json:"attempts"`
 }
 
 // RecoveryResult summarises a host recovery.

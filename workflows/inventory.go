@@ -71,4 +71,3 @@ func sortedKeys(m map[string]types.HostSpec) []string {
 	sort.Strings(keys)
 	return keys
 }
-

@@ -229,5 +229,3 @@ func (m *monitor) awaitNotifications(ctx workflow.Context) {
 	awaitAll(ctx, m.notifications...)
 	m.notifications = nil
 }
-
-

@@ -116,4 +116,3 @@ func summarize(outcomes []types.VMOutcome) string {
 	}
 	return fmt.Sprintf("%d of %d VMs recovered", ok, len(outcomes))
 }
-

@@ -1,0 +1,156 @@
+package activities_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	enumspb "go.temporal.io/api/enums/v1"
+	taskqueuepb "go.temporal.io/api/taskqueue/v1"
+	"go.temporal.io/api/workflowservice/v1"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/testsuite"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"vmha/activities"
+	"vmha/types"
+)
+
+// pollingClient answers DescribeTaskQueue as if the host's worker polled a moment ago; nothing else is used.
+type pollingClient struct{ client.Client }
+
+func (pollingClient) DescribeTaskQueue(context.Context, string, enumspb.TaskQueueType) (*workflowservice.DescribeTaskQueueResponse, error) {
+	return &workflowservice.DescribeTaskQueueResponse{Pollers: []*taskqueuepb.PollerInfo{{LastAccessTime: timestamppb.Now()}}}, nil
+}
+
+// fakePower is a BMC whose chassis state the test sets.
+type fakePower struct {
+	mu    sync.Mutex
+	state types.PowerState
+	// next readings, before state again
+	next []types.PowerState
+}
+
+func (f *fakePower) set(s types.PowerState) { f.mu.Lock(); f.state = s; f.mu.Unlock() }
+
+func (f *fakePower) PowerStatus(context.Context, types.BMCSpec, string) (types.PowerState, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.next) > 0 {
+		s := f.next[0]
+		f.next = f.next[1:]
+		return s, nil
+	}
+	return f.state, nil
+}
+
+func (f *fakePower) PowerOff(context.Context, types.BMCSpec, string) error {
+	f.set(types.PowerOff)
+	return nil
+}
+
+type watchFixture struct {
+	env   *testsuite.TestActivityEnvironment
+	power *fakePower
+	spec  types.HostSpec
+	ln    net.Listener
+}
+
+func newWatchFixture(t *testing.T) *watchFixture {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	t.Setenv("VMHA_TEST_BMC_PASSWORD", "secret")
+	power := &fakePower{state: types.PowerOn}
+	c := &activities.Controller{
+		Client: pollingClient{}, Power: power, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Probe: activities.ProbeSettings{Interval: 20 * time.Millisecond, NetworkTimeout: 50 * time.Millisecond, BMCTimeout: time.Second,
+			MissesBeforeSuspect: 1, MissesBeforeDead: 3, PowerConfirmations: 2, WorkerGrace: time.Minute, BMCIdleInterval: time.Second},
+	}
+	var suite testsuite.WorkflowTestSuite
+	env := suite.NewTestActivityEnvironment()
+	env.RegisterActivity(c)
+	spec := types.HostSpec{Name: "hv1", Address: "127.0.0.1", ProbePort: ln.Addr().(*net.TCPAddr).Port,
+		BMC: types.BMCSpec{Address: "127.0.0.1", User: "admin", PasswordEnv: "VMHA_TEST_BMC_PASSWORD"}}
+	return &watchFixture{env: env, power: power, spec: spec, ln: ln}
+}
+
+func (f *watchFixture) watch(t *testing.T, last types.Probe, watchFor time.Duration) types.Probe {
+	t.Helper()
+	val, err := f.env.ExecuteActivity("WatchHost", activities.WatchInput{Spec: f.spec, Last: last, WatchFor: watchFor})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p types.Probe
+	if err := val.Get(&p); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestWatchHostReportsFirstProbeAtOnce(t *testing.T) {
+	f := newWatchFixture(t)
+	p := f.watch(t, types.Probe{}, time.Minute)
+	if p.Reach != types.ReachUp || p.Power != types.PowerOn || !p.WorkerAlive {
+		t.Fatalf("first probe %+v, want up/on/worker", p)
+	}
+}
+
+// TestWatchHostFollowsPowerLoss: the network goes away and the BMC says off: the watch reports failing, then
+// down with power off, the combination the monitor declares dead.
+func TestWatchHostFollowsPowerLoss(t *testing.T) {
+	f := newWatchFixture(t)
+	last := f.watch(t, types.Probe{}, time.Minute)
+	f.ln.Close()
+	f.power.set(types.PowerOff)
+	var seen []string
+	for i := 0; i < 5 && !(last.Reach == types.ReachDown && last.Power == types.PowerOff); i++ {
+		last = f.watch(t, last, time.Minute)
+		seen = append(seen, last.Key())
+	}
+	if last.Reach != types.ReachDown || last.Power != types.PowerOff {
+		t.Fatalf("watch never reported down/off; saw %v", seen)
+	}
+}
+
+// TestWatchHostResumesWithoutFlapping: a new watch of a host already seen unreachable with power on must not
+// report it merely failing (that flapped isolated <-> suspect at every watch): it stays quiet until WatchFor.
+func TestWatchHostResumesWithoutFlapping(t *testing.T) {
+	f := newWatchFixture(t)
+	f.ln.Close()
+	isolated := types.Probe{Reach: types.ReachDown, Power: types.PowerOn, WorkerAlive: true, At: time.Now()}
+	p := f.watch(t, isolated, 500*time.Millisecond)
+	if p.Key() != isolated.Key() {
+		t.Fatalf("resumed watch reported %s, want the unchanged %s", p.Key(), isolated.Key())
+	}
+}
+
+// TestWatchHostConfirmsPowerChanges: one odd BMC reading does not count; PowerConfirmations equal ones do.
+func TestWatchHostConfirmsPowerChanges(t *testing.T) {
+	f := newWatchFixture(t)
+	f.ln.Close()
+	isolated := types.Probe{Reach: types.ReachDown, Power: types.PowerOn, WorkerAlive: true, At: time.Now()}
+	f.power.next = []types.PowerState{types.PowerOff}
+	if p := f.watch(t, isolated, 500*time.Millisecond); p.Key() != isolated.Key() {
+		t.Fatalf("a single off reading changed the probe to %s", p.Key())
+	}
+	f.power.set(types.PowerFault)
+	if p := f.watch(t, isolated, time.Minute); p.Power != types.PowerFault || p.Reach != types.ReachDown {
+		t.Fatalf("got %+v, want down with power fault after confirmed readings", p)
+	}
+}
