@@ -71,15 +71,16 @@ $("$VMHA_BIN" hosts)
 
 VM '$VM' runs on $host.
 
-  Web UI (recoveries, filter with VmhaHost="$host"):  http://${VMHA_TEMPORAL_ADDRESS%:*}:$VMHA_UI_PORT/namespaces/$VMHA_NAMESPACE/workflows
-  Pull the plug on $host through its BMC:               infra/lab/lab.sh power-off $host
-  Where does '$VM' run now (every host, via virsh):      infra/lab/lab.sh domains
-  Host states / recent recoveries:                      VMHA_TEMPORAL_ADDRESS=$VMHA_TEMPORAL_ADDRESS bin/vmha hosts   (or: recoveries)
-  Cut a host's network while it keeps running:          infra/lab/lab.sh cut hv2   (vmha alerts "isolated", never moves its VMs)
-  Fail a host over with the Temporal CLI:               bin/tools/temporal workflow start --address $VMHA_TEMPORAL_ADDRESS --namespace $VMHA_NAMESPACE \\
-                                                          --task-queue vmha-controller --type ManualFailover --workflow-id vmha-failover-hv2 \\
-                                                          --input '{"host":"hv2","fence":true,"reason":"maintenance"}'
-  Stop everything:                                      make stop
+  Web UI (filter with VmhaHost="$host"):            http://${VMHA_TEMPORAL_ADDRESS%:*}:$VMHA_UI_PORT/namespaces/$VMHA_NAMESPACE/workflows
+  Pull the plug on $host through its BMC:             infra/lab/lab.sh power-off $host
+  Where does '$VM' run now (every host, via virsh):  infra/lab/lab.sh domains
+  Host states, then recent recoveries:                VMHA_TEMPORAL_ADDRESS=$VMHA_TEMPORAL_ADDRESS bin/vmha hosts
+                                                      VMHA_TEMPORAL_ADDRESS=$VMHA_TEMPORAL_ADDRESS bin/vmha recoveries
+  Cut a host's network while it keeps running:        infra/lab/lab.sh cut hv3   (vmha alerts "isolated", moves nothing)
+  Fail a host over with the Temporal CLI:             bin/tools/temporal workflow start --address $VMHA_TEMPORAL_ADDRESS \\
+                                                        --namespace $VMHA_NAMESPACE --task-queue vmha-controller --type ManualFailover \\
+                                                        --workflow-id vmha-failover-hv3 --input '{"host":"hv3","fence":true}'
+  Stop everything:                                    make stop
 MSG
 }
 
