@@ -1,0 +1,65 @@
+package workflows
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/mock"
+	"go.temporal.io/sdk/testsuite"
+
+	"vmha/activities"
+	"vmha/types"
+)
+
+// failoverEnv is a host in state with a BMC reading power; it records fencing calls and the hand-over signal.
+func failoverEnv(state types.HostState, power types.PowerState) (*testsuite.TestWorkflowEnvironment, *[]string) {
+	var suite testsuite.WorkflowTestSuite
+	suite.SetLogger(quietLogger{})
+	env := suite.NewTestWorkflowEnvironment()
+	Register(env)
+	env.RegisterActivity(&activities.Controller{})
+	var mu sync.Mutex
+	calls := []string{}
+	record := func(s string) { mu.Lock(); calls = append(calls, s); mu.Unlock() }
+	env.OnActivity(controller.DescribeHost, mock.Anything, "hv1").Return(types.Candidate{Spec: types.HostSpec{Name: "hv1"}, State: state}, nil)
+	env.OnActivity(controller.PowerStatus, mock.Anything, mock.Anything).Return(power, nil)
+	env.OnActivity(controller.LoadPolicy, mock.Anything).Return(defaultPolicy, nil)
+	env.OnActivity(controller.PowerOff, mock.Anything, mock.Anything).Return(func(context.Context, types.HostSpec) error { record("power-off"); return nil })
+	env.OnActivity(controller.WaitPowerOff, mock.Anything, mock.Anything).Return(func(context.Context, types.HostSpec) error { record("confirmed-off"); return nil })
+	env.OnSignalExternalWorkflow(mock.Anything, types.HostMonitorID("hv1"), "", activities.SignalFenced, mock.Anything).Return(
+		func(_, _, _, _ string, _ interface{}) error { record("signal-fenced"); return nil })
+	return env, &calls
+}
+
+func TestManualFailover(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		state     types.HostState
+		power     types.PowerState
+		fence     bool
+		wantCalls string
+		wantErr   string
+	}{
+		{"running host with fence is powered off, confirmed, then handed over", types.HostHealthy, types.PowerOn, true, "power-off,confirmed-off,signal-fenced", ""},
+		{"running host without fence is refused", types.HostHealthy, types.PowerOn, false, "", "set fence=true"},
+		{"host already off needs no fence", types.HostIsolated, types.PowerOff, false, "signal-fenced", ""},
+		{"host with power fault counts as off", types.HostSuspect, types.PowerFault, false, "signal-fenced", ""},
+		{"unreachable BMC is refused even with fence", types.HostUnknown, types.PowerUnreachable, true, "", "cannot make sure the host is off"},
+		{"wrong BMC password is refused", types.HostUnknown, types.PowerAuthFailed, true, "", "cannot make sure the host is off"},
+		{"host already recovering is refused", types.HostRecovering, types.PowerOff, true, "", "already recovering"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			env, calls := failoverEnv(c.state, c.power)
+			env.ExecuteWorkflow(ManualFailover, types.FailoverRequest{Host: "hv1", Fence: c.fence})
+			err := env.GetWorkflowError()
+			if c.wantErr == "" && err != nil || c.wantErr != "" && (err == nil || !strings.Contains(err.Error(), c.wantErr)) {
+				t.Fatalf("error %v, want %q", err, c.wantErr)
+			}
+			if got := strings.Join(*calls, ","); got != c.wantCalls {
+				t.Fatalf("calls %q, want %q", got, c.wantCalls)
+			}
+		})
+	}
+}
