@@ -80,8 +80,7 @@ func freePort() (int, error) {
 
 // probeTarget is the one TCP listener every simulated host's network probe connects to: it accepts and closes.
 type probeTarget struct {
-	ln       net.Listener
-	accepted chan struct{}
+	ln net.Listener
 }
 
 func listenProbeTarget() (*probeTarget, error) {
@@ -101,7 +100,7 @@ func listenProbeTarget() (*probeTarget, error) {
 	return &probeTarget{ln: ln}, nil
 }
 
-func (p *probeTarget) port() int     { return p.ln.Addr().(*net.TCPAddr).Port }
+func (p *probeTarget) port() int    { return p.ln.Addr().(*net.TCPAddr).Port }
 func (p *probeTarget) close() error { return p.ln.Close() }
 
 // hostSpec is a simulated host: its probe hits the shared listener, its BMC is the controller's fake.
