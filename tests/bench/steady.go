@@ -330,7 +330,7 @@ func countLines(path, substr string) int {
 
 func printSteady(w io.Writer, rows []steadyRow, window time.Duration) {
 	fmt.Fprintf(w, "### Steady state (window %s after all hosts healthy; controller = child process running the controller worker)\n\n", window)
-	fmt.Fprintln(w, "| hosts | start monitors | all healthy after | healthy at start/end of window | history events/host at start | events in window | events/host/hour | watch retries in window | watches waiting for a slot | controller CPU (% of 1 core) | controller RSS (peak) MiB | server+simulated hosts CPU (% of 1 core) | server+simulated hosts RSS MiB | refused host polls | failed DescribeTaskQueue |")
+	fmt.Fprintln(w, "| hosts | start monitors | all healthy after | healthy at start/end of window | history events/host at start | events in window | events/host/hour | watch retries in window | watches waiting for a slot | controller CPU (% of 1 core) | controller RSS (peak) MiB | server+simulated hosts CPU (% of 1 core) | server+simulated hosts RSS MiB | refused host polls in window | failed DescribeTaskQueue (whole run) |")
 	fmt.Fprintln(w, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, r := range rows {
 		settled := "not within settle"
