@@ -49,7 +49,7 @@ type steadyRow struct {
 	// WatchRetries is how many watch activities were retried during the window (heartbeat timeouts, failures):
 	// retries add no history event but mean the controller did not keep up.
 	WatchRetries int64
-	// NotStarted counts watches still waiting for a worker slot when the window closed.
+	// NotStarted counts watches scheduled but not yet started by a worker when the window closed.
 	NotStarted int
 	// PollRejects counts the simulated hosts' polls the server refused during the window.
 	PollRejects int64
@@ -330,7 +330,7 @@ func countLines(path, substr string) int {
 
 func printSteady(w io.Writer, rows []steadyRow, window time.Duration) {
 	fmt.Fprintf(w, "### Steady state (window %s after all hosts healthy; controller = child process running the controller worker)\n\n", window)
-	fmt.Fprintln(w, "| hosts | start monitors | all healthy after | healthy at start/end of window | history events/host at start | events in window | events/host/hour | watch retries in window | watches waiting for a slot | controller CPU (% of 1 core) | controller RSS (peak) MiB | server+simulated hosts CPU (% of 1 core) | server+simulated hosts RSS MiB | refused host polls in window | failed DescribeTaskQueue (whole run) |")
+	fmt.Fprintln(w, "| hosts | start monitors | all healthy after | healthy at start/end of window | history events/host at start | events in window | events/host/hour | watch retries in window | watches scheduled, not started | controller CPU (% of 1 core) | controller RSS (peak) MiB | server+simulated hosts CPU (% of 1 core) | server+simulated hosts RSS MiB | refused host polls in window | failed DescribeTaskQueue (whole run) |")
 	fmt.Fprintln(w, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, r := range rows {
 		settled := "not within settle"
