@@ -37,7 +37,7 @@ $(TEMPORAL_CLI):
 
 ## bench: steady-state history per host and 50-VM recovery time (libvirt test driver); table in docs/benchmark.md
 bench: build
-	go run ./tests/bench
+	go run ./tests/bench -hosts 100,1000,5000 -window 60s -settle 3m -vms 50 -concurrency 8,16,50 -reps 3
 
 ## bench-lab: scenario 1 (BMC power-off) ten times on the lab: min/median/max seconds; table in docs/bench-lab.md
 bench-lab: build

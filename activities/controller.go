@@ -161,8 +161,12 @@ func (w *hostWatch) probe(ctx context.Context) types.Probe {
 		defer wg.Done()
 		netErr = w.c.dialProbe(ctx, w.spec)
 	}()
-	if w.workerSeenAt.IsZero() || time.Since(w.workerSeenAt) > 5*time.Second {
-		w.workerAlive = w.c.workerAlive(ctx, w.spec.Name)
+	// Liveness only separates healthy from suspect and has a long grace: asking three times per grace is enough,
+	// and costs the server one call per host per WorkerGrace/3 instead of one per probe.
+	if w.workerSeenAt.IsZero() || time.Since(w.workerSeenAt) > w.c.Probe.WorkerGrace/3 {
+		if alive, err := w.c.workerAlive(ctx, w.spec.Name); err == nil || w.workerSeenAt.IsZero() {
+			w.workerAlive = alive
+		}
 		w.workerSeenAt = time.Now()
 	}
 	wg.Wait()
@@ -224,21 +228,22 @@ func (c *Controller) dialProbe(ctx context.Context, spec types.HostSpec) error {
 	return conn.Close()
 }
 
-// workerAlive says whether the host's hypervisor worker polled its task queue within WorkerGrace.
-func (c *Controller) workerAlive(ctx context.Context, host string) bool {
+// workerAlive says whether the host's hypervisor worker polled its task queue within WorkerGrace. An error is
+// no answer: a busy server must not make healthy hosts look suspect, so the caller keeps its last answer.
+func (c *Controller) workerAlive(ctx context.Context, host string) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	resp, err := c.Client.DescribeTaskQueue(ctx, types.HostTaskQueue(host), enumspb.TASK_QUEUE_TYPE_ACTIVITY)
 	if err != nil {
 		c.Logger.Warn("describe task queue", "host", host, "error", err)
-		return false
+		return false, err
 	}
 	for _, p := range resp.GetPollers() {
 		if p.GetLastAccessTime() != nil && time.Since(p.GetLastAccessTime().AsTime()) < c.Probe.WorkerGrace {
-			return true
+			return true, nil
 		}
 	}
-	return false
+	return false, nil
 }
 
 // powerStatus reads chassis power with the worker-side password.

@@ -11,6 +11,9 @@ import (
 const (
 	ControllerTaskQueue = "vmha-controller"
 	ShareTaskQueue      = "vmha-share"
+	// WatchTaskQueue carries the long-running host watches, one per host, on workers sized for them, so they can
+	// never take the slots a recovery's own steps need.
+	WatchTaskQueue = "vmha-watch"
 )
 
 // HostTaskQueue is the queue only the named host's hypervisor worker polls.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
 
@@ -41,11 +42,22 @@ func RunController(ctx context.Context, s config.Settings, c client.Client, logg
 		}
 		defer stop()
 	}
+	ws := ControllerWorkers(c, s, NewController(s, c, bmc.New(s.BMCTimeout, logger), notifier, logger))
+	logger.Info("controller worker started", "task_queues", []string{types.ControllerTaskQueue, types.WatchTaskQueue},
+		"max_watches", s.MaxWatches, "metrics", s.MetricsAddr)
+	return run(ctx, ws...)
+}
+
+// ControllerWorkers are the controller's two workers: workflows and control steps on the controller queue, and
+// the host watches on their own queue, where every watched host holds one mostly sleeping activity for up to an
+// hour (MaxWatches of them), so they never take the slots a recovery's steps need.
+func ControllerWorkers(c client.Client, s config.Settings, controller *activities.Controller) []worker.Worker {
 	w := worker.New(c, types.ControllerTaskQueue, worker.Options{})
 	workflows.Register(w)
-	w.RegisterActivity(NewController(s, c, bmc.New(s.BMCTimeout, logger), notifier, logger))
-	logger.Info("controller worker started", "task_queue", types.ControllerTaskQueue, "metrics", s.MetricsAddr)
-	return run(ctx, w)
+	w.RegisterActivity(controller)
+	watches := worker.New(c, types.WatchTaskQueue, worker.Options{MaxConcurrentActivityExecutionSize: s.MaxWatches})
+	watches.RegisterActivityWithOptions(controller.WatchHost, activity.RegisterOptions{Name: "WatchHost"})
+	return []worker.Worker{w, watches}
 }
 
 // NewController wires the controller's activities from the settings.

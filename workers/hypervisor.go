@@ -38,7 +38,8 @@ func RunHypervisor(ctx context.Context, s config.Settings, c client.Client, logg
 
 	own := worker.New(c, types.HostTaskQueue(s.HostName), worker.Options{})
 	own.RegisterActivity(host)
-	share := worker.New(c, types.ShareTaskQueue, worker.Options{})
+	// Every host serves the share queue; one poller each is plenty and keeps the server's poll count per host low.
+	share := worker.New(c, types.ShareTaskQueue, worker.Options{MaxConcurrentActivityTaskPollers: 1})
 	share.RegisterActivity(&activities.Share{Catalog: ledger.Catalog})
 
 	keeper := &activities.Keeper{Host: s.HostName, Hypervisor: hv, Ledger: ledger, Logger: logger}

@@ -31,7 +31,7 @@ var nonRetryable = []string{"CatalogMoved", "Disk", "DomainXML", "BMCSecret", "U
 // watch moves to another replica; it is retried forever because a host must never go unwatched.
 func watchOptions(ctx workflow.Context) workflow.Context {
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-		TaskQueue:           types.ControllerTaskQueue,
+		TaskQueue:           types.WatchTaskQueue,
 		StartToCloseTimeout: watchFor + 5*time.Minute,
 		HeartbeatTimeout:    5 * time.Second,
 		RetryPolicy: &temporal.RetryPolicy{

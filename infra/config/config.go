@@ -43,6 +43,8 @@ type Settings struct {
 	BMCIdleInterval     time.Duration `envconfig:"BMC_IDLE_INTERVAL" default:"2s" desc:"how often power is read while the network answers (every probe once it fails)"`
 	FenceTimeout        time.Duration `envconfig:"FENCE_TIMEOUT" default:"60s" desc:"how long to wait for the BMC to report off after a power-off"`
 
+	MaxWatches int `envconfig:"MAX_WATCHES" default:"10000" desc:"hosts one controller replica can watch at once"`
+
 	RecoveryConcurrency int     `envconfig:"RECOVERY_CONCURRENCY" default:"8" desc:"VMs of one dead host recovered at once"`
 	OvercommitRatio     float64 `envconfig:"OVERCOMMIT_RATIO" default:"4" desc:"vCPUs allowed per host CPU"`
 	HostReserveMiB      int64   `envconfig:"HOST_RESERVE_MIB" default:"256" desc:"memory kept free on every host"`
@@ -78,6 +80,8 @@ func (s Settings) Validate() error {
 		return fmt.Errorf("%s_PROBE_TIMEOUT=%s / %s_BMC_TIMEOUT=%s: want > 0", Prefix, s.ProbeTimeout, Prefix, s.BMCTimeout)
 	case s.ProbeInterval <= 0:
 		return fmt.Errorf("%s_PROBE_INTERVAL=%s: want > 0", Prefix, s.ProbeInterval)
+	case s.MaxWatches < 1:
+		return fmt.Errorf("%s_MAX_WATCHES=%d: want >= 1", Prefix, s.MaxWatches)
 	case s.RecoveryConcurrency < 1:
 		return fmt.Errorf("%s_RECOVERY_CONCURRENCY=%d: want >= 1", Prefix, s.RecoveryConcurrency)
 	case s.OvercommitRatio < 1:

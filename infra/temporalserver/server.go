@@ -315,6 +315,10 @@ func startTemporal(o Options, sqlConf *config.SQL, frontendAddress string) (e *e
 		// (the Web UI's lists) not throttled to the production default.
 		dynamicconfig.HistoryCacheHostLevelMaxSize.Key():                 8096,
 		dynamicconfig.FrontendMaxNamespaceVisibilityRPSPerInstance.Key(): 100,
+		// Every hypervisor worker long-polls (3 polls per host) and every monitor's watch heartbeats: the
+		// production defaults (1,200 concurrent polls, 2,400 RPS per namespace) refuse them from ~400 hosts on.
+		dynamicconfig.FrontendMaxConcurrentLongRunningRequestsPerInstance.Key(): 50000,
+		dynamicconfig.FrontendMaxNamespaceRPSPerInstance.Key():                  20000,
 	}
 
 	defer func() {

@@ -12,7 +12,6 @@ import (
 	"vmha/infra/config"
 	"vmha/types"
 	"vmha/workers"
-	"vmha/workflows"
 )
 
 // alwaysOn is a BMC that answers "power on" at once: the benchmark measures vmha, not IPMI round trips.
@@ -30,13 +29,31 @@ type silent struct{}
 func (silent) Notify(context.Context, types.Event) error { return nil }
 
 // controllerWorker is the controller worker as workers.RunController builds it, with the fake BMC and notifier.
-// slots overrides the activity slots (0 keeps the SDK default vmha runs with).
-func controllerWorker(c client.Client, s config.Settings, slots int, logger *slog.Logger) (worker.Worker, *activities.Controller) {
-	w := worker.New(c, types.ControllerTaskQueue, worker.Options{MaxConcurrentActivityExecutionSize: slots})
-	workflows.Register(w)
+// slots overrides VMHA_MAX_WATCHES (0 keeps the setting).
+func controllerWorker(c client.Client, s config.Settings, slots int, logger *slog.Logger) (*multiWorker, *activities.Controller) {
+	if slots > 0 {
+		s.MaxWatches = slots
+	}
 	ctrl := workers.NewController(s, c, alwaysOn{}, silent{}, logger)
-	w.RegisterActivity(ctrl)
-	return w, ctrl
+	return &multiWorker{workers.ControllerWorkers(c, s, ctrl)}, ctrl
+}
+
+// multiWorker starts and stops the controller's workers together.
+type multiWorker struct{ ws []worker.Worker }
+
+func (m *multiWorker) Start() error {
+	for _, w := range m.ws {
+		if err := w.Start(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *multiWorker) Stop() {
+	for _, w := range m.ws {
+		w.Stop()
+	}
 }
 
 // runControllerChild is the controller process of a steady-state run: settings from VMHA_* (defaults unless the

@@ -41,7 +41,7 @@ func run() error {
 		hostsFlag   = flag.String("hosts", "100,1000,5000", "steady state: host counts to measure (empty: skip)")
 		window      = flag.Duration("window", 60*time.Second, "steady state: how long to watch once all hosts are healthy")
 		settle      = flag.Duration("settle", 5*time.Minute, "steady state: how long to wait for every host to become healthy")
-		slots       = flag.Int("activity-slots", 0, "steady state: controller worker MaxConcurrentActivityExecutionSize (0: SDK default, as vmha runs it)")
+		slots       = flag.Int("activity-slots", 0, "steady state: host watches per controller (0: VMHA_MAX_WATCHES, as vmha runs it)")
 		vms         = flag.Int("vms", 50, "recovery: HA VMs on the failed host (0: skip)")
 		concurrency = flag.String("concurrency", "8,16,50", "recovery: RECOVERY_CONCURRENCY values to measure")
 		reps        = flag.Int("reps", 3, "recovery: repetitions per concurrency")
