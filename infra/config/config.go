@@ -45,7 +45,7 @@ type Settings struct {
 
 	MaxWatches int `envconfig:"MAX_WATCHES" default:"10000" desc:"hosts one controller replica can watch at once"`
 
-	RecoveryConcurrency int     `envconfig:"RECOVERY_CONCURRENCY" default:"8" desc:"VMs of one dead host recovered at once"`
+	RecoveryConcurrency int     `envconfig:"RECOVERY_CONCURRENCY" default:"16" desc:"VMs of one dead host recovered at once"`
 	OvercommitRatio     float64 `envconfig:"OVERCOMMIT_RATIO" default:"4" desc:"vCPUs allowed per host CPU"`
 	HostReserveMiB      int64   `envconfig:"HOST_RESERVE_MIB" default:"256" desc:"memory kept free on every host"`
 
