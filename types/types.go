@@ -176,7 +176,10 @@ type HostStats struct {
 	VCPUsAllocated     int   `json:"vcpusAllocated"`
 	MemoryAllocatedMiB int64 `json:"memoryAllocatedMiB"`
 	// AntiAffinityGroups of the HA domains running there.
-	AntiAffinityGroups []string  `json:"antiAffinityGroups,omitempty"`
+	AntiAffinityGroups []string `json:"antiAffinityGroups,omitempty"`
+	// Running lists the UUIDs of the domains counted above, so the scheduler never counts a VM twice: once in
+	// these stats and once more as a reservation.
+	Running []string `json:"running,omitempty"`
 	SharedStorageOK    bool      `json:"sharedStorageOK"`
 	SampledAt          time.Time `json:"sampledAt"`
 }

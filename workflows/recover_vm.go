@@ -14,8 +14,13 @@ import (
 	"vmha/types"
 )
 
-// maxTargets bounds how many hosts one VM is tried on before it is reported unrecoverable.
-const maxTargets = 5
+const (
+	// maxTargets bounds how many hosts one VM is tried on before it is reported unrecoverable.
+	maxTargets = 5
+	// maxRefreshes bounds how often a VM with no eligible target takes a fresh look at the cluster.
+	maxRefreshes = 2
+	refreshWait  = 2 * time.Second
+)
 
 // RecoverVMInput is one VM of a dead host, with the cluster as it looked when the recovery began.
 type RecoverVMInput struct {
@@ -94,11 +99,22 @@ func (p placer) run(ctx workflow.Context, attempt func(workflow.Context, string)
 	var exclude []string
 	var failures []string
 	backoff := 200 * time.Millisecond
+	refreshes := 0
 	for n := 1; n <= maxTargets; n++ {
-		resID := fmt.Sprintf("%s-%d", p.reservationPrefix, n)
+		resID := fmt.Sprintf("%s-%d-%d", p.reservationPrefix, n, refreshes)
 		placement, err := p.place(ctx, resID, exclude)
 		if err != nil {
 			return "", n - 1, err
+		}
+		if placement.Host == "" && refreshes < maxRefreshes {
+			// The snapshot may be older than VMs placed meanwhile by other recoveries: look again before giving up.
+			refreshes++
+			n--
+			_ = workflow.Sleep(ctx, refreshWait)
+			if fresh, err := clusterSnapshot(ctx, p.failedHost); err == nil {
+				p.candidates = fresh
+			}
+			continue
 		}
 		if placement.Host == "" {
 			return "", n - 1, noTarget(placement.Rejected, failures)

@@ -554,6 +554,9 @@ func (l *Libvirt) addDomain(dom *libvirt.Domain, st *types.HostStats, groups map
 	}
 	st.VCPUsAllocated += int(info.NrVirtCpu)
 	st.MemoryAllocatedMiB += int64((info.MaxMem + 1023) / 1024)
+	if uuid, err := dom.GetUUIDString(); err == nil {
+		st.Running = append(st.Running, uuid)
+	}
 	xml, err := dom.GetXMLDesc(0)
 	if err != nil {
 		l.logger.Warn("domain XML for stats", "uri", l.uri, "error", err)

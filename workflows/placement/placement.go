@@ -7,7 +7,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"time"
 
 	"vmha/types"
 )
@@ -27,7 +26,7 @@ func Choose(req types.PlacementRequest, reservations []types.Reservation) types.
 	rejected := map[string]string{}
 	for _, c := range req.Candidates {
 		name := c.Spec.Name
-		pending := Pending(reservations, name, c.Stats.SampledAt)
+		pending := Pending(reservations, name, c.Stats)
 		if why := reject(req, c, pending); why != "" {
 			rejected[name] = why
 			continue
@@ -55,12 +54,13 @@ func Choose(req types.PlacementRequest, reservations []types.Reservation) types.
 	return p
 }
 
-// Pending returns the reservations on host that stats sampled at sampledAt cannot include: those not released
-// yet, and those released (VM running) after the sample was taken.
-func Pending(reservations []types.Reservation, host string, sampledAt time.Time) []types.Reservation {
+// Pending returns the reservations on host that its stats do not include: not released yet, or
+// released (VM running) after the sample was taken, and in either case not among the domains the sample saw
+// running. Two recoveries with snapshots of different ages thus never count one VM twice.
+func Pending(reservations []types.Reservation, host string, stats types.HostStats) []types.Reservation {
 	var out []types.Reservation
 	for _, r := range reservations {
-		if r.Host == host && (r.ReleasedAt.IsZero() || r.ReleasedAt.After(sampledAt)) {
+		if r.Host == host && (r.ReleasedAt.IsZero() || r.ReleasedAt.After(stats.SampledAt)) && !slices.Contains(stats.Running, r.VMUUID) {
 			out = append(out, r)
 		}
 	}

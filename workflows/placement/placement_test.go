@@ -94,3 +94,19 @@ func TestChooseCountsReservations(t *testing.T) {
 		t.Fatalf("a VM already in hv1's stats was counted again: chose %s (%v)", p.Host, p.Rejected)
 	}
 }
+
+// TestPendingSkipsVMsTheStatsSaw: a VM released after the sample but already running when it was taken is in the
+// stats; counting its reservation as well would refuse room that exists.
+func TestPendingSkipsVMsTheStatsSaw(t *testing.T) {
+	stats := types.HostStats{Host: "hv1", SampledAt: sampled, Running: []string{"seen"}}
+	rs := []types.Reservation{
+		{ID: "a", Host: "hv1", VMUUID: "seen", ReleasedAt: sampled.Add(time.Second)},
+		{ID: "b", Host: "hv1", VMUUID: "starting"},
+		{ID: "c", Host: "hv1", VMUUID: "done-before", ReleasedAt: sampled.Add(-time.Second)},
+		{ID: "d", Host: "hv2", VMUUID: "elsewhere"},
+	}
+	got := Pending(rs, "hv1", stats)
+	if len(got) != 1 || got[0].ID != "b" {
+		t.Fatalf("pending %+v, want only b", got)
+	}
+}
