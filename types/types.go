@@ -179,9 +179,9 @@ type HostStats struct {
 	AntiAffinityGroups []string `json:"antiAffinityGroups,omitempty"`
 	// Running lists the UUIDs of the domains counted above, so the scheduler never counts a VM twice: once in
 	// these stats and once more as a reservation.
-	Running []string `json:"running,omitempty"`
-	SharedStorageOK    bool      `json:"sharedStorageOK"`
-	SampledAt          time.Time `json:"sampledAt"`
+	Running         []string  `json:"running,omitempty"`
+	SharedStorageOK bool      `json:"sharedStorageOK"`
+	SampledAt       time.Time `json:"sampledAt"`
 }
 
 // Candidate is one host as the scheduler sees it when placing a VM.
