@@ -319,6 +319,9 @@ func startTemporal(o Options, sqlConf *config.SQL, frontendAddress string) (e *e
 		// production defaults (1,200 concurrent polls, 2,400 RPS per namespace) refuse them from ~400 hosts on.
 		dynamicconfig.FrontendMaxConcurrentLongRunningRequestsPerInstance.Key(): 50000,
 		dynamicconfig.FrontendMaxNamespaceRPSPerInstance.Key():                  20000,
+		dynamicconfig.FrontendRPS.Key():                                         20000,
+		dynamicconfig.MatchingRPS.Key():                                         20000,
+		dynamicconfig.HistoryRPS.Key():                                          20000,
 	}
 
 	defer func() {
