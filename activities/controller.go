@@ -96,7 +96,7 @@ type WatchInput struct {
 }
 
 // WatchHost probes a host until what it sees changes. It heartbeats on every tick (heartbeats add no history)
-// and returns only on a change, so a steady host costs three events per WatchFor.
+// and returns only on a change, so a steady host costs six history events per WatchFor.
 func (c *Controller) WatchHost(ctx context.Context, in WatchInput) (types.Probe, error) {
 	w := c.resumeWatch(in)
 	last := ""

@@ -21,7 +21,7 @@ var (
 	onShare    *activities.Share
 )
 
-// watchFor bounds a steady watch: a healthy host costs three history events per watchFor.
+// watchFor bounds a steady watch: a healthy host costs six history events per watchFor (docs/benchmark.md).
 const watchFor = time.Hour
 
 // Non-retryable error types raised by activities and workflows.
