@@ -36,6 +36,8 @@ type Host struct {
 	DomainType string
 	// SharePath is where the shared storage is mounted; new VM disks go under it.
 	SharePath string
+	// ShareTimeout bounds every filesystem call on the share.
+	ShareTimeout time.Duration
 	Logger    *slog.Logger
 }
 
@@ -177,7 +179,10 @@ func (h *Host) CreateDomain(ctx context.Context, in CreateDomainInput) (types.VM
 		return e.VMRecord, nil
 	}
 	disk := filepath.Join(h.SharePath, "vmha", "disks", in.Request.Name+".qcow2")
-	if err := makeOverlay(ctx, in.Request.Image, disk); err != nil {
+	_, err := Bounded(ctx, h.ShareTimeout, "disk "+disk, func() (struct{}, error) {
+		return struct{}{}, makeOverlay(ctx, in.Request.Image, disk)
+	})
+	if err != nil {
 		return types.VMRecord{}, temporal.NewNonRetryableApplicationError(err.Error(), "Disk", err)
 	}
 	policy := in.Request.Policy

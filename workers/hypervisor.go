@@ -34,7 +34,8 @@ func RunHypervisor(ctx context.Context, s config.Settings, c client.Client, logg
 		logger.Warn("emulator not probed ahead of time: the first define here will be slower", "error", err)
 	}
 	ledger := &activities.Ledger{Catalog: catalog.New(s.SharePath, s.ShareTimeout)}
-	host := &activities.Host{Name: s.HostName, Hypervisor: hv, Ledger: ledger, DomainType: domainType(), SharePath: s.SharePath, Logger: logger}
+	host := &activities.Host{Name: s.HostName, Hypervisor: hv, Ledger: ledger, DomainType: domainType(), SharePath: s.SharePath,
+		ShareTimeout: s.ShareTimeout, Logger: logger}
 
 	own := worker.New(c, types.HostTaskQueue(s.HostName), worker.Options{})
 	own.RegisterActivity(host)

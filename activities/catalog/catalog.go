@@ -189,30 +189,6 @@ func readEntry(path, id string) (activities.CatalogEntry, error) {
 	return e, nil
 }
 
-// bounded runs one filesystem operation with the catalog's timeout. A hung NFS mount blocks in the kernel where
-// no context reaches, so the operation runs in its own goroutine and the caller stops waiting when the timeout
-// or ctx ends. On a true hang that goroutine leaks until the share answers: the price of not hanging the worker.
 func bounded[T any](ctx context.Context, d *Dir, what string, op func() (T, error)) (T, error) {
-	ctx, cancel := context.WithTimeout(ctx, d.timeout)
-	defer cancel()
-	type result struct {
-		v   T
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		v, err := op()
-		done <- result{v, err}
-	}()
-	select {
-	case r := <-done:
-		if r.err != nil {
-			var zero T
-			return zero, fmt.Errorf("%s: %w", what, r.err)
-		}
-		return r.v, nil
-	case <-ctx.Done():
-		var zero T
-		return zero, fmt.Errorf("%s: no answer from %s within %s: %w", what, d.dir, d.timeout, ctx.Err())
-	}
+	return activities.Bounded(ctx, d.timeout, what+" (share "+d.dir+")", op)
 }
