@@ -38,7 +38,7 @@ type Host struct {
 	SharePath string
 	// ShareTimeout bounds every filesystem call on the share.
 	ShareTimeout time.Duration
-	Logger    *slog.Logger
+	Logger       *slog.Logger
 }
 
 // HostStats reads this host's load and memory for the scheduler, and whether it sees the shared storage.
