@@ -15,11 +15,7 @@ import (
 
 // failoverEnv is a host in state with a BMC reading power; it records fencing calls and the hand-over signal.
 func failoverEnv(state types.HostState, power types.PowerState) (*testsuite.TestWorkflowEnvironment, *[]string) {
-	var suite testsuite.WorkflowTestSuite
-	suite.SetLogger(quietLogger{})
-	env := suite.NewTestWorkflowEnvironment()
-	Register(env)
-	env.RegisterActivity(&activities.Controller{})
+	env := baseEnv()
 	var mu sync.Mutex
 	calls := []string{}
 	record := func(s string) { mu.Lock(); calls = append(calls, s); mu.Unlock() }

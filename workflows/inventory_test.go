@@ -10,7 +10,6 @@ import (
 	"github.com/stretchr/testify/mock"
 	"go.temporal.io/sdk/testsuite"
 
-	"vmha/activities"
 	"vmha/types"
 )
 
@@ -21,11 +20,7 @@ func spec(name, addr string) types.HostSpec {
 
 // inventoryEnv mocks the monitors that run now and records what the apply changes.
 func inventoryEnv(running ...types.HostSpec) (*testsuite.TestWorkflowEnvironment, *[]string) {
-	var suite testsuite.WorkflowTestSuite
-	suite.SetLogger(quietLogger{})
-	env := suite.NewTestWorkflowEnvironment()
-	Register(env)
-	env.RegisterActivity(&activities.Controller{})
+	env := baseEnv()
 	var mu sync.Mutex
 	changes := []string{}
 	record := func(s string) { mu.Lock(); changes = append(changes, s); mu.Unlock() }

@@ -19,10 +19,7 @@ type placeResult struct {
 // TestSchedulerNeverOvercommits: two hosts fail at once and their recoveries ask for 12 placements together;
 // room is 7 VMs per survivor (4096-256 MiB free, 512 MiB each). Every answer counts the others'.
 func TestSchedulerNeverOvercommits(t *testing.T) {
-	var suite testsuite.WorkflowTestSuite
-	suite.SetLogger(quietLogger{})
-	env := suite.NewTestWorkflowEnvironment()
-	Register(env)
+	env := baseEnv()
 	c := newCluster("hv1", "hv2", "hv3", "hv4")
 	results := map[string]*placeResult{}
 	send := func(id string, req types.PlacementRequest) {

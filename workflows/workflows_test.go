@@ -135,8 +135,8 @@ func (c *cluster) step(ctx context.Context, step, uuid string) error {
 	return nil
 }
 
-// newEnv registers every workflow and mocks every activity onto the fake cluster.
-func newEnv(t *testing.T, c *cluster, policy types.Policy) *testsuite.TestWorkflowEnvironment {
+// baseEnv is a test environment with every workflow and activity registered and quiet logs.
+func baseEnv() *testsuite.TestWorkflowEnvironment {
 	var suite testsuite.WorkflowTestSuite
 	suite.SetLogger(quietLogger{})
 	env := suite.NewTestWorkflowEnvironment()
@@ -144,6 +144,12 @@ func newEnv(t *testing.T, c *cluster, policy types.Policy) *testsuite.TestWorkfl
 	env.RegisterActivity(&activities.Controller{})
 	env.RegisterActivity(&activities.Host{})
 	env.RegisterActivity(&activities.Share{})
+	return env
+}
+
+// newEnv registers every workflow and mocks every activity onto the fake cluster.
+func newEnv(t *testing.T, c *cluster, policy types.Policy) *testsuite.TestWorkflowEnvironment {
+	env := baseEnv()
 	env.OnActivity(controller.LoadPolicy, mock.Anything).Return(policy, nil)
 	env.OnActivity(controller.Notify, mock.Anything, mock.Anything).Return(func(_ context.Context, e types.Event) error {
 		c.mu.Lock()

@@ -294,15 +294,7 @@ func (l *Libvirt) Start(ctx context.Context, uuid string) error {
 // Destroy powers a domain off at once (virsh destroy). A stopped or missing domain is already where Destroy
 // would leave it.
 func (l *Libvirt) Destroy(ctx context.Context, uuid string) error {
-	return l.do(ctx, func(c *libvirt.Connect) error {
-		dom, err := lookup(c, uuid)
-		if errors.Is(err, activities.ErrNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		defer dom.Free()
+	return l.ifDefined(ctx, uuid, func(dom *libvirt.Domain) error {
 		if active, err := dom.IsActive(); err == nil && !active {
 			return nil
 		}
@@ -319,13 +311,8 @@ func (l *Libvirt) Destroy(ctx context.Context, uuid string) error {
 	})
 }
 
-// undefineFlags drop libvirt's own metadata of the domain but keep every data file, NVRAM included.
-const undefineFlags = libvirt.DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.DOMAIN_UNDEFINE_SNAPSHOTS_METADATA |
-	libvirt.DOMAIN_UNDEFINE_CHECKPOINTS_METADATA | libvirt.DOMAIN_UNDEFINE_KEEP_NVRAM
-
-// Undefine removes a domain's persistent definition; a running domain keeps running, transient. A missing
-// domain is already undefined.
-func (l *Libvirt) Undefine(ctx context.Context, uuid string) error {
+// ifDefined runs f on the domain; a missing domain is already where Destroy or Undefine would leave it.
+func (l *Libvirt) ifDefined(ctx context.Context, uuid string, f func(*libvirt.Domain) error) error {
 	return l.do(ctx, func(c *libvirt.Connect) error {
 		dom, err := lookup(c, uuid)
 		if errors.Is(err, activities.ErrNotFound) {
@@ -335,7 +322,19 @@ func (l *Libvirt) Undefine(ctx context.Context, uuid string) error {
 			return err
 		}
 		defer dom.Free()
-		err = dom.UndefineFlags(undefineFlags)
+		return f(dom)
+	})
+}
+
+// undefineFlags drop libvirt's own metadata of the domain but keep every data file, NVRAM included.
+const undefineFlags = libvirt.DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.DOMAIN_UNDEFINE_SNAPSHOTS_METADATA |
+	libvirt.DOMAIN_UNDEFINE_CHECKPOINTS_METADATA | libvirt.DOMAIN_UNDEFINE_KEEP_NVRAM
+
+// Undefine removes a domain's persistent definition; a running domain keeps running, transient. A missing
+// domain is already undefined.
+func (l *Libvirt) Undefine(ctx context.Context, uuid string) error {
+	return l.ifDefined(ctx, uuid, func(dom *libvirt.Domain) error {
+		err := dom.UndefineFlags(undefineFlags)
 		if hasCode(err, libvirt.ERR_INVALID_ARG) {
 			// Drivers without checkpoints or NVRAM (the test driver) refuse those flags.
 			err = dom.UndefineFlags(libvirt.DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
