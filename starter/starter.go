@@ -117,7 +117,16 @@ func (s Starter) execute(ctx context.Context, id, workflowType string, in, out i
 	if err != nil {
 		return fmt.Errorf("start %s: %w", id, err)
 	}
-	if err := run.Get(ctx, out); err != nil {
+	done := make(chan error, 1)
+	go func() { done <- run.Get(ctx, out) }()
+	select {
+	case err = <-done:
+	case <-time.After(10 * time.Second):
+		// Temporal keeps the work until a worker takes it; say why nothing happens yet.
+		fmt.Fprintf(s.Out, "waiting for workflow %s: is a controller running (vmha server or vmha controller)?\n", id)
+		err = <-done
+	}
+	if err != nil {
 		return fmt.Errorf("workflow %s: %w", id, err)
 	}
 	return nil
