@@ -55,7 +55,7 @@ func ControllerWorkers(c client.Client, s config.Settings, controller *activitie
 	w := worker.New(c, types.ControllerTaskQueue, worker.Options{})
 	workflows.Register(w)
 	w.RegisterActivity(controller)
-	watches := worker.New(c, types.WatchTaskQueue, worker.Options{MaxConcurrentActivityExecutionSize: s.MaxWatches})
+	watches := worker.New(c, types.WatchTaskQueue, worker.Options{MaxConcurrentActivityExecutionSize: s.MaxWatches, DisableWorkflowWorker: true})
 	watches.RegisterActivityWithOptions(controller.WatchHost, activity.RegisterOptions{Name: "WatchHost"})
 	return []worker.Worker{w, watches}
 }

@@ -37,10 +37,11 @@ func RunHypervisor(ctx context.Context, s config.Settings, c client.Client, logg
 	host := &activities.Host{Name: s.HostName, Hypervisor: hv, Ledger: ledger, DomainType: domainType(), SharePath: s.SharePath,
 		ShareTimeout: s.ShareTimeout, Logger: logger}
 
-	own := worker.New(c, types.HostTaskQueue(s.HostName), worker.Options{})
+	// Hypervisor workers run activities only: no workflow polls to cost the server.
+	own := worker.New(c, types.HostTaskQueue(s.HostName), worker.Options{DisableWorkflowWorker: true})
 	own.RegisterActivity(host)
 	// Every host serves the share queue; one poller each is plenty and keeps the server's poll count per host low.
-	share := worker.New(c, types.ShareTaskQueue, worker.Options{MaxConcurrentActivityTaskPollers: 1})
+	share := worker.New(c, types.ShareTaskQueue, worker.Options{MaxConcurrentActivityTaskPollers: 1, DisableWorkflowWorker: true})
 	share.RegisterActivity(&activities.Share{Catalog: ledger.Catalog})
 
 	keeper := &activities.Keeper{Host: s.HostName, Hypervisor: hv, Ledger: ledger, Logger: logger}

@@ -33,6 +33,7 @@ const (
 	uiPort       = "18233"
 	namespace    = "vmha"
 	webhookKey   = "lab-webhook-secret"
+	metricsAddr  = "127.0.0.1:19464"
 	// hostMemoryMiB caps what vmha may place on a lab host (inventory capacity: 4 VMs), so overcommit is checkable
 	// even though every lab host shares this machine's memory.
 	hostMemoryMiB = 256
@@ -165,7 +166,26 @@ func (w *world) start(role string, env ...string) *exec.Cmd {
 	return cmd
 }
 
-func (w *world) startController() { w.controller = w.start("controller") }
+func (w *world) startController() { w.controller = w.start("controller", "VMHA_METRICS_ADDR="+metricsAddr) }
+
+// metric reads one sample from the controller's /metrics, as Prometheus would scrape it.
+func metric(t *testing.T, sample string) float64 {
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape controller metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, sample+" ") {
+			var v float64
+			fmt.Sscan(strings.TrimPrefix(line, sample+" "), &v)
+			return v
+		}
+	}
+	t.Fatalf("controller metrics lack %s", sample)
+	return 0
+}
 
 func (w *world) dial(t *testing.T) client.Client {
 	deadline := time.Now().Add(time.Minute)
@@ -427,6 +447,15 @@ func (w *world) powerLoss(t *testing.T, vm string) string {
 		t.Fatalf("want one RecoverVM workflow, got %v", ids)
 	}
 	w.waitState(t, 10*time.Second, x, types.HostRecovered)
+	if n := metric(t, `vmha_vm_recoveries_total{outcome="done"}`); n < 1 {
+		t.Fatalf("vmha_vm_recoveries_total{outcome=\"done\"} = %v after a recovery", n)
+	}
+	if n := metric(t, "vmha_detection_seconds_count"); n < 1 {
+		t.Fatalf("vmha_detection_seconds_count = %v after a host died", n)
+	}
+	if n := metric(t, `vmha_host_state{host="`+x+`",state="recovered"}`); n != 1 {
+		t.Fatalf("vmha_host_state of %s recovered = %v", x, n)
+	}
 	t.Logf("scenario 1: power-off to running %.2fs (detection %.2fs, confirmation %.2fs, restart %.2fs)",
 		tm.total.Seconds(), tm.detection.Seconds(), tm.confirmation.Seconds(), tm.restart.Seconds())
 	return x
