@@ -6,7 +6,6 @@ package activities
 import (
 	"context"
 	"errors"
-	"time"
 
 	"vmha/types"
 )
@@ -91,6 +90,3 @@ type Catalog interface {
 type Notifier interface {
 	Notify(ctx context.Context, e types.Event) error
 }
-
-// Clock lets tests control time in activities that wait.
-type Clock func() time.Time
