@@ -39,7 +39,7 @@ func TestParseInventoryAcceptsYAMLAndJSON(t *testing.T) {
 func TestParseInventoryNamesWhatIsWrong(t *testing.T) {
 	for _, c := range []struct {
 		name, doc, ext string
-		want          []string
+		want           []string
 	}{
 		{"unknown yaml field", strings.Replace(goodYAML, "labels:", "lables:", 1), ".yaml", []string{"lables"}},
 		{"unknown json field", `{"hosts":[{"name":"hv1","adress":"x"}]}`, ".json", []string{"adress"}},

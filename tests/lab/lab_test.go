@@ -166,7 +166,9 @@ func (w *world) start(role string, env ...string) *exec.Cmd {
 	return cmd
 }
 
-func (w *world) startController() { w.controller = w.start("controller", "VMHA_METRICS_ADDR="+metricsAddr) }
+func (w *world) startController() {
+	w.controller = w.start("controller", "VMHA_METRICS_ADDR="+metricsAddr)
+}
 
 // metric reads one sample from the controller's /metrics, as Prometheus would scrape it.
 func metric(t *testing.T, sample string) float64 {
