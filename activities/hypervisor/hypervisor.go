@@ -311,7 +311,8 @@ func (l *Libvirt) Destroy(ctx context.Context, uuid string) error {
 	})
 }
 
-// ifDefined runs f on the domain; a missing domain is already where Destroy or Undefine would leave it.
+// ifDefined runs f on the domain; a missing domain is not an error (Destroy and Undefine have nothing to do,
+// State reports it not found).
 func (l *Libvirt) ifDefined(ctx context.Context, uuid string, f func(*libvirt.Domain) error) error {
 	return l.do(ctx, func(c *libvirt.Connect) error {
 		dom, err := lookup(c, uuid)
@@ -359,15 +360,7 @@ func stateOf(s libvirt.DomainState) types.DomainState {
 // State reads a domain's state; a missing domain is DomainNotFound, not an error.
 func (l *Libvirt) State(ctx context.Context, uuid string) (types.DomainState, error) {
 	state := types.DomainNotFound
-	err := l.do(ctx, func(c *libvirt.Connect) error {
-		dom, err := lookup(c, uuid)
-		if errors.Is(err, activities.ErrNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		defer dom.Free()
+	err := l.ifDefined(ctx, uuid, func(dom *libvirt.Domain) error {
 		s, _, err := dom.GetState()
 		if hasCode(err, libvirt.ERR_NO_DOMAIN) {
 			return nil
