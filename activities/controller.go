@@ -12,6 +12,7 @@ import (
 
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
+	workflowpb "go.temporal.io/api/workflow/v1"
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
@@ -132,7 +133,6 @@ type hostWatch struct {
 	lastPowerAt  time.Time
 	workerAlive  bool
 	workerSeenAt time.Time
-	detail       string
 }
 
 // resumeWatch starts from what the last watch saw: its misses and its confirmed power reading. A fresh count
@@ -355,28 +355,24 @@ func (c *Controller) Release(ctx context.Context, req ReleaseRequest) error {
 	return handle.Get(ctx, nil)
 }
 
+// RunningMonitors is the visibility query of every watched host.
+const RunningMonitors = "WorkflowType = '" + types.HostMonitorWorkflow + "' AND ExecutionStatus = 'Running'"
+
 // ListHosts lists every monitored host with its spec and current state, from visibility.
 func (c *Controller) ListHosts(ctx context.Context) ([]types.Candidate, error) {
-	query := fmt.Sprintf("WorkflowType = '%s' AND ExecutionStatus = 'Running'", types.HostMonitorWorkflow)
 	var hosts []types.Candidate
 	var token []byte
 	for {
-		resp, err := c.Client.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{Query: query, NextPageToken: token, PageSize: 1000})
+		resp, err := c.Client.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{Query: RunningMonitors, NextPageToken: token, PageSize: 1000})
 		if err != nil {
 			return nil, fmt.Errorf("list host monitors: %w", err)
 		}
 		for _, e := range resp.GetExecutions() {
-			var spec types.HostSpec
-			if p, ok := e.GetMemo().GetFields()[MemoSpec]; ok {
-				if err := converter.GetDefaultDataConverter().FromPayload(p, &spec); err != nil {
-					return nil, fmt.Errorf("decode spec of %s: %w", e.GetExecution().GetWorkflowId(), err)
-				}
+			h, err := MonitoredHost(e)
+			if err != nil {
+				return nil, err
 			}
-			var state string
-			if p, ok := e.GetSearchAttributes().GetIndexedFields()[types.HostStateAttr.GetName()]; ok {
-				_ = converter.GetDefaultDataConverter().FromPayload(p, &state)
-			}
-			hosts = append(hosts, types.Candidate{Spec: spec, State: types.HostState(state)})
+			hosts = append(hosts, h.Candidate)
 		}
 		token = resp.GetNextPageToken()
 		if len(token) == 0 {
@@ -395,17 +391,36 @@ func (c *Controller) DescribeHost(ctx context.Context, host string) (types.Candi
 	if info.GetStatus() != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
 		return types.Candidate{}, temporal.NewNonRetryableApplicationError(fmt.Sprintf("host %q: monitor is %s", host, info.GetStatus()), "UnknownHost", nil)
 	}
-	var spec types.HostSpec
+	h, err := MonitoredHost(info)
+	return h.Candidate, err
+}
+
+// Monitored is a host as its monitor shows it in visibility: the spec from its memo, the state and the time it
+// was entered from its search attributes.
+type Monitored struct {
+	types.Candidate
+	Since time.Time
+}
+
+// MonitoredHost reads a HostMonitor execution's memo and search attributes, as the Web UI shows them.
+func MonitoredHost(info *workflowpb.WorkflowExecutionInfo) (Monitored, error) {
+	dc := converter.GetDefaultDataConverter()
+	var h Monitored
 	if p, ok := info.GetMemo().GetFields()[MemoSpec]; ok {
-		if err := converter.GetDefaultDataConverter().FromPayload(p, &spec); err != nil {
-			return types.Candidate{}, fmt.Errorf("decode spec of %s: %w", host, err)
+		if err := dc.FromPayload(p, &h.Spec); err != nil {
+			return h, fmt.Errorf("decode spec of %s: %w", info.GetExecution().GetWorkflowId(), err)
 		}
 	}
+	fields := info.GetSearchAttributes().GetIndexedFields()
 	var state string
-	if p, ok := info.GetSearchAttributes().GetIndexedFields()[types.HostStateAttr.GetName()]; ok {
-		_ = converter.GetDefaultDataConverter().FromPayload(p, &state)
+	if p, ok := fields[types.HostStateAttr.GetName()]; ok {
+		_ = dc.FromPayload(p, &state)
 	}
-	return types.Candidate{Spec: spec, State: types.HostState(state)}, nil
+	h.State = types.HostState(state)
+	if p, ok := fields[types.HostStateSinceAttr.GetName()]; ok {
+		_ = dc.FromPayload(p, &h.Since)
+	}
+	return h, nil
 }
 
 // CheckSecrets makes sure this worker can read every BMC password the inventory names, before anything changes.

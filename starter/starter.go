@@ -51,22 +51,17 @@ type HostRow struct {
 
 // Hosts lists every monitored host with its state, from visibility (the same search attributes the Web UI filters on).
 func (s Starter) Hosts(ctx context.Context) ([]HostRow, error) {
-	query := fmt.Sprintf("WorkflowType = '%s' AND ExecutionStatus = 'Running'", types.HostMonitorWorkflow)
-	execs, err := s.list(ctx, query, 10000)
+	execs, err := s.list(ctx, activities.RunningMonitors, 10000)
 	if err != nil {
 		return nil, err
 	}
 	rows := make([]HostRow, 0, len(execs))
 	for _, e := range execs {
-		var spec types.HostSpec
-		decode(e.GetMemo().GetFields()[activities.MemoSpec], &spec)
-		row := HostRow{Name: spec.Name, Address: spec.Address}
-		fields := e.GetSearchAttributes().GetIndexedFields()
-		var state string
-		decode(fields[types.HostStateAttr.GetName()], &state)
-		decode(fields[types.HostStateSinceAttr.GetName()], &row.Since)
-		row.State = types.HostState(state)
-		rows = append(rows, row)
+		h, err := activities.MonitoredHost(e)
+		if err != nil {
+			return nil, err
+		}
+		rows = append(rows, HostRow{Name: h.Spec.Name, State: h.State, Since: h.Since, Address: h.Spec.Address})
 	}
 	sort.Slice(rows, func(i, j int) bool { return rows[i].Name < rows[j].Name })
 	tw := tabwriter.NewWriter(s.Out, 0, 0, 2, ' ', 0)
