@@ -185,13 +185,7 @@ func (s Starter) summary(ctx context.Context, r RecoveryRow) string {
 		if err := run.Get(ctx, &res); err != nil {
 			return err.Error()
 		}
-		ok := 0
-		for _, o := range res.Outcomes {
-			if o.Recovered {
-				ok++
-			}
-		}
-		return fmt.Sprintf("%d of %d VMs recovered", ok, len(res.Outcomes))
+		return res.Summary()
 	}
 }
 

@@ -321,3 +321,14 @@ type RecoveryResult struct {
 	Incident int         `json:"incident"`
 	Outcomes []VMOutcome `json:"outcomes"`
 }
+
+// Summary says how many of the host's VMs were recovered, for notifications and operators.
+func (r RecoveryResult) Summary() string {
+	ok := 0
+	for _, o := range r.Outcomes {
+		if o.Recovered {
+			ok++
+		}
+	}
+	return fmt.Sprintf("%d of %d VMs recovered", ok, len(r.Outcomes))
+}

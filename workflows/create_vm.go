@@ -72,11 +72,8 @@ func createOn(ctx workflow.Context, host string, in activities.CreateDomainInput
 	if err := workflow.ExecuteActivity(hctx, onHost.CreateDomain, in).Get(ctx, &rec); err != nil {
 		return rec, fmt.Errorf("define on %s: %w", host, err)
 	}
-	if err := workflow.ExecuteActivity(hctx, onHost.StartDomain, in.UUID).Get(ctx, nil); err != nil {
-		return rec, fmt.Errorf("start on %s: %w", host, err)
-	}
-	if err := workflow.ExecuteActivity(hctx, onHost.WaitRunning, in.UUID).Get(ctx, nil); err != nil {
-		return rec, fmt.Errorf("confirm running on %s: %w", host, err)
+	if err := startAndConfirm(ctx, host, in.UUID); err != nil {
+		return rec, err
 	}
 	return rec, nil
 }

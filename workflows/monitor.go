@@ -114,7 +114,7 @@ func (m *monitor) recover(ctx workflow.Context, cause string) string {
 		m.logger.Error("host recovery failed", "host", m.Spec.Name, "workflow_id", id, "error", err)
 		return fmt.Sprintf("recovery %s failed: %v", id, err)
 	}
-	return fmt.Sprintf("%s by %s", summarize(res.Outcomes), id)
+	return fmt.Sprintf("%s by %s", res.Summary(), id)
 }
 
 // transition records a new state: search attributes for the Web UI, and a notification for users.

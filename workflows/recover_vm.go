@@ -69,14 +69,24 @@ func restartOn(ctx workflow.Context, host string, expected activities.DefineInpu
 	if err := workflow.ExecuteActivity(hctx, onHost.DefineFromCatalog, expected).Get(ctx, nil); err != nil {
 		return fmt.Errorf("define on %s: %w", host, err)
 	}
-	if err := workflow.ExecuteActivity(hctx, onHost.StartDomain, expected.UUID).Get(ctx, nil); err != nil {
-		return fmt.Errorf("start on %s: %w", host, err)
-	}
-	if err := workflow.ExecuteActivity(hctx, onHost.WaitRunning, expected.UUID).Get(ctx, nil); err != nil {
-		return fmt.Errorf("confirm running on %s: %w", host, err)
+	if err := startAndConfirm(ctx, host, expected.UUID); err != nil {
+		return err
 	}
 	if err := workflow.ExecuteActivity(hctx, onHost.CommitOwnership, expected).Get(ctx, nil); err != nil {
 		return fmt.Errorf("commit ownership to %s: %w", host, err)
+	}
+	return nil
+}
+
+// startAndConfirm starts a defined VM on host and waits until libvirt reports it running: a started domain that
+// QEMU quits right after is not a recovered VM.
+func startAndConfirm(ctx workflow.Context, host, uuid string) error {
+	hctx := hostOptions(ctx, host)
+	if err := workflow.ExecuteActivity(hctx, onHost.StartDomain, uuid).Get(ctx, nil); err != nil {
+		return fmt.Errorf("start on %s: %w", host, err)
+	}
+	if err := workflow.ExecuteActivity(hctx, onHost.WaitRunning, uuid).Get(ctx, nil); err != nil {
+		return fmt.Errorf("confirm running on %s: %w", host, err)
 	}
 	return nil
 }

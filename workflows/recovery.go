@@ -36,7 +36,7 @@ func HostRecovery(ctx workflow.Context, in HostRecoveryInput) (types.RecoveryRes
 	}
 	res.Outcomes = recoverAll(ctx, in, vms, candidates, policy)
 	event := types.Event{Host: in.Host, WorkflowID: workflow.GetInfo(ctx).WorkflowExecution.ID}
-	awaitAll(ctx, notify(ctx, event, types.EventHostRecoveryDone, summarize(res.Outcomes)))
+	awaitAll(ctx, notify(ctx, event, types.EventHostRecoveryDone, res.Summary()))
 	return res, nil
 }
 
@@ -105,14 +105,4 @@ func recoverAll(ctx workflow.Context, in HostRecoveryInput, vms []types.VMRecord
 		sel.Select(ctx)
 	}
 	return outcomes
-}
-
-func summarize(outcomes []types.VMOutcome) string {
-	ok := 0
-	for _, o := range outcomes {
-		if o.Recovered {
-			ok++
-		}
-	}
-	return fmt.Sprintf("%d of %d VMs recovered", ok, len(outcomes))
 }
