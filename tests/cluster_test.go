@@ -26,7 +26,6 @@ import (
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/interceptor"
-	"go.temporal.io/sdk/worker"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"vmha/activities"
@@ -256,44 +255,33 @@ func (h *host) revive(c *cluster) {
 	h.networkUp(c.t)
 }
 
-// startWorker serves the host's task queue and the share queue, and runs the catalog keeper, as
-// workers.RunHypervisor does, but on the host's long-lived libvirt connection and with the given interceptors.
+// startWorker serves the host's task queue and the share queue, and runs the catalog keeper, with the workers
+// workers.RunHypervisor runs, but on the host's long-lived libvirt connection and with the given interceptors.
 func (h *host) startWorker(c *cluster, interceptors ...interceptor.WorkerInterceptor) {
 	logger := c.logger.With("host", h.name)
 	// A client of its own, as the worker would have in its own process: closing it is the crash.
 	tc, err := temporalclient.Dial(context.Background(), c.settings, logger)
 	must(c.t, err)
-	hv := testNode{Libvirt: h.hv}
-	ledger := &activities.Ledger{Catalog: catalog.New(c.share, c.settings.ShareTimeout)}
-	own := worker.New(tc, types.HostTaskQueue(h.name), worker.Options{Interceptors: interceptors})
-	own.RegisterActivity(&activities.Host{Name: h.name, Hypervisor: hv, Ledger: ledger, DomainType: "kvm", SharePath: c.share, Logger: logger})
-	share := worker.New(tc, types.ShareTaskQueue, worker.Options{})
-	share.RegisterActivity(&activities.Share{Catalog: ledger.Catalog})
-	must(c.t, own.Start())
-	must(c.t, share.Start())
-
+	s := c.settings
+	s.HostName, s.SharePath = h.name, c.share
+	ws, keeper := workers.HypervisorWorkers(tc, s, testNode{Libvirt: h.hv}, logger, interceptors...)
+	for _, w := range ws {
+		must(c.t, w.Start())
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	kept := make(chan struct{})
-	keeper := &activities.Keeper{Host: h.name, Hypervisor: hv, Ledger: ledger, Logger: logger}
 	go func() {
 		defer close(kept)
-		for ctx.Err() == nil {
-			if err := keeper.Run(ctx); err != nil {
-				logger.Error("keeper", "error", err)
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
-		}
+		workers.KeepCatalog(ctx, keeper, logger)
 	}()
 	h.mu.Lock()
 	h.stopFn = func() {
 		// The connection goes first, so that nothing in flight reports anything, as when the process dies.
 		tc.Close()
 		cancel()
-		own.Stop()
-		share.Stop()
+		for _, w := range ws {
+			w.Stop()
+		}
 		<-kept
 	}
 	h.mu.Unlock()

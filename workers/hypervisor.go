@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/interceptor"
 	"go.temporal.io/sdk/worker"
 
 	"vmha/activities"
@@ -33,21 +34,26 @@ func RunHypervisor(ctx context.Context, s config.Settings, c client.Client, logg
 	if err := hv.Warm(ctx, domainType()); err != nil {
 		logger.Warn("emulator not probed ahead of time: the first define here will be slower", "error", err)
 	}
+	ws, keeper := HypervisorWorkers(c, s, hv, logger)
+	go KeepCatalog(ctx, keeper, logger)
+	logger.Info("hypervisor worker started", "task_queue", types.HostTaskQueue(s.HostName), "libvirt", s.LibvirtURI, "share", s.SharePath)
+	return run(ctx, ws...)
+}
+
+// HypervisorWorkers are one host's two workers, not started: its own task queue with the host activities
+// (interceptors apply there) and the share queue, plus the keeper of its catalog entries (see KeepCatalog).
+func HypervisorWorkers(c client.Client, s config.Settings, hv activities.Hypervisor, logger *slog.Logger,
+	interceptors ...interceptor.WorkerInterceptor) ([]worker.Worker, *activities.Keeper) {
 	ledger := &activities.Ledger{Catalog: catalog.New(s.SharePath, s.ShareTimeout)}
 	host := &activities.Host{Name: s.HostName, Hypervisor: hv, Ledger: ledger, DomainType: domainType(), SharePath: s.SharePath,
 		ShareTimeout: s.ShareTimeout, Logger: logger}
-
 	// Hypervisor workers run activities only: no workflow polls to cost the server.
-	own := worker.New(c, types.HostTaskQueue(s.HostName), worker.Options{DisableWorkflowWorker: true})
+	own := worker.New(c, types.HostTaskQueue(s.HostName), worker.Options{DisableWorkflowWorker: true, Interceptors: interceptors})
 	own.RegisterActivity(host)
 	// Every host serves the share queue; one poller each is plenty and keeps the server's poll count per host low.
 	share := worker.New(c, types.ShareTaskQueue, worker.Options{MaxConcurrentActivityTaskPollers: 1, DisableWorkflowWorker: true})
 	share.RegisterActivity(&activities.Share{Catalog: ledger.Catalog})
-
-	keeper := &activities.Keeper{Host: s.HostName, Hypervisor: hv, Ledger: ledger, Logger: logger}
-	go keepCatalog(ctx, keeper, logger)
-	logger.Info("hypervisor worker started", "task_queue", types.HostTaskQueue(s.HostName), "libvirt", s.LibvirtURI, "share", s.SharePath)
-	return run(ctx, own, share)
+	return []worker.Worker{own, share}, &activities.Keeper{Host: s.HostName, Hypervisor: hv, Ledger: ledger, Logger: logger}
 }
 
 // openLibvirt waits for libvirtd: on a host that just booted, the worker may start first.
@@ -68,8 +74,8 @@ func openLibvirt(ctx context.Context, uri string, logger *slog.Logger) (*hypervi
 	}
 }
 
-// keepCatalog restarts the keeper when its event stream breaks (libvirtd restarted, say).
-func keepCatalog(ctx context.Context, k *activities.Keeper, logger *slog.Logger) {
+// KeepCatalog runs the keeper until ctx ends, restarting it when its event stream breaks (libvirtd restarted, say).
+func KeepCatalog(ctx context.Context, k *activities.Keeper, logger *slog.Logger) {
 	for ctx.Err() == nil {
 		if err := k.Run(ctx); err != nil {
 			logger.Error("catalog keeper stopped; restarting", "error", err)

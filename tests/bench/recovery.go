@@ -22,6 +22,7 @@ import (
 	"vmha/activities/hypervisor"
 	"vmha/infra/config"
 	"vmha/types"
+	"vmha/workers"
 	"vmha/workflows"
 )
 
@@ -139,21 +140,17 @@ func startSimHost(ctx context.Context, srv *server, name, share string) (*simHos
 	if err != nil {
 		return nil, err
 	}
-	ledger := &activities.Ledger{Catalog: catalog.New(share, 5*time.Second)}
-	own := worker.New(srv.client, types.HostTaskQueue(name), worker.Options{})
-	own.RegisterActivity(&activities.Host{Name: name, Hypervisor: fileNode{hv}, Ledger: ledger, DomainType: "qemu", SharePath: share, Logger: logger})
-	shared := worker.New(srv.client, types.ShareTaskQueue, worker.Options{})
-	shared.RegisterActivity(&activities.Share{Catalog: ledger.Catalog})
+	s := config.Settings{HostName: name, SharePath: share, ShareTimeout: 5 * time.Second}
+	ws, keeper := workers.HypervisorWorkers(srv.client, s, fileNode{hv}, logger)
 	h := &simHost{name: name, hv: hv}
-	for _, w := range []worker.Worker{own, shared} {
+	for _, w := range ws {
 		if err := w.Start(); err != nil {
 			h.stop()
 			return nil, fmt.Errorf("start worker of %s: %w", name, err)
 		}
 		h.workers = append(h.workers, w)
 	}
-	keeper := &activities.Keeper{Host: name, Hypervisor: hv, Ledger: ledger, Logger: logger}
-	go func() { _ = keeper.Run(ctx) }()
+	go workers.KeepCatalog(ctx, keeper, logger)
 	return h, nil
 }
 
