@@ -186,9 +186,11 @@ func (m *monitor) setMaintenance(ctx workflow.Context, on bool) {
 	}
 }
 
-// fenced is vmha's own power-off of the host (manual failover), already confirmed by the BMC: dead by definition.
+// fenced is vmha's own power-off of the host (manual failover), already confirmed by the BMC: dead by definition,
+// and judged like a probe saying so. The watch may have seen the power-off first: a host already dead,
+// recovering or recovered starts no second incident.
 func (m *monitor) fenced(ctx workflow.Context, n activities.FenceNotice) {
-	if m.State == types.HostDead || m.State == types.HostRecovering {
+	if _, recover := next(m.State, types.HostDead); !recover {
 		return
 	}
 	m.declareDead(ctx, fmt.Sprintf("fenced by %s: %s", n.By, n.Reason))

@@ -325,6 +325,45 @@ func TestMonitorRecoversOncePerIncident(t *testing.T) {
 	}
 }
 
+// TestMonitorFenceAfterDetectedDeathRecoversOnce: the manual failover's power-off is seen by the watch before
+// the failover's fenced signal arrives; the signal must not open a second incident.
+func TestMonitorFenceAfterDetectedDeathRecoversOnce(t *testing.T) {
+	c := newCluster("hv1", "hv2")
+	c.vms = []types.VMRecord{vm("web", 1, "hv1")}
+	env := newEnv(t, c, defaultPolicy)
+	watchReturns(env, healthyProbe, deadProbe)
+	env.RegisterDelayedCallback(func() {
+		env.SignalWorkflow(activities.SignalFenced, activities.FenceNotice{By: "vmha-failover-hv1"})
+	}, 10*time.Minute)
+	retireAfter(env, time.Hour)
+	env.ExecuteWorkflow(HostMonitor, monitorInput("hv1"))
+	if err := env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.callsWith("list"); len(got) != 1 {
+		t.Fatalf("want 1 recovery, got %d: %v", len(got), c.calls)
+	}
+}
+
+// TestMonitorFenceOfHealthyHostRecovers: a fenced signal on a host the watch still sees healthy opens the incident.
+func TestMonitorFenceOfHealthyHostRecovers(t *testing.T) {
+	c := newCluster("hv1", "hv2")
+	c.vms = []types.VMRecord{vm("web", 1, "hv1")}
+	env := newEnv(t, c, defaultPolicy)
+	watchReturns(env, healthyProbe)
+	env.RegisterDelayedCallback(func() {
+		env.SignalWorkflow(activities.SignalFenced, activities.FenceNotice{By: "vmha-failover-hv1"})
+	}, 10*time.Minute)
+	retireAfter(env, time.Hour)
+	env.ExecuteWorkflow(HostMonitor, monitorInput("hv1"))
+	if err := env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.callsWith("commit"); len(got) != 1 {
+		t.Fatalf("want the VM recovered once, got %v", c.calls)
+	}
+}
+
 func TestMonitorMaintenancePausesRecovery(t *testing.T) {
 	c := newCluster("hv1", "hv2")
 	c.vms = []types.VMRecord{vm("web", 1, "hv1")}
