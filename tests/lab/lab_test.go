@@ -730,9 +730,15 @@ func (w *world) webUI(t *testing.T, host string) {
 		"--user-data-dir=" + t.TempDir(), "--window-size=1600,1000", "--virtual-time-budget=15000"}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	dom, err := exec.CommandContext(ctx, chromium, append(flags, "--dump-dom", url)...).Output()
-	if err != nil {
-		t.Fatalf("chromium --dump-dom %s: %v", url, err)
+	// The list arrives by XHR after the page's scripts start; a slow machine may dump the page before it does,
+	// so the dump is taken again (up to three times) before the test gives up.
+	var dom []byte
+	for attempt := 0; attempt < 3 && !strings.Contains(string(dom), recovery); attempt++ {
+		out, err := exec.CommandContext(ctx, chromium, append(flags, "--dump-dom", url)...).Output()
+		if err != nil {
+			t.Fatalf("chromium --dump-dom %s: %v", url, err)
+		}
+		dom = out
 	}
 	if out, err := exec.CommandContext(ctx, chromium, append(flags, "--screenshot="+shot, url)...).CombinedOutput(); err != nil {
 		t.Fatalf("chromium --screenshot: %v\n%s", err, out)
