@@ -325,42 +325,33 @@ func TestMonitorRecoversOncePerIncident(t *testing.T) {
 	}
 }
 
-// TestMonitorFenceAfterDetectedDeathRecoversOnce: the manual failover's power-off is seen by the watch before
-// the failover's fenced signal arrives; the signal must not open a second incident.
-func TestMonitorFenceAfterDetectedDeathRecoversOnce(t *testing.T) {
-	c := newCluster("hv1", "hv2")
-	c.vms = []types.VMRecord{vm("web", 1, "hv1")}
-	env := newEnv(t, c, defaultPolicy)
-	watchReturns(env, healthyProbe, deadProbe)
-	env.RegisterDelayedCallback(func() {
-		env.SignalWorkflow(activities.SignalFenced, activities.FenceNotice{By: "vmha-failover-hv1"})
-	}, 10*time.Minute)
-	retireAfter(env, time.Hour)
-	env.ExecuteWorkflow(HostMonitor, monitorInput("hv1"))
-	if err := env.GetWorkflowError(); err != nil {
-		t.Fatal(err)
-	}
-	if got := c.callsWith("list"); len(got) != 1 {
-		t.Fatalf("want 1 recovery, got %d: %v", len(got), c.calls)
-	}
-}
-
-// TestMonitorFenceOfHealthyHostRecovers: a fenced signal on a host the watch still sees healthy opens the incident.
-func TestMonitorFenceOfHealthyHostRecovers(t *testing.T) {
-	c := newCluster("hv1", "hv2")
-	c.vms = []types.VMRecord{vm("web", 1, "hv1")}
-	env := newEnv(t, c, defaultPolicy)
-	watchReturns(env, healthyProbe)
-	env.RegisterDelayedCallback(func() {
-		env.SignalWorkflow(activities.SignalFenced, activities.FenceNotice{By: "vmha-failover-hv1"})
-	}, 10*time.Minute)
-	retireAfter(env, time.Hour)
-	env.ExecuteWorkflow(HostMonitor, monitorInput("hv1"))
-	if err := env.GetWorkflowError(); err != nil {
-		t.Fatal(err)
-	}
-	if got := c.callsWith("commit"); len(got) != 1 {
-		t.Fatalf("want the VM recovered once, got %v", c.calls)
+// TestMonitorFencedSignal: a fenced signal opens the incident of a host the watch still sees healthy, but not a
+// second one when the watch saw the manual failover's power-off first.
+func TestMonitorFencedSignal(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		probes []types.Probe
+	}{
+		{"host still seen healthy", []types.Probe{healthyProbe}},
+		{"death already detected and recovered", []types.Probe{healthyProbe, deadProbe}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cl := newCluster("hv1", "hv2")
+			cl.vms = []types.VMRecord{vm("web", 1, "hv1")}
+			env := newEnv(t, cl, defaultPolicy)
+			watchReturns(env, c.probes...)
+			env.RegisterDelayedCallback(func() {
+				env.SignalWorkflow(activities.SignalFenced, activities.FenceNotice{By: "vmha-failover-hv1"})
+			}, 10*time.Minute)
+			retireAfter(env, time.Hour)
+			env.ExecuteWorkflow(HostMonitor, monitorInput("hv1"))
+			if err := env.GetWorkflowError(); err != nil {
+				t.Fatal(err)
+			}
+			if got := cl.callsWith("list"); len(got) != 1 || len(cl.callsWith("commit")) != 1 {
+				t.Fatalf("want exactly one recovery, got %v", cl.calls)
+			}
+		})
 	}
 }
 
