@@ -39,11 +39,29 @@ func ParseInventory(data []byte, ext string) (types.Inventory, error) {
 		if err := dec.Decode(&inv); err != nil {
 			return inv, fmt.Errorf("json: %w", err)
 		}
+		var more json.RawMessage
+		if err := dec.Decode(&more); !errors.Is(err, io.EOF) {
+			return types.Inventory{}, fmt.Errorf("json: a second value after the inventory (at byte %d): an inventory file holds one object", dec.InputOffset()-int64(len(more)))
+		}
 	} else {
 		dec := yaml.NewDecoder(bytes.NewReader(data))
 		dec.KnownFields(true)
 		if err := dec.Decode(&inv); err != nil && !errors.Is(err, io.EOF) {
 			return inv, fmt.Errorf("yaml: %w", err)
+		}
+		// Only the first document would be applied, and every host listed in the others retired.
+		for n := 2; ; n++ {
+			var doc yaml.Node
+			err := dec.Decode(&doc)
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				return types.Inventory{}, fmt.Errorf("yaml document %d: %w", n, err)
+			}
+			if len(doc.Content) > 0 && doc.Content[0].Tag != "!!null" {
+				return types.Inventory{}, fmt.Errorf("yaml: document %d (line %d) after the first: an inventory file holds one document; put every host in one 'hosts:' list", n, doc.Line)
+			}
 		}
 	}
 	if len(inv.Hosts) == 0 {

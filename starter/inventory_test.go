@@ -68,3 +68,27 @@ func TestParseInventoryNamesWhatIsWrong(t *testing.T) {
 		})
 	}
 }
+
+// TestParseInventoryRefusesSeveralDocuments: only the first document would be applied and the hosts of the others
+// retired, so a second document (YAML) or value (JSON) is refused, naming it.
+func TestParseInventoryRefusesSeveralDocuments(t *testing.T) {
+	second := "---\nhosts:\n  - name: hv3\n    address: 10.0.0.13\n    libvirtURI: qemu+tcp://10.0.0.13/system\n" +
+		"    bmc: {address: 10.0.1.13, user: admin, passwordEnv: HV3_BMC}\n"
+	for _, c := range []struct{ name, doc, ext, want string }{
+		{"yaml", goodYAML + second, ".yaml", "document 2 (line 14)"},
+		{"yaml, leading separator", "---\n" + goodYAML + second, ".yaml", "document 2"},
+		{"json", `{"hosts":[{"name":"hv1","address":"10.0.0.11","libvirtURI":"qemu+tcp://10.0.0.11/system",
+			"bmc":{"address":"10.0.1.11","user":"admin","passwordEnv":"HV1_BMC"}}]} {"hosts":[]}`, ".json", "second value"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			inv, err := ParseInventory([]byte(c.doc), c.ext)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("got %+v, %v; want an error naming %q", inv, err, c.want)
+			}
+		})
+	}
+	// A separator at the start or the end, with nothing after it, is still one document.
+	if _, err := ParseInventory([]byte("---\n"+goodYAML+"---\n"), ".yaml"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"reflect"
+	"strconv"
 	"strings"
 )
 
@@ -17,6 +19,8 @@ type Inventory struct {
 func (inv Inventory) Validate() error {
 	var errs []error
 	seen := map[string]int{}
+	addrs := map[string]int{}
+	bmcs := map[string]int{}
 	for i, h := range inv.Hosts {
 		if j, dup := seen[h.Name]; dup && h.Name != "" {
 			errs = append(errs, fmt.Errorf("hosts[%d].name %q: duplicate of hosts[%d]", i, h.Name, j))
@@ -25,8 +29,67 @@ func (inv Inventory) Validate() error {
 		if err := h.Validate(); err != nil {
 			errs = append(errs, fmt.Errorf("hosts[%d]: %w", i, err))
 		}
+		// Two entries for one machine would let one monitor probe, and fence, another entry's machine.
+		if h.Address != "" {
+			key := normalHost(h.Address)
+			if ip := net.ParseIP(key); ip != nil && ip.IsLoopback() {
+				// Only test set-ups put hosts on a loopback address; there one machine simulates several
+				// hosts, told apart by their probe port.
+				key = normalHost(h.ProbeAddress())
+			}
+			if j, dup := addrs[key]; dup {
+				errs = append(errs, fmt.Errorf("hosts[%d] (%s) address %q: same machine as hosts[%d] (%s), address %q",
+					i, h.Name, h.Address, j, inv.Hosts[j].Name, inv.Hosts[j].Address))
+			} else {
+				addrs[key] = i
+			}
+		}
+		if h.BMC.Address != "" {
+			key := h.BMC.endpoint()
+			if j, dup := bmcs[key]; dup {
+				errs = append(errs, fmt.Errorf("hosts[%d] (%s) bmc %s: same BMC as hosts[%d] (%s): its monitor would read and fence the other host's power",
+					i, h.Name, key, j, inv.Hosts[j].Name))
+			} else {
+				bmcs[key] = i
+			}
+		}
 	}
 	return errors.Join(errs...)
+}
+
+// endpoint is the BMC's address:port, normalised (default port, lower case, canonical IP form).
+func (b BMCSpec) endpoint() string {
+	port := b.Port
+	if port == 0 {
+		port = DefaultBMCPort
+	}
+	return net.JoinHostPort(normalHost(b.Address), strconv.Itoa(port))
+}
+
+// normalHost puts an address in one spelling: IP addresses in canonical form, DNS names in lower case without
+// a trailing dot. A host:port keeps its port.
+func normalHost(s string) string {
+	if h, p, err := net.SplitHostPort(s); err == nil {
+		return net.JoinHostPort(normalHost(h), p)
+	}
+	if ip := net.ParseIP(s); ip != nil {
+		return ip.String()
+	}
+	return strings.TrimSuffix(strings.ToLower(s), ".")
+}
+
+// Normalize gives a spec one spelling for what means the same: no labels and empty labels are both nil.
+// Compare normalised specs (Equal), or an unchanged entry looks changed.
+func (h HostSpec) Normalize() HostSpec {
+	if len(h.Labels) == 0 {
+		h.Labels = nil
+	}
+	return h
+}
+
+// Equal says whether two specs watch a host the same way.
+func (h HostSpec) Equal(o HostSpec) bool {
+	return reflect.DeepEqual(h.Normalize(), o.Normalize())
 }
 
 // Validate checks one host entry.

@@ -35,11 +35,11 @@ type Settings struct {
 
 	ProbeInterval       time.Duration `envconfig:"PROBE_INTERVAL" default:"250ms" desc:"time between two probes of a host"`
 	ProbeTimeout        time.Duration `envconfig:"PROBE_TIMEOUT" default:"300ms" desc:"TCP connect timeout of the network probe"`
-	BMCTimeout          time.Duration `envconfig:"BMC_TIMEOUT" default:"1s" desc:"timeout of one IPMI exchange"`
+	BMCTimeout          time.Duration `envconfig:"BMC_TIMEOUT" default:"1s" desc:"timeout of one IPMI exchange (PROBE_INTERVAL + max(PROBE_TIMEOUT, 2s) + BMC_TIMEOUT must be <= 4s)"`
 	MissesBeforeSuspect int           `envconfig:"MISSES_BEFORE_SUSPECT" default:"1" desc:"consecutive network misses that make a host suspect"`
 	MissesBeforeDead    int           `envconfig:"MISSES_BEFORE_DEAD" default:"3" desc:"consecutive network misses that make a host unreachable"`
 	PowerConfirmations  int           `envconfig:"POWER_CONFIRMATIONS" default:"2" desc:"equal BMC readings in a row before a power change counts"`
-	WorkerGrace         time.Duration `envconfig:"WORKER_GRACE" default:"90s" desc:"a host worker not seen polling for this long counts as gone"`
+	WorkerGrace         time.Duration `envconfig:"WORKER_GRACE" default:"90s" desc:"a host worker not seen polling for this long counts as gone (>= 1m)"`
 	BMCIdleInterval     time.Duration `envconfig:"BMC_IDLE_INTERVAL" default:"2s" desc:"how often power is read while the network answers (every probe once it fails)"`
 	FenceTimeout        time.Duration `envconfig:"FENCE_TIMEOUT" default:"60s" desc:"how long to wait for the BMC to report off after a power-off"`
 
@@ -90,9 +90,40 @@ func (s Settings) Validate() error {
 		return fmt.Errorf("%s_LOG_LEVEL=%q: want debug, info, warn or error", Prefix, s.LogLevel)
 	case (s.TLSCert == "") != (s.TLSKey == ""):
 		return fmt.Errorf("%s_TLS_CERT=%q and %s_TLS_KEY=%q: set both or neither", Prefix, s.TLSCert, Prefix, s.TLSKey)
+	case s.ProbeInterval+max(s.ProbeTimeout, WorkerCheckTimeout)+s.BMCTimeout > MaxWatchTick:
+		return fmt.Errorf("%s_PROBE_INTERVAL=%s + max(%s_PROBE_TIMEOUT=%s, worker check %s) + %s_BMC_TIMEOUT=%s = %s: want <= %s; "+
+			"the watch heartbeats once per probe tick and is cut off after %s without one, so a host whose BMC or network "+
+			"does not answer would never be reported", Prefix, s.ProbeInterval, Prefix, s.ProbeTimeout, WorkerCheckTimeout,
+			Prefix, s.BMCTimeout, s.ProbeInterval+max(s.ProbeTimeout, WorkerCheckTimeout)+s.BMCTimeout, MaxWatchTick, WatchHeartbeatTimeout)
+	case s.WorkerGrace < MinWorkerGrace:
+		return fmt.Errorf("%s_WORKER_GRACE=%s: want >= %s; an idle worker's long poll lasts up to a minute on Temporal, "+
+			"so a shorter grace would make healthy idle hosts look suspect", Prefix, s.WorkerGrace, MinWorkerGrace)
+	case s.BMCIdleInterval <= 0:
+		return fmt.Errorf("%s_BMC_IDLE_INTERVAL=%s: want > 0 (set it to %s_PROBE_INTERVAL to read power on every probe)", Prefix, s.BMCIdleInterval, Prefix)
+	case s.FenceTimeout < 2*s.BMCTimeout+s.ProbeInterval:
+		return fmt.Errorf("%s_FENCE_TIMEOUT=%s: want >= 2 x %s_BMC_TIMEOUT + %s_PROBE_INTERVAL (%s); a fence is confirmed by "+
+			"two BMC readings of off, a probe interval apart", Prefix, s.FenceTimeout, Prefix, Prefix, 2*s.BMCTimeout+s.ProbeInterval)
+	case s.HostReserveMiB < 0:
+		return fmt.Errorf("%s_HOST_RESERVE_MIB=%d: want >= 0", Prefix, s.HostReserveMiB)
+	case s.ShareTimeout <= 0:
+		return fmt.Errorf("%s_SHARE_TIMEOUT=%s: want > 0; without it a hung share hangs the worker's catalog calls", Prefix, s.ShareTimeout)
 	}
 	return nil
 }
+
+// The watch's timing, fixed in code: WatchHost (activities/controller.go) heartbeats after every probe, and a
+// probe dials the host while it asks Temporal whether the host's worker polls (at most WorkerCheckTimeout), then
+// reads the BMC (at most BMC_TIMEOUT); the next probe waits for the ticker (at most PROBE_INTERVAL).
+// workflows/options.go watchOptions cuts a watch off after WatchHeartbeatTimeout without a heartbeat.
+// MaxWatchTick leaves a second of that for the heartbeat to reach the server.
+const (
+	WatchHeartbeatTimeout = 5 * time.Second
+	WorkerCheckTimeout    = 2 * time.Second
+	MaxWatchTick          = 4 * time.Second
+	// MinWorkerGrace: Temporal's matching.longPollExpirationInterval (1 minute by default) is how long an idle
+	// poll waits; the server records a poller when its poll starts and ends.
+	MinWorkerGrace = time.Minute
+)
 
 // Usage prints every setting with its default and meaning.
 func Usage() error {

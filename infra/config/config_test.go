@@ -35,3 +35,43 @@ func TestLoadNamesTheBadSetting(t *testing.T) {
 		})
 	}
 }
+
+// TestValidateRefusesSettingsThatBreakTheWatch: each refusal names the variable and its value; the values just
+// inside each limit are accepted.
+func TestValidateRefusesSettingsThatBreakTheWatch(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		set  map[string]string
+		want string // empty: accepted
+	}{
+		{"defaults", nil, ""},
+		{"bmc timeout eats the heartbeat", map[string]string{"VMHA_BMC_TIMEOUT": "3s"}, "VMHA_BMC_TIMEOUT=3s"},
+		{"bmc timeout at the limit", map[string]string{"VMHA_BMC_TIMEOUT": "1750ms"}, ""},
+		{"probe timeout eats the heartbeat", map[string]string{"VMHA_PROBE_TIMEOUT": "3s"}, "VMHA_PROBE_TIMEOUT=3s"},
+		{"probe interval eats the heartbeat", map[string]string{"VMHA_PROBE_INTERVAL": "2s"}, "VMHA_PROBE_INTERVAL=2s"},
+		{"probe timeout above the interval is fine", map[string]string{"VMHA_PROBE_TIMEOUT": "1s", "VMHA_PROBE_INTERVAL": "200ms"}, ""},
+		{"worker grace zero", map[string]string{"VMHA_WORKER_GRACE": "0s"}, "VMHA_WORKER_GRACE=0s"},
+		{"worker grace under the long poll", map[string]string{"VMHA_WORKER_GRACE": "30s"}, "VMHA_WORKER_GRACE=30s"},
+		{"worker grace one minute", map[string]string{"VMHA_WORKER_GRACE": "1m"}, ""},
+		{"bmc idle zero", map[string]string{"VMHA_BMC_IDLE_INTERVAL": "0s"}, "VMHA_BMC_IDLE_INTERVAL=0s"},
+		{"fence timeout zero", map[string]string{"VMHA_FENCE_TIMEOUT": "0s"}, "VMHA_FENCE_TIMEOUT=0s"},
+		{"fence timeout under two readings", map[string]string{"VMHA_FENCE_TIMEOUT": "2s"}, "VMHA_FENCE_TIMEOUT=2s"},
+		{"host reserve negative", map[string]string{"VMHA_HOST_RESERVE_MIB": "-1"}, "VMHA_HOST_RESERVE_MIB=-1"},
+		{"host reserve zero", map[string]string{"VMHA_HOST_RESERVE_MIB": "0"}, ""},
+		{"share timeout zero", map[string]string{"VMHA_SHARE_TIMEOUT": "0s"}, "VMHA_SHARE_TIMEOUT=0s"},
+		{"share timeout negative", map[string]string{"VMHA_SHARE_TIMEOUT": "-1s"}, "VMHA_SHARE_TIMEOUT=-1s"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			for k, v := range c.set {
+				t.Setenv(k, v)
+			}
+			_, err := Load()
+			switch {
+			case c.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+				t.Fatalf("got %v, want an error naming %s", err, c.want)
+			}
+		})
+	}
+}
