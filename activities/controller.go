@@ -164,7 +164,7 @@ func (w *hostWatch) probe(ctx context.Context) types.Probe {
 	// Liveness only separates healthy from suspect and has a long grace: asking three times per grace is enough,
 	// and costs the server one call per host per WorkerGrace/3 instead of one per probe.
 	if w.workerSeenAt.IsZero() || time.Since(w.workerSeenAt) > w.c.Probe.WorkerGrace/3 {
-		if alive, err := w.c.workerAlive(ctx, w.spec.Name); err == nil || w.workerSeenAt.IsZero() {
+		if alive, err := w.c.workerAlive(ctx, w.spec); err == nil || w.workerSeenAt.IsZero() {
 			w.workerAlive = alive
 		}
 		w.workerSeenAt = time.Now()
@@ -228,22 +228,24 @@ func (c *Controller) dialProbe(ctx context.Context, spec types.HostSpec) error {
 	return conn.Close()
 }
 
-// workerAlive says whether the host's hypervisor worker polled its task queue within WorkerGrace. An error is
-// no answer: a busy server must not make healthy hosts look suspect, so the caller keeps its last answer.
-func (c *Controller) workerAlive(ctx context.Context, host string) (bool, error) {
+// workerAlive says whether the host's hypervisor worker polled its task queue within WorkerGrace, from the
+// machine that holds the host's inventory address and from that machine only (JudgeHostPollers): a queue polled
+// by two machines, or by one that is not the host, is not a live worker. An error is no answer: a busy server
+// must not make healthy hosts look suspect, so the caller keeps its last answer.
+func (c *Controller) workerAlive(ctx context.Context, spec types.HostSpec) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	resp, err := c.Client.DescribeTaskQueue(ctx, types.HostTaskQueue(host), enumspb.TASK_QUEUE_TYPE_ACTIVITY)
+	resp, err := c.Client.DescribeTaskQueue(ctx, types.HostTaskQueue(spec.Name), enumspb.TASK_QUEUE_TYPE_ACTIVITY)
 	if err != nil {
-		c.Logger.Warn("describe task queue", "host", host, "error", err)
+		c.Logger.Warn("describe task queue", "host", spec.Name, "error", err)
 		return false, err
 	}
-	for _, p := range resp.GetPollers() {
-		if p.GetLastAccessTime() != nil && time.Since(p.GetLastAccessTime().AsTime()) < c.Probe.WorkerGrace {
-			return true, nil
-		}
+	alive, conflict := JudgeHostPollers(spec, RecentPollers(resp.GetPollers(), time.Now(), c.Probe.WorkerGrace))
+	if conflict != "" {
+		c.Logger.Error("host worker identity conflict: the host counts as suspect until it is resolved", "host", spec.Name,
+			"address", spec.Address, "problem", conflict)
 	}
-	return false, nil
+	return alive, nil
 }
 
 // powerStatus reads chassis power with the worker-side password.

@@ -26,6 +26,9 @@ func RunHypervisor(ctx context.Context, s config.Settings, c client.Client, logg
 		return fmt.Errorf("%s_HOST_NAME=%q: set it to this host's name in the inventory", config.Prefix, s.HostName)
 	}
 	logger = logger.With("host", s.HostName)
+	if err := checkHostQueue(ctx, c, hostIdentity(s.HostName), logger); err != nil {
+		return err
+	}
 	hv, err := openLibvirt(ctx, s.LibvirtURI, logger)
 	if err != nil {
 		return err
@@ -48,10 +51,12 @@ func HypervisorWorkers(c client.Client, s config.Settings, hv activities.Hypervi
 	host := &activities.Host{Name: s.HostName, Hypervisor: hv, Ledger: ledger, DomainType: domainType(), SharePath: s.SharePath,
 		ShareTimeout: s.ShareTimeout, Logger: logger}
 	// Hypervisor workers run activities only: no workflow polls to cost the server.
-	own := worker.New(c, types.HostTaskQueue(s.HostName), worker.Options{DisableWorkflowWorker: true, Interceptors: interceptors})
+	own := worker.New(c, types.HostTaskQueue(s.HostName), worker.Options{DisableWorkflowWorker: true, Interceptors: interceptors,
+		Identity: hostIdentity(s.HostName).String()})
 	own.RegisterActivity(host)
 	// Every host serves the share queue; one poller each is plenty and keeps the server's poll count per host low.
-	share := worker.New(c, types.ShareTaskQueue, worker.Options{MaxConcurrentActivityTaskPollers: 1, DisableWorkflowWorker: true})
+	share := worker.New(c, types.ShareTaskQueue, worker.Options{MaxConcurrentActivityTaskPollers: 1, DisableWorkflowWorker: true,
+		Identity: hostIdentity(s.HostName).String()})
 	share.RegisterActivity(&activities.Share{Catalog: ledger.Catalog})
 	return []worker.Worker{own, share}, &activities.Keeper{Host: s.HostName, Hypervisor: hv, Ledger: ledger, Logger: logger}
 }
