@@ -57,6 +57,8 @@ const (
 	UpdateRelease     = "release"
 	QueryStatus       = "status"
 	MemoSpec          = "spec"
+	// MemoLeftBehind is how many HA VMs of the host's last recovery round run nowhere (-1: the round itself failed).
+	MemoLeftBehind = "leftBehind"
 )
 
 // FenceNotice tells a monitor that vmha powered its host off and the BMC confirmed it.
@@ -76,11 +78,24 @@ type MonitorInput struct {
 	Spec        types.HostSpec  `json:"spec"`
 	State       types.HostState `json:"state,omitempty"`
 	Since       time.Time       `json:"since,omitempty"`
-	Incident    int             `json:"incident,omitempty"`
 	Last        types.Probe     `json:"last,omitempty"`
 	Maintenance bool            `json:"maintenance,omitempty"`
 	// TroubleSince is when the host left healthy: the start of detection time.
 	TroubleSince time.Time `json:"troubleSince,omitempty"`
+
+	// The current (or last) incident: its ID (types.IncidentID), when and why the host was declared dead, and
+	// the last recovery round started for it.
+	Incident   string    `json:"incident,omitempty"`
+	DeclaredAt time.Time `json:"declaredAt,omitempty"`
+	Cause      string    `json:"cause,omitempty"`
+	Round      int       `json:"round,omitempty"`
+	// LeftBehind is how many VMs the last round could not recover (-1: the round itself failed).
+	LeftBehind int `json:"leftBehind,omitempty"`
+	// RetryAfter is the current back-off between rounds.
+	RetryAfter time.Duration `json:"retryAfter,omitempty"`
+	// Stale maps a VM left behind to the targets where a failed attempt may have left a copy that could not be
+	// removed: the next round removes those first, or does not touch the VM.
+	Stale map[string][]string `json:"stale,omitempty"`
 }
 
 // SchedulerInput starts (or continues) the scheduler with the reservations still counted.
@@ -110,7 +125,8 @@ func (c *Controller) WatchHost(ctx context.Context, in WatchInput) (types.Probe,
 	for {
 		p := w.probe(ctx)
 		activity.RecordHeartbeat(ctx, p.Key())
-		if p.Key() != last || time.Now().After(deadline) {
+		// A probe with power not yet confirmed is never reported: one BMC reading never counts alone.
+		if p.Power != "" && (p.Key() != last || time.Now().After(deadline)) {
 			return p, nil
 		}
 		select {
@@ -126,17 +142,17 @@ type hostWatch struct {
 	c            *Controller
 	spec         types.HostSpec
 	misses       int
-	power        types.PowerState // confirmed reading
+	power        types.PowerState // confirmed reading; empty until one is
 	candidate    types.PowerState // latest reading not yet confirmed
 	candidateN   int
-	powerRead    bool
 	lastPowerAt  time.Time
 	workerAlive  bool
 	workerSeenAt time.Time
 }
 
 // resumeWatch starts from what the last watch saw: its misses and its confirmed power reading. A fresh count
-// would report an unreachable host as merely failing at the start of every watch, and flap.
+// would report an unreachable host as merely failing at the start of every watch, and flap. A zero Last (a new
+// monitor, a new spec, the end of maintenance) starts with power unconfirmed: one reading never counts alone.
 func (c *Controller) resumeWatch(in WatchInput) *hostWatch {
 	w := &hostWatch{c: c, spec: in.Spec}
 	if in.Last.At.IsZero() {
@@ -148,7 +164,7 @@ func (c *Controller) resumeWatch(in WatchInput) *hostWatch {
 	case types.ReachFailing:
 		w.misses = c.Probe.MissesBeforeSuspect
 	}
-	w.power, w.powerRead = in.Last.Power, in.Last.Power != ""
+	w.power = in.Last.Power
 	w.workerAlive = in.Last.WorkerAlive
 	return w
 }
@@ -161,9 +177,7 @@ func (w *hostWatch) probe(ctx context.Context) types.Probe {
 		defer wg.Done()
 		netErr = w.c.dialProbe(ctx, w.spec)
 	}()
-	// Liveness only separates healthy from suspect and has a long grace: asking three times per grace is enough,
-	// and costs the server one call per host per WorkerGrace/3 instead of one per probe.
-	if w.workerSeenAt.IsZero() || time.Since(w.workerSeenAt) > w.c.Probe.WorkerGrace/3 {
+	if w.workerDue() {
 		if alive, err := w.c.workerAlive(ctx, w.spec); err == nil || w.workerSeenAt.IsZero() {
 			w.workerAlive = alive
 		}
@@ -172,6 +186,9 @@ func (w *hostWatch) probe(ctx context.Context) types.Probe {
 	wg.Wait()
 	var details []string
 	if netErr != nil {
+		if w.misses == 0 {
+			w.networkLost()
+		}
 		w.misses++
 		details = append(details, netErr.Error())
 	} else {
@@ -184,7 +201,7 @@ func (w *hostWatch) probe(ctx context.Context) types.Probe {
 	case w.misses >= w.c.Probe.MissesBeforeSuspect:
 		reach = types.ReachFailing
 	}
-	if reach != types.ReachUp || !w.powerRead || time.Since(w.lastPowerAt) >= w.c.Probe.BMCIdleInterval {
+	if reach != types.ReachUp || w.power == "" || time.Since(w.lastPowerAt) >= w.c.Probe.BMCIdleInterval {
 		if err := w.readPower(ctx); err != nil {
 			details = append(details, err.Error())
 		}
@@ -192,26 +209,47 @@ func (w *hostWatch) probe(ctx context.Context) types.Probe {
 	return types.Probe{Reach: reach, Power: w.power, WorkerAlive: w.workerAlive, Detail: strings.Join(details, "; "), At: time.Now()}
 }
 
-// readPower takes a BMC reading; a change counts only after PowerConfirmations equal readings in a row,
-// except the first reading of a watch, which has nothing to confirm against.
+// workerDue says when to ask again whether the host's worker polls. A live worker is asked about three times per
+// grace: it only separates healthy from suspect, and each look-up costs the server a call. A worker not seen is
+// asked every second, so a host that comes back is healthy within a few probes of its worker polling again.
+func (w *hostWatch) workerDue() bool {
+	if w.workerSeenAt.IsZero() {
+		return true
+	}
+	every := w.c.Probe.WorkerGrace / 3
+	if !w.workerAlive {
+		every = min(every, time.Second)
+	}
+	return time.Since(w.workerSeenAt) > every
+}
+
+// networkLost is the first missed probe after the network answered. Power evidence for "dead" must be fresh: an
+// "off" read while the host still answered (a stale or wrong reading) must be confirmed again by readings taken
+// from now on. An "on" stays: it can only hold a recovery back.
+func (w *hostWatch) networkLost() {
+	if w.power != types.PowerOn {
+		w.power = ""
+	}
+	w.candidate, w.candidateN = "", 0
+}
+
+// readPower takes a BMC reading. "On" counts at once: any sign of life vetoes "dead". Any other state counts
+// only after PowerConfirmations equal readings in a row, including the first of a watch.
 func (w *hostWatch) readPower(ctx context.Context) error {
 	state, err := w.c.powerStatus(ctx, w.spec)
 	w.lastPowerAt = time.Now()
-	if !w.powerRead {
-		w.powerRead, w.power = true, state
-		return err
-	}
-	if state == w.power {
-		w.candidateN = 0
-		return err
-	}
-	if state == w.candidate {
+	switch {
+	case state == types.PowerOn:
+		w.power, w.candidate, w.candidateN = state, "", 0
+	case state == w.power:
+		w.candidate, w.candidateN = "", 0
+	case state == w.candidate:
 		w.candidateN++
-	} else {
+	default:
 		w.candidate, w.candidateN = state, 1
 	}
-	if w.candidateN >= w.c.Probe.PowerConfirmations {
-		w.power, w.candidateN = state, 0
+	if w.candidate != "" && w.candidateN >= w.c.Probe.PowerConfirmations {
+		w.power, w.candidate, w.candidateN = w.candidate, "", 0
 	}
 	return err
 }
@@ -259,14 +297,25 @@ func (c *Controller) powerStatus(ctx context.Context, spec types.HostSpec) (type
 	return c.Power.PowerStatus(ctx, spec.BMC, password)
 }
 
-// PowerStatus is one BMC reading, for manual failover.
+// PowerStatus is the BMC's confirmed answer, for decisions taken on one look (manual failover, a fenced signal):
+// readings are taken until PowerConfirmations of them agree in a row; an "on" answers at once.
 func (c *Controller) PowerStatus(ctx context.Context, spec types.HostSpec) (types.PowerState, error) {
-	state, err := c.powerStatus(ctx, spec)
-	if err != nil {
-		// An unreachable BMC is an answer the workflow decides on, not a failure to retry forever.
-		c.Logger.Warn("power status", "host", spec.Name, "state", state, "error", err)
+	w := &hostWatch{c: c, spec: spec}
+	for {
+		err := w.readPower(ctx)
+		if err != nil {
+			// An unreachable BMC is an answer the workflow decides on, not a failure to retry forever.
+			c.Logger.Warn("power status", "host", spec.Name, "state", w.candidate, "error", err)
+		}
+		if w.power != "" {
+			return w.power, nil
+		}
+		select {
+		case <-ctx.Done():
+			return types.PowerUnreachable, fmt.Errorf("power status of %s: %w", spec.Name, ctx.Err())
+		case <-time.After(c.Probe.Interval):
+		}
 	}
-	return state, nil
 }
 
 // PowerOff fences a host: a hard chassis power-off.

@@ -154,3 +154,98 @@ func TestWatchHostConfirmsPowerChanges(t *testing.T) {
 		t.Fatalf("got %+v, want down with power fault after confirmed readings", p)
 	}
 }
+
+// TestWatchHostFirstReadingIsConfirmed: a new watch (a new monitor, a re-applied spec, the end of maintenance)
+// whose first BMC reading is a stale "off" must not report it: readings must agree first, and "on" wins.
+func TestWatchHostFirstReadingIsConfirmed(t *testing.T) {
+	f := newWatchFixture(t)
+	f.ln.Close()
+	f.power.next = []types.PowerState{types.PowerOff}
+	if p := f.watch(t, types.Probe{}, time.Minute); p.Power != types.PowerOn {
+		t.Fatalf("first report %s: a single stale off reading counted", p.Key())
+	}
+}
+
+// TestWatchHostOnVetoesDead: once a host is seen down with power off, a single "on" reading counts at once.
+func TestWatchHostOnVetoesDead(t *testing.T) {
+	f := newWatchFixture(t)
+	f.ln.Close()
+	f.power.set(types.PowerOff)
+	f.power.next = []types.PowerState{types.PowerOn}
+	dead := types.Probe{Reach: types.ReachDown, Power: types.PowerOff, WorkerAlive: true, At: time.Now()}
+	if p := f.watch(t, dead, 500*time.Millisecond); p.Power != types.PowerOn {
+		t.Fatalf("got %s after an on reading, want power on", p.Key())
+	}
+}
+
+// TestWatchHostPowerEvidenceIsFresh: an "off" read while the network still answered does not count once the
+// network fails: only readings taken after that do.
+func TestWatchHostPowerEvidenceIsFresh(t *testing.T) {
+	f := newWatchFixture(t)
+	f.power.set(types.PowerOff)
+	last := f.watch(t, types.Probe{}, time.Minute)
+	if last.Power != types.PowerOff || last.Reach != types.ReachUp {
+		t.Fatalf("set-up: got %s, want up/off", last.Key())
+	}
+	f.ln.Close()
+	f.power.next = []types.PowerState{types.PowerOn, types.PowerOn}
+	if p := f.watch(t, last, time.Minute); p.Power != types.PowerOn {
+		t.Fatalf("first report after the network failed is %s: the off read before it was still counted", p.Key())
+	}
+}
+
+// TestPowerStatusIsConfirmed: the one-look answer for a failover or a fenced signal needs agreeing readings.
+func TestPowerStatusIsConfirmed(t *testing.T) {
+	f := newWatchFixture(t)
+	f.power.next = []types.PowerState{types.PowerOff}
+	val, err := f.env.ExecuteActivity("PowerStatus", f.spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var state types.PowerState
+	if err := val.Get(&state); err != nil {
+		t.Fatal(err)
+	}
+	if state != types.PowerOn {
+		t.Fatalf("PowerStatus %s after one off reading then on, want on", state)
+	}
+}
+
+// switchingClient answers DescribeTaskQueue with no poller until polling is set, then with one that just polled.
+type switchingClient struct {
+	client.Client
+	mu      sync.Mutex
+	polling bool
+}
+
+func (c *switchingClient) DescribeTaskQueue(context.Context, string, enumspb.TaskQueueType) (*workflowservice.DescribeTaskQueueResponse, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.polling {
+		return &workflowservice.DescribeTaskQueueResponse{}, nil
+	}
+	return &workflowservice.DescribeTaskQueueResponse{Pollers: []*taskqueuepb.PollerInfo{{LastAccessTime: timestamppb.Now()}}}, nil
+}
+
+// TestWatchHostSeesReturningWorkerQuickly: a host whose worker was gone and polls again is reported alive within
+// seconds, not after a third of the worker grace (30 s by default).
+func TestWatchHostSeesReturningWorkerQuickly(t *testing.T) {
+	f := newWatchFixture(t)
+	sc := &switchingClient{}
+	c := &activities.Controller{Client: sc, Power: f.power, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Probe: activities.ProbeSettings{Interval: 20 * time.Millisecond, NetworkTimeout: 50 * time.Millisecond, BMCTimeout: time.Second,
+			MissesBeforeSuspect: 1, MissesBeforeDead: 3, PowerConfirmations: 2, WorkerGrace: time.Minute, BMCIdleInterval: time.Second}}
+	var suite testsuite.WorkflowTestSuite
+	f.env = suite.NewTestActivityEnvironment()
+	f.env.RegisterActivity(c)
+	first := f.watch(t, types.Probe{}, time.Minute)
+	if first.WorkerAlive {
+		t.Fatalf("set-up: %s, want no worker", first.Key())
+	}
+	time.AfterFunc(200*time.Millisecond, func() { sc.mu.Lock(); sc.polling = true; sc.mu.Unlock() })
+	began := time.Now()
+	p := f.watch(t, first, 8*time.Second)
+	if !p.WorkerAlive {
+		t.Fatalf("after %s the watch still reports %s: the returning worker was not looked up again", time.Since(began).Round(time.Millisecond), p.Key())
+	}
+}

@@ -47,6 +47,19 @@ type HostRow struct {
 	State   types.HostState
 	Since   time.Time
 	Address string
+	// LeftBehind is how many of its HA VMs its last recovery round left down.
+	LeftBehind int
+}
+
+// down says how many of the host's HA VMs vmha knows to be down: only a host that failed to recover has any.
+func (r HostRow) down() string {
+	switch {
+	case r.State != types.HostRecoveryFailed:
+		return "-"
+	case r.LeftBehind < 0:
+		return "? (recovery round failed)"
+	}
+	return fmt.Sprint(r.LeftBehind)
 }
 
 // Hosts lists every monitored host with its state, from visibility (the same search attributes the Web UI filters on).
@@ -61,13 +74,13 @@ func (s Starter) Hosts(ctx context.Context) ([]HostRow, error) {
 		if err != nil {
 			return nil, err
 		}
-		rows = append(rows, HostRow{Name: h.Spec.Name, State: h.State, Since: h.Since, Address: h.Spec.Address})
+		rows = append(rows, HostRow{Name: h.Spec.Name, State: h.State, Since: h.Since, Address: h.Spec.Address, LeftBehind: h.LeftBehind})
 	}
 	sort.Slice(rows, func(i, j int) bool { return rows[i].Name < rows[j].Name })
 	tw := tabwriter.NewWriter(s.Out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "HOST\tSTATE\tSINCE\tADDRESS")
+	fmt.Fprintln(tw, "HOST\tSTATE\tSINCE\tADDRESS\tVMS DOWN")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Name, orDash(string(r.State)), since(r.Since), r.Address)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Name, orDash(string(r.State)), since(r.Since), r.Address, r.down())
 	}
 	return rows, tw.Flush()
 }
@@ -174,7 +187,7 @@ func (s Starter) summary(ctx context.Context, r RecoveryRow) string {
 	case types.RecoverVMWorkflow:
 		var o types.VMOutcome
 		if err := run.Get(ctx, &o); err != nil {
-			return err.Error()
+			return types.Explain(err)
 		}
 		if o.Recovered {
 			return fmt.Sprintf("%s -> %s", o.VM, o.Target)
@@ -183,7 +196,7 @@ func (s Starter) summary(ctx context.Context, r RecoveryRow) string {
 	default:
 		var res types.RecoveryResult
 		if err := run.Get(ctx, &res); err != nil {
-			return err.Error()
+			return types.Explain(err)
 		}
 		return res.Summary()
 	}

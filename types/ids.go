@@ -1,7 +1,10 @@
 package types
 
 import (
+	"errors"
 	"fmt"
+	"strings"
+	"time"
 
 	"go.temporal.io/sdk/temporal"
 )
@@ -27,14 +30,22 @@ const SchedulerWorkflowID = "vmha-scheduler"
 // HostMonitorID is the perpetual monitor of one host.
 func HostMonitorID(host string) string { return "vmha-monitor-" + host }
 
-// HostRecoveryID is the recovery of one host for one incident; the incident number makes it at-most-once.
-func HostRecoveryID(host string, incident int) string {
-	return fmt.Sprintf("vmha-recovery-%s-%d", host, incident)
+// IncidentID names one death of a host by the moment it was declared, to the millisecond: unlike a counter it
+// cannot repeat when a monitor starts afresh (a host re-added to the inventory, a monitor reset or terminated), so
+// a new incident never collides with the workflow IDs of an old one.
+func IncidentID(declared time.Time) string {
+	return declared.UTC().Format("20060102T150405.000Z")
 }
 
-// RecoverVMID is the recovery of one VM within one host incident.
-func RecoverVMID(host string, incident int, vmUUID string) string {
-	return fmt.Sprintf("vmha-recover-vm-%s-%s-%d", vmUUID, host, incident)
+// HostRecoveryID is one round of the recovery of one host for one incident: round 1 runs when the host is declared
+// dead, later rounds retry the VMs it left behind. ID reuse is refused, so each round runs at most once.
+func HostRecoveryID(host, incident string, round int) string {
+	return fmt.Sprintf("vmha-recovery-%s-%s-%d", host, incident, round)
+}
+
+// RecoverVMID is the recovery of one VM within one round of one host incident.
+func RecoverVMID(host, incident string, round int, vmUUID string) string {
+	return fmt.Sprintf("vmha-recover-vm-%s-%s-%s-%d", vmUUID, host, incident, round)
 }
 
 // CreateVMID is the creation of a VM; names are unique, so is this ID.
@@ -66,3 +77,25 @@ const (
 	SchedulerWorkflow      = "Scheduler"
 	ApplyInventoryWorkflow = "ApplyInventory"
 )
+
+// Explain is an error for people: vmha's own sentences as they are, but a chain Temporal wrapped (an activity's
+// error inside a child workflow's error inside the parent's) replaced by its innermost cause. The Web UI keeps the
+// whole chain.
+func Explain(err error) string {
+	if err == nil {
+		return ""
+	}
+	var wrapper error
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		switch e.(type) {
+		case *temporal.ActivityError, *temporal.ChildWorkflowExecutionError:
+			if wrapper == nil {
+				wrapper = e
+			}
+		}
+		if errors.Unwrap(e) == nil && wrapper != nil {
+			return strings.Replace(err.Error(), wrapper.Error(), e.Error(), 1)
+		}
+	}
+	return err.Error()
+}

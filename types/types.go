@@ -70,14 +70,18 @@ const (
 	HostDead HostState = "dead"
 	// HostRecovering: its HA VMs are being started elsewhere.
 	HostRecovering HostState = "recovering"
-	// HostRecovered: every HA VM was handled; the host stays out of placement until it is healthy again.
+	// HostRecovered: every HA VM runs elsewhere; the host stays out of placement until it is healthy again.
 	HostRecovered HostState = "recovered"
+	// HostRecoveryFailed: some HA VM of the dead host runs nowhere (no capacity, every target failed, an unreadable
+	// catalog entry). vmha keeps retrying while the catalog still gives those VMs to this host, and restarts them on
+	// the host itself when it comes back healthy.
+	HostRecoveryFailed HostState = "recovery-failed"
 	// HostMaintenance: an operator paused the monitor; nothing is recovered while it lasts.
 	HostMaintenance HostState = "maintenance"
 )
 
 // AllHostStates lists every state, for metrics and validation.
-var AllHostStates = []HostState{HostHealthy, HostSuspect, HostIsolated, HostUnknown, HostDead, HostRecovering, HostRecovered, HostMaintenance}
+var AllHostStates = []HostState{HostHealthy, HostSuspect, HostIsolated, HostUnknown, HostDead, HostRecovering, HostRecovered, HostRecoveryFailed, HostMaintenance}
 
 // Reachability summarises consecutive network probe results against the configured miss thresholds.
 type Reachability string
@@ -239,6 +243,10 @@ const (
 	EventRecoveryDone     EventKind = "vm.recovery.done"
 	EventRecoveryFailed   EventKind = "vm.recovery.failed"
 	EventHostRecoveryDone EventKind = "host.recovery.done"
+	// EventHostAlert is something about a host that a person must look at (a fenced signal the BMC contradicts).
+	EventHostAlert EventKind = "host.alert"
+	// EventCatalogUnreadable names a catalog file that a recovery could not read: a VM may be missing from it.
+	EventCatalogUnreadable EventKind = "catalog.unreadable"
 )
 
 // Event is what users are told: webhook body, log line and metrics source.
@@ -253,7 +261,8 @@ type Event struct {
 	Reason     string    `json:"reason,omitempty"`
 	WorkflowID string    `json:"workflowID,omitempty"`
 	At         time.Time `json:"at"`
-	// Seconds is the detection time for a host.state event into dead, or the recovery time for vm.recovery.done.
+	// Seconds is the detection time for a host.state event into dead, the recovery time of one VM for
+	// vm.recovery.done, and the time from death to the end of a recovery round for host.recovery.done.
 	Seconds float64 `json:"seconds,omitempty"`
 }
 
@@ -313,22 +322,54 @@ type VMOutcome struct {
 	Recovered bool   `json:"recovered"`
 	Reason    string `json:"reason,omitempty"`
 	Attempts  int    `json:"attempts"`
+	// Stale lists targets where a failed attempt may have left a copy that could not be removed: the VM is not
+	// tried anywhere else until those are cleaned.
+	Stale []string `json:"stale,omitempty"`
 }
 
-// RecoveryResult summarises a host recovery.
+// RecoveryResult summarises one round of a host recovery.
 type RecoveryResult struct {
 	Host     string      `json:"host"`
-	Incident int         `json:"incident"`
+	Incident string      `json:"incident"`
+	Round    int         `json:"round"`
 	Outcomes []VMOutcome `json:"outcomes"`
+	// Unreadable lists catalog files the round could not read: each may be an HA VM left down.
+	Unreadable []UnreadableEntry `json:"unreadable,omitempty"`
+}
+
+// LeftBehind lists the VMs of the round that run nowhere.
+func (r RecoveryResult) LeftBehind() []VMOutcome {
+	var out []VMOutcome
+	for _, o := range r.Outcomes {
+		if !o.Recovered {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// Complete is true when every VM was recovered and every catalog file was read: only then is the host recovered.
+func (r RecoveryResult) Complete() bool {
+	return len(r.LeftBehind()) == 0 && len(r.Unreadable) == 0
 }
 
 // Summary says how many of the host's VMs were recovered, for notifications and operators.
 func (r RecoveryResult) Summary() string {
-	ok := 0
-	for _, o := range r.Outcomes {
-		if o.Recovered {
-			ok++
-		}
+	s := fmt.Sprintf("%d of %d VMs recovered", len(r.Outcomes)-len(r.LeftBehind()), len(r.Outcomes))
+	if len(r.Unreadable) > 0 {
+		s += fmt.Sprintf(", %d catalog files unreadable", len(r.Unreadable))
 	}
-	return fmt.Sprintf("%d of %d VMs recovered", ok, len(r.Outcomes))
+	return s
+}
+
+// UnreadableEntry is a catalog file that could not be read as a VM entry; it is reported, never silently skipped.
+type UnreadableEntry struct {
+	File   string `json:"file"`
+	Reason string `json:"reason"`
+}
+
+// VMListing is the HA VMs the catalog lists, with the files it could not read.
+type VMListing struct {
+	VMs        []VMRecord        `json:"vms"`
+	Unreadable []UnreadableEntry `json:"unreadable,omitempty"`
 }

@@ -33,7 +33,7 @@ func CreateVM(ctx workflow.Context, req types.CreateVMRequest) (types.VMRecord, 
 	p := placer{vm: vm, candidates: candidates, policy: policy, reservationPrefix: workflow.GetInfo(ctx).WorkflowExecution.ID,
 		undo: discardFrom}
 	var created types.VMRecord
-	_, _, err = p.run(ctx, func(ctx workflow.Context, host string) error {
+	_, err = p.run(ctx, func(ctx workflow.Context, host string) error {
 		var err error
 		created, err = createOn(ctx, host, activities.CreateDomainInput{UUID: vm.UUID, Request: req})
 		return err
@@ -46,11 +46,11 @@ func CreateVM(ctx workflow.Context, req types.CreateVMRequest) (types.VMRecord, 
 
 // nameIsFree refuses a name the catalog already holds: names key disks and workflow IDs.
 func nameIsFree(ctx workflow.Context, name string) error {
-	var vms []types.VMRecord
-	if err := workflow.ExecuteActivity(shareOptions(ctx), onShare.ListVMs, "").Get(ctx, &vms); err != nil {
+	var listing types.VMListing
+	if err := workflow.ExecuteActivity(shareOptions(ctx), onShare.ListVMs, "").Get(ctx, &listing); err != nil {
 		return fmt.Errorf("list VMs: %w", err)
 	}
-	for _, vm := range vms {
+	for _, vm := range listing.VMs {
 		if vm.Name == name {
 			return badInput(fmt.Errorf("name %q: a VM of that name exists (uuid %s on %s)", name, vm.UUID, vm.Owner))
 		}
@@ -79,10 +79,12 @@ func createOn(ctx workflow.Context, host string, in activities.CreateDomainInput
 }
 
 // discardFrom removes a VM whose creation failed on a host, with its catalog entry, so the next host starts clean.
-func discardFrom(ctx workflow.Context, host, uuid string) {
+func discardFrom(ctx workflow.Context, host, uuid string) error {
 	if err := workflow.ExecuteActivity(hostOptions(ctx, host), onHost.DiscardNew, uuid).Get(ctx, nil); err != nil {
 		workflow.GetLogger(ctx).Error("compensation failed: half-created VM left on host", "host", host, "vm", uuid, "error", err)
+		return err
 	}
+	return nil
 }
 
 // badInput is an error no retry can fix; it names the field and the value.

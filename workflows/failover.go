@@ -36,7 +36,7 @@ func ManualFailover(ctx workflow.Context, req types.FailoverRequest) (FailoverRe
 	if host.State == types.HostDead || host.State == types.HostRecovering {
 		return res, badInput(fmt.Errorf("host %s: already %s, its recovery runs in %s", req.Host, host.State, res.Monitor))
 	}
-	if res.PowerBefore, err = powerStatus(ctx, host.Spec); err != nil {
+	if res.PowerBefore, err = confirmedPower(ctx, host.Spec); err != nil {
 		return res, err
 	}
 	switch res.PowerBefore {
@@ -61,13 +61,6 @@ func describeHost(ctx workflow.Context, host string) (types.Candidate, error) {
 	var c types.Candidate
 	err := workflow.ExecuteActivity(controllerOptions(ctx), controller.DescribeHost, host).Get(ctx, &c)
 	return c, err
-}
-
-// powerStatus asks the BMC once.
-func powerStatus(ctx workflow.Context, spec types.HostSpec) (types.PowerState, error) {
-	var state types.PowerState
-	err := workflow.ExecuteActivity(controllerOptions(ctx), controller.PowerStatus, spec).Get(ctx, &state)
-	return state, err
 }
 
 // fence is a hard power-off, done only when the BMC reports the chassis off: a command that returned proves nothing.

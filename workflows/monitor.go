@@ -2,6 +2,7 @@ package workflows
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"go.temporal.io/sdk/log"
@@ -14,9 +15,18 @@ import (
 // historyLimit makes a monitor continue as new well before Temporal would suggest it: a monitor lives forever.
 const historyLimit = 2000
 
+// Retry rounds of a recovery that left VMs behind back off from retryFirst to retryMax: a host with room that
+// powers on is used within about retryMax.
+const (
+	retryFirst = 5 * time.Second
+	retryMax   = 30 * time.Second
+)
+
 // HostMonitor watches one host for as long as it is in the inventory, the runbook an on-call engineer would follow:
 // watch until something changes, assess the change with the decision table, tell users, and when the host is
-// confirmed dead run its recovery. It continues as new to keep its history short, carrying its state along.
+// confirmed dead run its recovery, round after round until every HA VM it owned runs again. The watch goes on while
+// a recovery runs. It continues as new to keep its history short, carrying its state along, but only when nothing is
+// in flight, so no signal, notification or recovery round is lost on the way.
 func HostMonitor(ctx workflow.Context, in activities.MonitorInput) error {
 	m := &monitor{MonitorInput: in, logger: workflow.GetLogger(ctx)}
 	if err := workflow.SetQueryHandler(ctx, activities.QueryStatus, func() (activities.MonitorInput, error) {
@@ -26,17 +36,15 @@ func HostMonitor(ctx workflow.Context, in activities.MonitorInput) error {
 	}
 	m.signals = newMonitorSignals(ctx)
 	for !m.retired {
-		if tooLong(ctx, historyLimit) {
+		if tooLong(ctx, historyLimit) && m.idle() {
 			m.drainSignals(ctx)
-			m.awaitNotifications(ctx)
-			return workflow.NewContinueAsNewError(ctx, HostMonitor, m.MonitorInput)
+			if m.idle() && !m.retired {
+				return workflow.NewContinueAsNewError(ctx, HostMonitor, m.MonitorInput)
+			}
 		}
-		if m.Maintenance {
-			m.awaitSignal(ctx)
-			continue
-		}
-		m.watch(ctx)
+		m.step(ctx)
 	}
+	m.stopWatch()
 	m.awaitNotifications(ctx)
 	return nil
 }
@@ -47,6 +55,11 @@ type monitor struct {
 	retired       bool
 	notifications []workflow.Future
 	logger        log.Logger
+	// probe is the running watch, round the running recovery round, retry the timer of the next round.
+	probe       workflow.Future
+	cancelProbe workflow.CancelFunc
+	round       workflow.Future
+	retry       workflow.Future
 }
 
 type monitorSignals struct {
@@ -62,59 +75,153 @@ func newMonitorSignals(ctx workflow.Context) monitorSignals {
 	}
 }
 
-// watch runs one WatchHost activity, which returns only when what it sees changes, and reacts to whichever comes
-// first: that change or an operator's signal (which cancels the watch; the next loop starts a fresh one).
-func (m *monitor) watch(ctx workflow.Context) {
-	watchCtx, cancel := workflow.WithCancel(ctx)
-	defer cancel()
-	probe := workflow.ExecuteActivity(watchOptions(watchCtx), controller.WatchHost, activities.WatchInput{
-		Spec: m.Spec, Last: m.Last, WatchFor: watchFor,
-	})
+// step waits for whichever comes first: what the watch saw, the end of a recovery round, the time to retry one,
+// or an operator's signal.
+func (m *monitor) step(ctx workflow.Context) {
 	sel := workflow.NewSelector(ctx)
-	sel.AddFuture(probe, func(f workflow.Future) {
-		var p types.Probe
-		if err := f.Get(ctx, &p); err != nil {
-			m.logger.Error("watch failed", "host", m.Spec.Name, "error", err)
-			_ = workflow.Sleep(ctx, time.Second)
-			return
+	if !m.Maintenance {
+		m.startWatch(ctx)
+		sel.AddFuture(m.probe, func(f workflow.Future) { m.probed(ctx, f) })
+		m.armRetry(ctx)
+	}
+	if m.round != nil {
+		sel.AddFuture(m.round, func(f workflow.Future) { m.roundDone(ctx, f) })
+	}
+	if m.retry != nil {
+		sel.AddFuture(m.retry, func(workflow.Future) { m.retryDue(ctx) })
+	}
+	if tooLong(ctx, historyLimit) {
+		// Waiting to continue as new: wake up when the last notification is delivered.
+		for _, f := range m.notifications {
+			sel.AddFuture(f, func(workflow.Future) {})
 		}
-		m.observe(ctx, p)
-	})
+	}
 	m.addSignalHandlers(ctx, sel)
 	sel.Select(ctx)
 }
 
-// observe applies the decision table to a probe and starts a recovery when the host is confirmed dead.
-func (m *monitor) observe(ctx workflow.Context, p types.Probe) {
-	m.Last = p
-	state, recover := next(m.State, Assess(p))
-	if !recover {
-		m.transition(ctx, state, p.Detail)
+// startWatch runs one WatchHost activity, which returns only when what it sees changes, unless one runs already.
+func (m *monitor) startWatch(ctx workflow.Context) {
+	if m.probe != nil {
 		return
 	}
-	m.declareDead(ctx, fmt.Sprintf("unreachable (%s) and power %s", p.Reach, p.Power))
-}
-
-// declareDead opens a new incident and runs its recovery to the end before watching again.
-func (m *monitor) declareDead(ctx workflow.Context, cause string) {
-	m.Incident++
-	m.transition(ctx, types.HostDead, cause)
-	m.transition(ctx, types.HostRecovering, fmt.Sprintf("incident %d", m.Incident))
-	m.transition(ctx, types.HostRecovered, m.recover(ctx, cause))
-}
-
-// recover runs the host's recovery as a child workflow whose ID is unique per incident, and summarises it.
-func (m *monitor) recover(ctx workflow.Context, cause string) string {
-	id := types.HostRecoveryID(m.Spec.Name, m.Incident)
-	child := workflow.ExecuteChildWorkflow(childOptions(ctx, id, m.Spec.Name), HostRecovery, HostRecoveryInput{
-		Host: m.Spec.Name, Incident: m.Incident, Cause: cause, DeclaredAt: m.Since,
+	watchCtx, cancel := workflow.WithCancel(ctx)
+	m.cancelProbe = cancel
+	m.probe = workflow.ExecuteActivity(watchOptions(watchCtx), controller.WatchHost, activities.WatchInput{
+		Spec: m.Spec, Last: m.Last, WatchFor: watchFor,
 	})
-	var res types.RecoveryResult
-	if err := child.Get(ctx, &res); err != nil {
-		m.logger.Error("host recovery failed", "host", m.Spec.Name, "workflow_id", id, "error", err)
-		return fmt.Sprintf("recovery %s failed: %v", id, err)
+}
+
+// stopWatch cancels the running watch: its spec is outdated, or the monitor pauses or ends.
+func (m *monitor) stopWatch() {
+	if m.probe != nil {
+		m.cancelProbe()
+		m.probe, m.cancelProbe = nil, nil
 	}
-	return fmt.Sprintf("%s by %s", res.Summary(), id)
+}
+
+func (m *monitor) probed(ctx workflow.Context, f workflow.Future) {
+	m.probe, m.cancelProbe = nil, nil
+	var p types.Probe
+	if err := f.Get(ctx, &p); err != nil {
+		m.logger.Error("watch failed", "host", m.Spec.Name, "error", err)
+		_ = workflow.Sleep(ctx, time.Second)
+		return
+	}
+	m.observe(ctx, p)
+}
+
+// observe applies the decision table to a probe. While a recovery round runs, the round's end decides the state.
+// A host that failed to recover and is healthy again gets its left-behind VMs back on itself.
+func (m *monitor) observe(ctx workflow.Context, p types.Probe) {
+	m.Last = p
+	if m.round != nil {
+		m.logger.Info("probe during recovery", "host", m.Spec.Name, "probe", p.Key())
+		return
+	}
+	assessed := Assess(p)
+	if m.State == types.HostRecoveryFailed && assessed == types.HostHealthy {
+		m.startRound(ctx, true, "host is healthy again: restart the VMs left behind on it")
+		return
+	}
+	state, recover := next(m.State, assessed)
+	if recover {
+		m.declareDead(ctx, fmt.Sprintf("unreachable (%s) and power %s", p.Reach, p.Power))
+		return
+	}
+	m.transition(ctx, state, p.Detail)
+}
+
+// declareDead opens a new incident, named by the time of death so it never collides with an earlier one, and
+// starts its first recovery round.
+func (m *monitor) declareDead(ctx workflow.Context, cause string) {
+	now := workflow.Now(ctx)
+	m.Incident, m.DeclaredAt, m.Round, m.Cause, m.Stale = types.IncidentID(now), now, 0, cause, nil
+	m.transition(ctx, types.HostDead, cause)
+	m.startRound(ctx, false, cause)
+}
+
+// startRound runs one recovery round of the current incident as a child workflow, without waiting: the watch and
+// the signals go on meanwhile. onOwner restarts the VMs still owned by the host on the host itself.
+func (m *monitor) startRound(ctx workflow.Context, onOwner bool, reason string) {
+	m.Round++
+	m.retry = nil
+	id := types.HostRecoveryID(m.Spec.Name, m.Incident, m.Round)
+	m.transition(ctx, types.HostRecovering, fmt.Sprintf("round %d (%s): %s", m.Round, id, reason))
+	m.round = workflow.ExecuteChildWorkflow(childOptions(ctx, id, m.Spec.Name), HostRecovery, HostRecoveryInput{
+		Host: m.Spec.Name, Incident: m.Incident, Round: m.Round, Cause: m.Cause, DeclaredAt: m.DeclaredAt,
+		OnOwner: onOwner, Stale: m.Stale,
+	})
+}
+
+// roundDone ends a round: the host is recovered only when every VM it owned runs elsewhere and every catalog file
+// was read; anything else is recovery-failed, at error level, and retried.
+func (m *monitor) roundDone(ctx workflow.Context, f workflow.Future) {
+	m.round = nil
+	id := types.HostRecoveryID(m.Spec.Name, m.Incident, m.Round)
+	var res types.RecoveryResult
+	if err := f.Get(ctx, &res); err != nil {
+		m.logger.Error("recovery round failed", "host", m.Spec.Name, "workflow_id", id, "error", err)
+		m.LeftBehind = -1
+		m.transition(ctx, types.HostRecoveryFailed, fmt.Sprintf("%s failed: %s", id, types.Explain(err)))
+		return
+	}
+	m.Stale = staleCopies(res)
+	m.LeftBehind = len(res.LeftBehind())
+	if !res.Complete() {
+		m.transition(ctx, types.HostRecoveryFailed, fmt.Sprintf("%s by %s: %s", res.Summary(), id, leftBehindReasons(res)))
+		return
+	}
+	m.RetryAfter = 0
+	if Assess(m.Last) == types.HostHealthy {
+		// The host came back during the round, or the round restarted its VMs on it.
+		m.transition(ctx, types.HostHealthy, fmt.Sprintf("%s by %s", res.Summary(), id))
+		return
+	}
+	m.transition(ctx, types.HostRecovered, fmt.Sprintf("%s by %s", res.Summary(), id))
+}
+
+// armRetry schedules the next round of a recovery that left VMs behind, backing off to retryMax.
+func (m *monitor) armRetry(ctx workflow.Context) {
+	if m.State != types.HostRecoveryFailed || m.round != nil || m.retry != nil {
+		return
+	}
+	m.RetryAfter = min(max(2*m.RetryAfter, retryFirst), retryMax)
+	m.retry = workflow.NewTimer(ctx, m.RetryAfter)
+}
+
+// retryDue runs the next round, but only where it is safe: elsewhere while the host is still dead (a host that
+// powered on may run its VMs again), on the host itself once it is healthy. In between, it waits for the watch.
+func (m *monitor) retryDue(ctx workflow.Context) {
+	m.retry = nil
+	switch Assess(m.Last) {
+	case types.HostDead:
+		m.startRound(ctx, false, "retry the VMs left behind")
+	case types.HostHealthy:
+		m.startRound(ctx, true, "host is healthy again: restart the VMs left behind on it")
+	default:
+		m.logger.Warn("VMs left behind, but the host is neither dead nor healthy: waiting", "host", m.Spec.Name, "probe", m.Last.Key())
+	}
 }
 
 // transition records a new state: search attributes for the Web UI, and a notification for users.
@@ -140,8 +247,16 @@ func (m *monitor) transition(ctx workflow.Context, to types.HostState, reason st
 		types.HostStateAttr.ValueSet(string(to)), types.HostStateSinceAttr.ValueSet(now)); err != nil {
 		m.logger.Error("upsert search attributes", "host", m.Spec.Name, "error", err)
 	}
+	if err := workflow.UpsertMemo(ctx, map[string]interface{}{activities.MemoLeftBehind: m.LeftBehind}); err != nil {
+		m.logger.Error("upsert memo", "host", m.Spec.Name, "error", err)
+	}
 	m.logger.Info("host state", "host", m.Spec.Name, "from", from, "to", to, "reason", reason)
-	m.notifications = append(pending(m.notifications), workflow.ExecuteActivity(notifyOptions(ctx), controller.Notify, event))
+	m.notify(ctx, event)
+}
+
+// notify sends an event without waiting for it: a slow webhook never pauses the watch.
+func (m *monitor) notify(ctx workflow.Context, e types.Event) {
+	m.notifications = append(pending(m.notifications), workflow.ExecuteActivity(notifyOptions(ctx), controller.Notify, e))
 }
 
 func (m *monitor) addSignalHandlers(ctx workflow.Context, sel workflow.Selector) {
@@ -172,35 +287,51 @@ func (m *monitor) addSignalHandlers(ctx workflow.Context, sel workflow.Selector)
 func (m *monitor) setSpec(ctx workflow.Context, spec types.HostSpec) {
 	m.Spec = spec
 	m.Last = types.Probe{}
+	m.stopWatch()
 	if err := workflow.UpsertMemo(ctx, map[string]interface{}{activities.MemoSpec: spec}); err != nil {
 		m.logger.Error("upsert memo", "host", spec.Name, "error", err)
 	}
 }
 
-// setMaintenance pauses the monitor (nothing is recovered while an operator works on the host) or resumes it.
+// setMaintenance pauses the monitor (nothing is recovered or retried while an operator works on the host) or
+// resumes it. A round already running finishes.
 func (m *monitor) setMaintenance(ctx workflow.Context, on bool) {
 	m.Maintenance = on
 	m.Last = types.Probe{}
+	m.stopWatch()
+	m.retry = nil
 	if on {
 		m.transition(ctx, types.HostMaintenance, "operator")
 	}
 }
 
-// fenced is vmha's own power-off of the host (manual failover), already confirmed by the BMC: dead by definition,
-// and judged like a probe saying so. The watch may have seen the power-off first: a host already dead,
-// recovering or recovered starts no second incident.
+// fenced is vmha's own power-off of the host (manual failover). A signal is only a claim: anyone with access to
+// the namespace can send one, so the BMC is asked first and nothing moves unless it confirms the power is off.
+// A host already dead or recovering starts nothing new; a recovered or recovery-failed host gets another round
+// for the VMs the catalog still gives it; any other host is declared dead.
 func (m *monitor) fenced(ctx workflow.Context, n activities.FenceNotice) {
-	if _, recover := next(m.State, types.HostDead); !recover {
+	power, err := confirmedPower(ctx, m.Spec)
+	if err != nil || (power != types.PowerOff && power != types.PowerFault) {
+		reason := fmt.Sprintf("fenced signal from %q ignored: the BMC says power %s (%v)", n.By, power, err)
+		m.logger.Error(reason, "host", m.Spec.Name)
+		m.notify(ctx, types.Event{Kind: types.EventHostAlert, Host: m.Spec.Name, Reason: reason, At: workflow.Now(ctx),
+			WorkflowID: workflow.GetInfo(ctx).WorkflowExecution.ID})
 		return
 	}
-	m.declareDead(ctx, fmt.Sprintf("fenced by %s: %s", n.By, n.Reason))
+	cause := fmt.Sprintf("fenced by %s: %s", n.By, n.Reason)
+	switch {
+	case m.round != nil || m.State == types.HostDead || m.State == types.HostRecovering:
+	case m.State == types.HostRecovered || m.State == types.HostRecoveryFailed:
+		m.startRound(ctx, false, cause)
+	default:
+		m.declareDead(ctx, cause)
+	}
 }
 
-// awaitSignal blocks a paused monitor until an operator's signal arrives.
-func (m *monitor) awaitSignal(ctx workflow.Context) {
-	sel := workflow.NewSelector(ctx)
-	m.addSignalHandlers(ctx, sel)
-	sel.Select(ctx)
+// idle is true when nothing would be lost by continuing as new: no recovery round or notification in flight.
+func (m *monitor) idle() bool {
+	m.notifications = pending(m.notifications)
+	return m.round == nil && len(m.notifications) == 0
 }
 
 // drainSignals handles every signal already received, so none is lost across continue-as-new.
@@ -230,4 +361,40 @@ func pending(fs []workflow.Future) []workflow.Future {
 func (m *monitor) awaitNotifications(ctx workflow.Context) {
 	awaitAll(ctx, m.notifications...)
 	m.notifications = nil
+}
+
+// staleCopies maps each VM left behind to the targets where a failed attempt may have left a copy.
+func staleCopies(res types.RecoveryResult) map[string][]string {
+	var stale map[string][]string
+	for _, o := range res.LeftBehind() {
+		if len(o.Stale) > 0 {
+			if stale == nil {
+				stale = map[string][]string{}
+			}
+			stale[o.UUID] = o.Stale
+		}
+	}
+	return stale
+}
+
+// leftBehindReasons names the first VMs left behind and why, and the unreadable catalog files, in one line.
+func leftBehindReasons(res types.RecoveryResult) string {
+	var parts []string
+	for _, o := range res.LeftBehind() {
+		parts = append(parts, fmt.Sprintf("%s: %s", o.VM, o.Reason))
+	}
+	for _, u := range res.Unreadable {
+		parts = append(parts, fmt.Sprintf("catalog file %s unreadable: %s", u.File, u.Reason))
+	}
+	if len(parts) > 3 {
+		parts = append(parts[:3], fmt.Sprintf("and %d more", len(parts)-3))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// confirmedPower asks the BMC until readings agree (any "on" wins at once), as a fence decision needs.
+func confirmedPower(ctx workflow.Context, spec types.HostSpec) (types.PowerState, error) {
+	var state types.PowerState
+	err := workflow.ExecuteActivity(controllerOptions(ctx), controller.PowerStatus, spec).Get(ctx, &state)
+	return state, err
 }

@@ -22,45 +22,97 @@ const (
 	refreshWait  = 2 * time.Second
 )
 
-// RecoverVMInput is one VM of a dead host, with the cluster as it looked when the recovery began.
+// RecoverVMInput is one VM of a dead host, with the cluster as it looked when the recovery round began.
 type RecoverVMInput struct {
 	FailedHost string            `json:"failedHost"`
-	Incident   int               `json:"incident"`
+	Incident   string            `json:"incident"`
+	Round      int               `json:"round"`
 	VM         types.VMRecord    `json:"vm"`
 	Candidates []types.Candidate `json:"candidates"`
 	Policy     types.Policy      `json:"policy"`
+	// OnOwner restarts the VM on the failed host itself, which is healthy again.
+	OnOwner bool `json:"onOwner,omitempty"`
+	// Stale lists targets where an earlier attempt may have left a copy that could not be removed.
+	Stale []string `json:"stale,omitempty"`
 }
 
-// RecoverVM restarts one VM elsewhere: choose a target, define the domain there from the catalog's XML, start it,
-// confirm it runs, and move the catalog's owner and generation to the target. When a step fails on a target, the
-// domain is removed from it and the next candidate is tried. Its workflow ID is unique per incident, so a VM is
-// recovered at most once per incident however often workers crash and retry.
+// RecoverVM restarts one VM elsewhere: make sure no earlier attempt left a copy behind, choose a target, define
+// the domain there from the catalog's XML, start it, confirm it runs, and move the catalog's owner and generation
+// to the target. When a step fails on a target, the domain is removed from it and the next candidate is tried;
+// when that removal fails too, a copy may be running there, so the VM is tried nowhere else. Its workflow ID is
+// unique per round of an incident, so a VM is recovered at most once per round however often workers crash.
 func RecoverVM(ctx workflow.Context, in RecoverVMInput) (types.VMOutcome, error) {
 	start := workflow.Now(ctx)
 	id := workflow.GetInfo(ctx).WorkflowExecution.ID
 	event := types.Event{Host: in.FailedHost, VM: in.VM.Name, VMUUID: in.VM.UUID, WorkflowID: id}
 	started := notify(ctx, event, types.EventRecoveryStarted, "")
 
-	p := placer{vm: in.VM, failedHost: in.FailedHost, candidates: in.Candidates, policy: in.Policy, reservationPrefix: id,
-		undo: removeFrom}
+	outcome := types.VMOutcome{VM: in.VM.Name, UUID: in.VM.UUID}
 	expected := activities.DefineInput{UUID: in.VM.UUID, Generation: in.VM.Generation, Owner: in.FailedHost}
-	target, attempts, err := p.run(ctx, func(ctx workflow.Context, host string) error {
-		return restartOn(ctx, host, expected)
-	})
-	outcome := types.VMOutcome{VM: in.VM.Name, UUID: in.VM.UUID, Target: target, Attempts: attempts}
+	var err error
+	outcome.Stale, err = cleanStale(ctx, in.VM.UUID, in.Stale)
+	switch {
+	case err != nil:
+	case in.OnOwner:
+		// The owner's own definition is never removed on failure: it is where the VM lives.
+		outcome.Target, outcome.Attempts = in.FailedHost, 1
+		err = restartOn(ctx, in.FailedHost, expected)
+	default:
+		p := placer{vm: in.VM, failedHost: in.FailedHost, candidates: in.Candidates, policy: in.Policy,
+			reservationPrefix: id, undo: removeFrom}
+		var tried attempts
+		tried, err = p.run(ctx, func(ctx workflow.Context, host string) error {
+			return restartOn(ctx, host, expected)
+		})
+		outcome.Target, outcome.Attempts, outcome.Stale = tried.Target, tried.Count, tried.Stale
+	}
 	var done workflow.Future
 	if err != nil {
-		outcome.Reason = err.Error()
+		outcome.Target, outcome.Reason = "", types.Explain(err)
 		done = notify(ctx, event, types.EventRecoveryFailed, outcome.Reason)
 	} else {
 		outcome.Recovered = true
-		event.Target = target
+		event.Target = outcome.Target
 		event.Seconds = workflow.Now(ctx).Sub(start).Seconds()
 		done = notify(ctx, event, types.EventRecoveryDone, "")
 	}
 	// Activities of a closed workflow never run: wait for both notifications before returning.
 	awaitAll(ctx, started, done)
 	return outcome, nil
+}
+
+// cleanStale removes the copies earlier attempts may have left, and returns the targets where one may remain.
+// A target whose host is confirmed off (dead or recovered) cannot run it: its worker drops the definition when it
+// starts again, because the catalog does not give it the VM.
+func cleanStale(ctx workflow.Context, uuid string, stale []string) ([]string, error) {
+	var left []string
+	var errs []string
+	for _, host := range stale {
+		if hostIsOff(ctx, host) {
+			continue
+		}
+		if err := removeFrom(ctx, host, uuid); err != nil {
+			left = append(left, host)
+			errs = append(errs, fmt.Sprintf("%s: %s", host, types.Explain(err)))
+		}
+	}
+	if len(left) > 0 {
+		return left, fmt.Errorf("an earlier attempt may have left a copy that could not be removed (%s): not started elsewhere", strings.Join(errs, "; "))
+	}
+	return nil, nil
+}
+
+// hostIsOff is true when the host's monitor has confirmed it off and it has not come back.
+func hostIsOff(ctx workflow.Context, host string) bool {
+	c, err := describeHost(ctx, host)
+	if err != nil {
+		return false
+	}
+	switch c.State {
+	case types.HostDead, types.HostRecovering, types.HostRecovered, types.HostRecoveryFailed:
+		return true
+	}
+	return false
 }
 
 // restartOn is one attempt on one target: define from the catalog, start, confirm running, commit ownership.
@@ -99,13 +151,21 @@ type placer struct {
 	policy            types.Policy
 	reservationPrefix string
 	// undo removes what a failed attempt left on a target (the compensation).
-	undo func(ctx workflow.Context, host, uuid string)
+	undo func(ctx workflow.Context, host, uuid string) error
+}
+
+// attempts is what a placer did: the target that worked, how many targets it tried, and where a failed attempt
+// may have left a copy that its compensation could not remove.
+type attempts struct {
+	Target string
+	Count  int
+	Stale  []string
 }
 
 // run asks the scheduler for a target, runs attempt there, and on failure removes the VM from that target
-// (compensation), excludes it and backs off before the next. It returns the target that worked and the number
-// of attempts made.
-func (p placer) run(ctx workflow.Context, attempt func(workflow.Context, string) error) (string, int, error) {
+// (compensation), excludes it and backs off before the next. A compensation that fails ends the run: the attempt
+// may have started the VM there, and another target would run a second copy.
+func (p placer) run(ctx workflow.Context, attempt func(workflow.Context, string) error) (attempts, error) {
 	var exclude []string
 	var failures []string
 	backoff := 200 * time.Millisecond
@@ -114,7 +174,7 @@ func (p placer) run(ctx workflow.Context, attempt func(workflow.Context, string)
 		resID := fmt.Sprintf("%s-%d-%d", p.reservationPrefix, n, refreshes)
 		placement, err := p.place(ctx, resID, exclude)
 		if err != nil {
-			return "", n - 1, err
+			return attempts{Count: n - 1}, err
 		}
 		if placement.Host == "" && refreshes < maxRefreshes {
 			// The snapshot may be older than VMs placed meanwhile by other recoveries: look again before giving up.
@@ -127,25 +187,30 @@ func (p placer) run(ctx workflow.Context, attempt func(workflow.Context, string)
 			continue
 		}
 		if placement.Host == "" {
-			return "", n - 1, noTarget(placement.Rejected, failures)
+			return attempts{Count: n - 1}, noTarget(placement.Rejected, failures)
 		}
 		err = attempt(ctx, placement.Host)
 		if err == nil {
 			p.release(ctx, resID, true)
-			return placement.Host, n, nil
+			return attempts{Target: placement.Host, Count: n}, nil
 		}
-		failures = append(failures, err.Error())
+		failures = append(failures, fmt.Sprintf("%s: %s", placement.Host, types.Explain(err)))
 		workflow.GetLogger(ctx).Warn("attempt failed, compensating", "vm", p.vm.Name, "target", placement.Host, "error", err)
-		p.undo(ctx, placement.Host, p.vm.UUID)
+		if uerr := p.undo(ctx, placement.Host, p.vm.UUID); uerr != nil {
+			p.release(ctx, resID, false)
+			return attempts{Count: n, Stale: []string{placement.Host}}, fmt.Errorf(
+				"attempt on %s failed (%s) and its clean-up failed too (%s): a copy may remain there, so no other host is tried",
+				placement.Host, types.Explain(err), types.Explain(uerr))
+		}
 		p.release(ctx, resID, false)
 		if isMoved(err) {
-			return "", n, err
+			return attempts{Count: n}, err
 		}
 		exclude = append(exclude, placement.Host)
 		_ = workflow.Sleep(ctx, backoff)
 		backoff = min(2*backoff, 5*time.Second)
 	}
-	return "", maxTargets, fmt.Errorf("no target worked after %d attempts: %s", maxTargets, strings.Join(failures, "; "))
+	return attempts{Count: maxTargets}, fmt.Errorf("no target worked after %d attempts: %s", maxTargets, strings.Join(failures, "; "))
 }
 
 func (p placer) place(ctx workflow.Context, resID string, exclude []string) (types.Placement, error) {
@@ -166,12 +231,14 @@ func (p placer) release(ctx workflow.Context, resID string, started bool) {
 	}
 }
 
-// removeFrom removes a half-recovered VM from a target. If the target is gone too, the host's worker drops
-// the stale definition when it starts again, because the catalog gives the VM to someone else.
-func removeFrom(ctx workflow.Context, host, uuid string) {
+// removeFrom removes a half-recovered VM from a target. Its failure is reported to the caller: the VM may be
+// running there.
+func removeFrom(ctx workflow.Context, host, uuid string) error {
 	if err := workflow.ExecuteActivity(hostOptions(ctx, host), onHost.RemoveDomain, uuid).Get(ctx, nil); err != nil {
-		workflow.GetLogger(ctx).Error("compensation failed: stale definition left on target", "target", host, "vm", uuid, "error", err)
+		workflow.GetLogger(ctx).Error("compensation failed: a copy may remain on the target", "target", host, "vm", uuid, "error", err)
+		return err
 	}
+	return nil
 }
 
 // isMoved is the catalog telling that the VM was already recovered or changed hands: trying elsewhere would

@@ -9,34 +9,45 @@ import (
 	"vmha/types"
 )
 
-// HostRecoveryInput opens the recovery of one incident of one host.
+// HostRecoveryInput opens one recovery round of one incident of one host.
 type HostRecoveryInput struct {
 	Host       string    `json:"host"`
-	Incident   int       `json:"incident"`
+	Incident   string    `json:"incident"`
+	Round      int       `json:"round"`
 	Cause      string    `json:"cause"`
 	DeclaredAt time.Time `json:"declaredAt"`
+	// OnOwner restarts the VMs the catalog still gives to the host on the host itself: it is healthy again.
+	OnOwner bool `json:"onOwner,omitempty"`
+	// Stale maps a VM to targets where an earlier round may have left a copy: removed before anything else.
+	Stale map[string][]string `json:"stale,omitempty"`
 }
 
-// HostRecovery brings a dead host's HA VMs back elsewhere: read them from the catalog, take one look at the
-// cluster, and recover them in priority order, a bounded number at a time, each in its own RecoverVM child.
-// A VM that cannot be recovered is reported with the reason; it does not stop the others.
+// HostRecovery brings a dead host's HA VMs back: read the ones the catalog still gives to the host, take one look
+// at the cluster, and recover them in priority order, a bounded number at a time, each in its own RecoverVM
+// child. A VM that cannot be recovered is reported with the reason; it does not stop the others. Catalog files
+// that cannot be read are reported too: each may be a VM left down.
 func HostRecovery(ctx workflow.Context, in HostRecoveryInput) (types.RecoveryResult, error) {
-	res := types.RecoveryResult{Host: in.Host, Incident: in.Incident}
+	res := types.RecoveryResult{Host: in.Host, Incident: in.Incident, Round: in.Round}
 	policy, err := loadPolicy(ctx)
 	if err != nil {
 		return res, err
 	}
-	vms, err := haVMsOf(ctx, in.Host)
+	listing, err := haVMsOf(ctx, in.Host)
 	if err != nil {
 		return res, err
 	}
-	candidates, err := clusterSnapshot(ctx, in.Host)
-	if err != nil {
-		return res, err
+	res.Unreadable = listing.Unreadable
+	unreadable := reportUnreadable(ctx, in.Host, listing.Unreadable)
+	var candidates []types.Candidate
+	if !in.OnOwner && len(listing.VMs) > 0 {
+		if candidates, err = clusterSnapshot(ctx, in.Host); err != nil {
+			return res, err
+		}
 	}
-	res.Outcomes = recoverAll(ctx, in, vms, candidates, policy)
-	event := types.Event{Host: in.Host, WorkflowID: workflow.GetInfo(ctx).WorkflowExecution.ID}
-	awaitAll(ctx, notify(ctx, event, types.EventHostRecoveryDone, res.Summary()))
+	res.Outcomes = recoverAll(ctx, in, listing.VMs, candidates, policy)
+	event := types.Event{Host: in.Host, WorkflowID: workflow.GetInfo(ctx).WorkflowExecution.ID,
+		Seconds: workflow.Now(ctx).Sub(in.DeclaredAt).Seconds()}
+	awaitAll(ctx, append(unreadable, notify(ctx, event, types.EventHostRecoveryDone, res.Summary()))...)
 	return res, nil
 }
 
@@ -47,14 +58,24 @@ func loadPolicy(ctx workflow.Context) (types.Policy, error) {
 	return p, err
 }
 
-// haVMsOf lists the host's HA VMs from the catalog, highest priority first.
-func haVMsOf(ctx workflow.Context, host string) ([]types.VMRecord, error) {
-	var vms []types.VMRecord
-	if err := workflow.ExecuteActivity(shareOptions(ctx), onShare.ListVMs, host).Get(ctx, &vms); err != nil {
-		return nil, fmt.Errorf("list HA VMs of %s: %w", host, err)
+// haVMsOf lists the HA VMs the catalog gives to the host, highest priority first.
+func haVMsOf(ctx workflow.Context, host string) (types.VMListing, error) {
+	var listing types.VMListing
+	if err := workflow.ExecuteActivity(shareOptions(ctx), onShare.ListVMs, host).Get(ctx, &listing); err != nil {
+		return listing, fmt.Errorf("list HA VMs of %s: %w", host, err)
 	}
-	types.SortByPriority(vms)
-	return vms, nil
+	types.SortByPriority(listing.VMs)
+	return listing, nil
+}
+
+// reportUnreadable tells users, at error level, about each catalog file the recovery could not read.
+func reportUnreadable(ctx workflow.Context, host string, files []types.UnreadableEntry) []workflow.Future {
+	var fs []workflow.Future
+	for _, u := range files {
+		e := types.Event{Host: host, WorkflowID: workflow.GetInfo(ctx).WorkflowExecution.ID}
+		fs = append(fs, notify(ctx, e, types.EventCatalogUnreadable, fmt.Sprintf("%s: %s", u.File, u.Reason)))
+	}
+	return fs
 }
 
 // clusterSnapshot lists the hosts and asks every healthy one (but the failed one) for its stats, all at once.
@@ -91,14 +112,15 @@ func recoverAll(ctx workflow.Context, in HostRecoveryInput, vms []types.VMRecord
 			i, vm := next, vms[next]
 			next++
 			running++
-			id := types.RecoverVMID(in.Host, in.Incident, vm.UUID)
+			id := types.RecoverVMID(in.Host, in.Incident, in.Round, vm.UUID)
 			child := workflow.ExecuteChildWorkflow(childOptions(ctx, id, in.Host), RecoverVM, RecoverVMInput{
-				FailedHost: in.Host, Incident: in.Incident, VM: vm, Candidates: candidates, Policy: policy,
+				FailedHost: in.Host, Incident: in.Incident, Round: in.Round, VM: vm, Candidates: candidates,
+				Policy: policy, OnOwner: in.OnOwner, Stale: in.Stale[vm.UUID],
 			})
 			sel.AddFuture(child, func(f workflow.Future) {
 				running--
 				if err := f.Get(ctx, &outcomes[i]); err != nil {
-					outcomes[i] = types.VMOutcome{VM: vm.Name, UUID: vm.UUID, Reason: err.Error()}
+					outcomes[i] = types.VMOutcome{VM: vm.Name, UUID: vm.UUID, Reason: types.Explain(err), Stale: in.Stale[vm.UUID]}
 				}
 			})
 		}

@@ -32,10 +32,16 @@ type cluster struct {
 	events   []types.Event
 	placed   []types.PlacementRequest
 	reserved []types.Reservation
+	// power is what each host's BMC says (default off); listedBy the workflow IDs that listed the catalog.
+	power      map[string]types.PowerState
+	listedBy   []string
+	unreadable []types.UnreadableEntry
+	// notifyDelay is how long each notification takes to deliver (a slow webhook).
+	notifyDelay time.Duration
 }
 
 func newCluster(hosts ...string) *cluster {
-	c := &cluster{failOn: map[string]string{}}
+	c := &cluster{failOn: map[string]string{}, power: map[string]types.PowerState{}}
 	for i, h := range hosts {
 		c.hosts = append(c.hosts, types.Candidate{
 			Spec:  types.HostSpec{Name: h, Address: fmt.Sprintf("10.0.0.%d", i+1)},
@@ -156,7 +162,7 @@ func newEnv(t *testing.T, c *cluster, policy types.Policy) *testsuite.TestWorkfl
 		defer c.mu.Unlock()
 		c.events = append(c.events, e)
 		return nil
-	})
+	}).After(c.notifyDelay)
 	env.OnActivity(controller.ListHosts, mock.Anything).Return(func(context.Context) ([]types.Candidate, error) {
 		c.mu.Lock()
 		defer c.mu.Unlock()
@@ -167,6 +173,8 @@ func newEnv(t *testing.T, c *cluster, policy types.Policy) *testsuite.TestWorkfl
 		return out, nil
 	})
 	env.OnActivity(onHost.HostStats, mock.Anything).Return(func(ctx context.Context) (types.HostStats, error) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
 		for _, h := range c.hosts {
 			if h.Spec.Name == hostOf(ctx) {
 				return h.Stats, nil
@@ -174,15 +182,36 @@ func newEnv(t *testing.T, c *cluster, policy types.Policy) *testsuite.TestWorkfl
 		}
 		return types.HostStats{}, errors.New("no such host")
 	})
-	env.OnActivity(onShare.ListVMs, mock.Anything, mock.Anything).Return(func(_ context.Context, owner string) ([]types.VMRecord, error) {
+	env.OnActivity(onShare.ListVMs, mock.Anything, mock.Anything).Return(func(ctx context.Context, owner string) (types.VMListing, error) {
 		c.record("list " + owner)
-		var out []types.VMRecord
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.listedBy = append(c.listedBy, activity.GetInfo(ctx).WorkflowExecution.ID)
+		out := types.VMListing{Unreadable: c.unreadable}
 		for _, vm := range c.vms {
 			if owner == "" || vm.Owner == owner {
-				out = append(out, vm)
+				out.VMs = append(out.VMs, vm)
 			}
 		}
 		return out, nil
+	})
+	env.OnActivity(controller.PowerStatus, mock.Anything, mock.Anything).Return(func(_ context.Context, spec types.HostSpec) (types.PowerState, error) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if p, ok := c.power[spec.Name]; ok {
+			return p, nil
+		}
+		return types.PowerOff, nil
+	})
+	env.OnActivity(controller.DescribeHost, mock.Anything, mock.Anything).Return(func(_ context.Context, host string) (types.Candidate, error) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for _, h := range c.hosts {
+			if h.Spec.Name == host {
+				return h, nil
+			}
+		}
+		return types.Candidate{}, errors.New("no such host")
 	})
 	// Place stands in for the Scheduler workflow's update: the same pure placement, with reservations kept.
 	env.OnActivity(controller.Place, mock.Anything, mock.Anything).Return(func(_ context.Context, req types.PlacementRequest) (types.Placement, error) {
@@ -210,8 +239,17 @@ func newEnv(t *testing.T, c *cluster, policy types.Policy) *testsuite.TestWorkfl
 		return c.step(ctx, "remove", uuid)
 	})
 	env.OnActivity(onHost.CommitOwnership, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.DefineInput) (types.VMRecord, error) {
-		err := c.step(ctx, "commit", in.UUID)
-		return types.VMRecord{UUID: in.UUID, Owner: hostOf(ctx), Generation: in.Generation + 1}, err
+		if err := c.step(ctx, "commit", in.UUID); err != nil {
+			return types.VMRecord{}, err
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for i := range c.vms {
+			if c.vms[i].UUID == in.UUID {
+				c.vms[i].Owner, c.vms[i].Generation = hostOf(ctx), in.Generation+1
+			}
+		}
+		return types.VMRecord{UUID: in.UUID, Owner: hostOf(ctx), Generation: in.Generation + 1}, nil
 	})
 	return env
 }
@@ -390,7 +428,7 @@ func TestMonitorContinuesAsNewKeepingState(t *testing.T) {
 	if err := converter.GetDefaultDataConverter().FromPayloads(can.Input, &next); err != nil {
 		t.Fatal(err)
 	}
-	if next.Incident != 1 || next.State != types.HostRecovered || next.Spec.Name != "hv1" || next.Last.Key() != isolatedProbe.Key() {
+	if next.Incident == "" || next.State != types.HostRecovered || next.Spec.Name != "hv1" || next.Last.Key() != isolatedProbe.Key() {
 		t.Fatalf("state not carried over: %+v", next)
 	}
 }
@@ -400,7 +438,7 @@ func TestRecoverVMCompensatesAndTriesNextHost(t *testing.T) {
 	c.vms = []types.VMRecord{vm("db", 5, "hv1")}
 	c.failOn["start@hv2"] = "qemu: could not open disk"
 	env := newEnv(t, c, defaultPolicy)
-	env.ExecuteWorkflow(RecoverVM, RecoverVMInput{FailedHost: "hv1", Incident: 1, VM: c.vms[0], Candidates: c.hosts, Policy: defaultPolicy})
+	env.ExecuteWorkflow(RecoverVM, RecoverVMInput{FailedHost: "hv1", Incident: "i1", Round: 1, VM: c.vms[0], Candidates: c.hosts, Policy: defaultPolicy})
 	var out types.VMOutcome
 	if err := env.GetWorkflowResult(&out); err != nil {
 		t.Fatal(err)
@@ -423,7 +461,7 @@ func TestRecoverVMUnrecoverableReportsReason(t *testing.T) {
 	c.vms = []types.VMRecord{vm("big", 1, "hv1")}
 	c.vms[0].MemoryMiB = 100000
 	env := newEnv(t, c, defaultPolicy)
-	env.ExecuteWorkflow(RecoverVM, RecoverVMInput{FailedHost: "hv1", Incident: 1, VM: c.vms[0], Candidates: c.hosts, Policy: defaultPolicy})
+	env.ExecuteWorkflow(RecoverVM, RecoverVMInput{FailedHost: "hv1", Incident: "i1", Round: 1, VM: c.vms[0], Candidates: c.hosts, Policy: defaultPolicy})
 	var out types.VMOutcome
 	if err := env.GetWorkflowResult(&out); err != nil {
 		t.Fatal(err)
@@ -441,7 +479,7 @@ func TestRecoverVMStopsWhenCatalogMoved(t *testing.T) {
 	c.vms = []types.VMRecord{vm("db", 5, "hv1")}
 	c.failOn["define@hv2"] = "moved"
 	env := newEnv(t, c, defaultPolicy)
-	env.ExecuteWorkflow(RecoverVM, RecoverVMInput{FailedHost: "hv1", Incident: 1, VM: c.vms[0], Candidates: c.hosts, Policy: defaultPolicy})
+	env.ExecuteWorkflow(RecoverVM, RecoverVMInput{FailedHost: "hv1", Incident: "i1", Round: 1, VM: c.vms[0], Candidates: c.hosts, Policy: defaultPolicy})
 	var out types.VMOutcome
 	if err := env.GetWorkflowResult(&out); err != nil {
 		t.Fatal(err)
@@ -457,7 +495,7 @@ func TestHostRecoveryInPriorityOrder(t *testing.T) {
 	policy := defaultPolicy
 	policy.RecoveryConcurrency = 1
 	env := newEnv(t, c, policy)
-	env.ExecuteWorkflow(HostRecovery, HostRecoveryInput{Host: "hv1", Incident: 1, Cause: "test"})
+	env.ExecuteWorkflow(HostRecovery, HostRecoveryInput{Host: "hv1", Incident: "i1", Round: 1, Cause: "test"})
 	var res types.RecoveryResult
 	if err := env.GetWorkflowResult(&res); err != nil {
 		t.Fatal(err)
@@ -482,7 +520,7 @@ func TestHostRecoverySpreadsWithoutOvercommit(t *testing.T) {
 		c.vms = append(c.vms, vm(fmt.Sprintf("vm%02d", i), 1, "hv1"))
 	}
 	env := newEnv(t, c, defaultPolicy)
-	env.ExecuteWorkflow(HostRecovery, HostRecoveryInput{Host: "hv1", Incident: 1, Cause: "test"})
+	env.ExecuteWorkflow(HostRecovery, HostRecoveryInput{Host: "hv1", Incident: "i1", Round: 1, Cause: "test"})
 	var res types.RecoveryResult
 	if err := env.GetWorkflowResult(&res); err != nil {
 		t.Fatal(err)

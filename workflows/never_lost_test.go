@@ -1,0 +1,248 @@
+package workflows
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"go.temporal.io/sdk/converter"
+	"go.temporal.io/sdk/workflow"
+
+	"vmha/activities"
+	"vmha/types"
+)
+
+// Tests of issue 13 ("never lost"): every dead host's HA VMs come back, or the host says loudly that they did not.
+
+// runMonitor runs hv1's monitor over the probes until retired after d.
+func runMonitor(t *testing.T, c *cluster, d time.Duration, setUp func(env envWithCallbacks), probes ...types.Probe) {
+	t.Helper()
+	env := newEnv(t, c, defaultPolicy)
+	watchReturns(env, probes...)
+	if setUp != nil {
+		setUp(env)
+	}
+	retireAfter(env, d)
+	env.ExecuteWorkflow(HostMonitor, monitorInput("hv1"))
+	if err := env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type envWithCallbacks interface {
+	RegisterDelayedCallback(func(), time.Duration)
+	SignalWorkflow(string, interface{})
+}
+
+// bigVM gives hv1 one VM that fits nowhere until a host gets more room.
+func bigVM(c *cluster) {
+	big := vm("big", 1, "hv1")
+	big.MemoryMiB = 6000
+	c.vms = []types.VMRecord{big}
+}
+
+func (c *cluster) addRoom(host string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := range c.hosts {
+		if c.hosts[i].Spec.Name == host {
+			c.hosts[i].Stats.MemoryTotalMiB, c.hosts[i].Stats.MemoryFreeMiB = 16384, 16000
+		}
+	}
+}
+
+// Item 1 and 2: a recovery that leaves a VM behind is recovery-failed, not recovered, and is retried until capacity
+// returns.
+func TestMonitorRecoveryThatLeavesAVMBehindIsRetried(t *testing.T) {
+	c := newCluster("hv1", "hv2")
+	bigVM(c)
+	runMonitor(t, c, time.Hour, func(env envWithCallbacks) {
+		env.RegisterDelayedCallback(func() { c.addRoom("hv2") }, 10*time.Minute)
+	}, healthyProbe, deadProbe)
+	chain := strings.Join(c.stateChain(), ",")
+	if !strings.HasPrefix(chain, "healthy,dead,recovering,recovery-failed,recovering") || !strings.HasSuffix(chain, "recovering,recovered") {
+		t.Fatalf("state chain %s: want recovery-failed after the first round, retries, and recovered once hv2 has room", chain)
+	}
+	if got := c.callsWith("commit"); len(got) != 1 || got[0] != "commit big@hv2" {
+		t.Fatalf("commits %v, want one on hv2 after it had room", got)
+	}
+	var failed types.Event
+	for _, e := range c.events {
+		if e.To == types.HostRecoveryFailed {
+			failed = e
+			break
+		}
+	}
+	if !strings.Contains(failed.Reason, "0 of 1 VMs recovered") || !strings.Contains(failed.Reason, "big: no eligible target") {
+		t.Fatalf("recovery-failed reason %q must say which VM was left behind and why", failed.Reason)
+	}
+}
+
+// Item 13: a host whose VM could not go anywhere gets it back when it is healthy again.
+func TestMonitorReturningHostGetsItsLeftBehindVMsBack(t *testing.T) {
+	c := newCluster("hv1", "hv2")
+	bigVM(c)
+	runMonitor(t, c, time.Hour, nil, healthyProbe, deadProbe, deadProbe, deadProbe, isolatedProbe, healthyProbe)
+	if got := strings.Join(c.callsWith(""), ","); !strings.Contains(got, "define big@hv1,start big@hv1,running big@hv1,commit big@hv1") {
+		t.Fatalf("calls %s: the VM left behind was not started again on its returning owner", got)
+	}
+	if chain := c.stateChain(); chain[len(chain)-1] != "healthy" {
+		t.Fatalf("state chain %v, want healthy at the end", chain)
+	}
+}
+
+// Item 3: incidents of a host whose monitor started afresh (re-applied, reset) never reuse a workflow ID.
+func TestMonitorIncidentIDsNeverRepeat(t *testing.T) {
+	var ids []string
+	for i, start := range []time.Time{time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC), time.Date(2026, 11, 2, 10, 0, 0, 0, time.UTC)} {
+		c := newCluster("hv1", "hv2")
+		c.vms = []types.VMRecord{vm("web", 1, "hv1")}
+		env := newEnv(t, c, defaultPolicy)
+		env.SetStartTime(start)
+		watchReturns(env, healthyProbe, deadProbe)
+		retireAfter(env, time.Hour)
+		env.ExecuteWorkflow(HostMonitor, monitorInput("hv1"))
+		if err := env.GetWorkflowError(); err != nil {
+			t.Fatal(err)
+		}
+		if len(c.listedBy) != 1 {
+			t.Fatalf("run %d: recoveries %v, want one", i, c.listedBy)
+		}
+		ids = append(ids, c.listedBy[0])
+	}
+	if ids[0] == ids[1] {
+		t.Fatalf("two incidents of two monitor runs share the workflow ID %s: the second would be refused", ids[0])
+	}
+}
+
+// Item 7: a fenced signal the BMC contradicts moves nothing and raises an alert.
+func TestMonitorFencedSignalIsCheckedWithTheBMC(t *testing.T) {
+	c := newCluster("hv1", "hv2")
+	c.vms = []types.VMRecord{vm("web", 1, "hv1")}
+	c.power["hv1"] = types.PowerOn
+	runMonitor(t, c, time.Hour, func(env envWithCallbacks) {
+		env.RegisterDelayedCallback(func() {
+			env.SignalWorkflow(activities.SignalFenced, activities.FenceNotice{By: "a typo"})
+		}, 10*time.Minute)
+	}, healthyProbe)
+	if got := c.callsWith(""); len(got) != 0 {
+		t.Fatalf("a fenced signal for a host whose BMC says on moved VMs: %v", got)
+	}
+	if !slices.Contains(c.eventKinds(), string(types.EventHostAlert)) {
+		t.Fatalf("events %v: want a host.alert", c.eventKinds())
+	}
+}
+
+// Item 1: a manual failover (fenced signal) of a recovered host whose catalog still gives it VMs recovers them.
+func TestMonitorFencedSignalOnRecoveredHostRunsAnotherRound(t *testing.T) {
+	c := newCluster("hv1", "hv2")
+	runMonitor(t, c, time.Hour, func(env envWithCallbacks) {
+		env.RegisterDelayedCallback(func() {
+			c.mu.Lock()
+			c.vms = append(c.vms, vm("late", 1, "hv1"))
+			c.mu.Unlock()
+			env.SignalWorkflow(activities.SignalFenced, activities.FenceNotice{By: "vmha-failover-hv1"})
+		}, 10*time.Minute)
+	}, healthyProbe, deadProbe)
+	if got := c.callsWith("commit"); len(got) != 1 || got[0] != "commit late@hv2" {
+		t.Fatalf("commits %v: the failover of a recovered host did not recover the VM it still owned", got)
+	}
+}
+
+// Item 8: a signal that arrives while the monitor waits for slow notifications before continuing as new is kept.
+func TestMonitorKeepsSignalsAcrossContinueAsNew(t *testing.T) {
+	c := newCluster("hv1", "hv2")
+	c.notifyDelay = 2 * time.Minute
+	env := newEnv(t, c, defaultPolicy)
+	watchReturns(env, healthyProbe)
+	env.RegisterDelayedCallback(func() { env.SetCurrentHistoryLength(historyLimit + 1) }, 90*time.Second)
+	env.RegisterDelayedCallback(func() { env.SignalWorkflow(activities.SignalMaintenance, true) }, 150*time.Second)
+	env.ExecuteWorkflow(HostMonitor, monitorInput("hv1"))
+	var can *workflow.ContinueAsNewError
+	if err := env.GetWorkflowError(); !errors.As(err, &can) {
+		t.Fatalf("want continue-as-new, got %v", err)
+	}
+	var next activities.MonitorInput
+	if err := converter.GetDefaultDataConverter().FromPayloads(can.Input, &next); err != nil {
+		t.Fatal(err)
+	}
+	if !next.Maintenance {
+		t.Fatalf("the maintenance signal sent while notifications were pending was lost: %+v", next)
+	}
+}
+
+// Item 11: host.recovery.done carries the time from death to the end of the round, for vmha_host_recovery_seconds.
+func TestHostRecoveryDoneCarriesItsDuration(t *testing.T) {
+	c := newCluster("hv1", "hv2")
+	c.vms = []types.VMRecord{vm("web", 1, "hv1")}
+	runMonitor(t, c, time.Hour, nil, healthyProbe, deadProbe)
+	for _, e := range c.events {
+		if e.Kind == types.EventHostRecoveryDone && e.Seconds <= 0 {
+			t.Fatalf("host.recovery.done without a duration: %+v", e)
+		}
+	}
+}
+
+// Item 5: unreadable catalog files do not stop the recovery of the readable VMs, and keep the host recovery-failed.
+func TestHostRecoveryReportsUnreadableCatalogFiles(t *testing.T) {
+	c := newCluster("hv1", "hv2")
+	c.vms = []types.VMRecord{vm("web", 1, "hv1")}
+	c.unreadable = []types.UnreadableEntry{{File: "garbage.json", Reason: "not a VM entry"}}
+	env := newEnv(t, c, defaultPolicy)
+	env.ExecuteWorkflow(HostRecovery, HostRecoveryInput{Host: "hv1", Incident: "i1", Round: 1, Cause: "test"})
+	var res types.RecoveryResult
+	if err := env.GetWorkflowResult(&res); err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Outcomes) != 1 || !res.Outcomes[0].Recovered || res.Complete() {
+		t.Fatalf("result %+v: want web recovered and the round incomplete", res)
+	}
+	if !slices.Contains(c.eventKinds(), string(types.EventCatalogUnreadable)) {
+		t.Fatalf("events %v: want catalog.unreadable", c.eventKinds())
+	}
+}
+
+// Issue 6 item 2: when an attempt fails and its clean-up fails too, a copy may run there: no other host is tried,
+// and the next round removes that copy before anything else.
+func TestRecoverVMDoesNotTryElsewhereWhenCleanUpFails(t *testing.T) {
+	c := newCluster("hv1", "hv2", "hv3")
+	c.vms = []types.VMRecord{vm("db", 5, "hv1")}
+	c.failOn["commit@hv2"] = "share read-only"
+	c.failOn["remove@hv2"] = "worker lost"
+	env := newEnv(t, c, defaultPolicy)
+	env.ExecuteWorkflow(RecoverVM, RecoverVMInput{FailedHost: "hv1", Incident: "i1", Round: 1, VM: c.vms[0], Candidates: c.hosts, Policy: defaultPolicy})
+	var out types.VMOutcome
+	if err := env.GetWorkflowResult(&out); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.callsWith("define db@hv3"); len(got) != 0 || out.Recovered {
+		t.Fatalf("tried hv3 while a copy may run on hv2: %v, outcome %+v", c.calls, out)
+	}
+	if !slices.Equal(out.Stale, []string{"hv2"}) {
+		t.Fatalf("outcome %+v: want hv2 reported as holding a possible copy", out)
+	}
+
+	// The next round: hv2's clean-up still fails, so db stays where it is.
+	c.calls = nil
+	env = newEnv(t, c, defaultPolicy)
+	env.ExecuteWorkflow(RecoverVM, RecoverVMInput{FailedHost: "hv1", Incident: "i1", Round: 2, VM: c.vms[0], Candidates: c.hosts, Policy: defaultPolicy, Stale: out.Stale})
+	if err := env.GetWorkflowResult(&out); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.callsWith("define"); len(got) != 0 || out.Recovered {
+		t.Fatalf("defined %v while the copy on hv2 could not be removed", got)
+	}
+	// Once hv2 answers, the copy is removed first and the VM recovered.
+	delete(c.failOn, "remove@hv2")
+	c.calls = nil
+	env = newEnv(t, c, defaultPolicy)
+	env.ExecuteWorkflow(RecoverVM, RecoverVMInput{FailedHost: "hv1", Incident: "i1", Round: 3, VM: c.vms[0], Candidates: c.hosts, Policy: defaultPolicy, Stale: out.Stale})
+	if err := env.GetWorkflowResult(&out); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.callsWith(""); len(got) == 0 || got[0] != "remove db@hv2" || !out.Recovered {
+		t.Fatalf("calls %v, outcome %+v: want the stale copy removed first, then the VM recovered", got, out)
+	}
+}
