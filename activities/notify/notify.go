@@ -302,7 +302,8 @@ func redact(u *url.URL) string {
 // level makes the events someone must act on stand out in the log.
 func level(e types.Event) slog.Level {
 	switch {
-	case e.Kind == types.EventRecoveryFailed:
+	case e.Kind == types.EventRecoveryFailed || e.Kind == types.EventHostAlert || e.Kind == types.EventCatalogUnreadable,
+		e.Kind == types.EventHostState && e.To == types.HostRecoveryFailed:
 		return slog.LevelError
 	case e.Kind == types.EventHostState && (e.To == types.HostDead || e.To == types.HostIsolated || e.To == types.HostUnknown):
 		return slog.LevelWarn

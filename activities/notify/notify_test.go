@@ -365,3 +365,29 @@ func gauge(t *testing.T, g prometheus.Gatherer, host string, state types.HostSta
 	t.Fatalf("vmha_host_state{host=%q,state=%q} not gathered", host, state)
 	return 0
 }
+
+// TestEventsSomeoneMustActOnAreErrors: a host whose recovery left VMs down, a contradicted fence and an unreadable
+// catalog file are logged at error level, where on-call alerting looks.
+func TestEventsSomeoneMustActOnAreErrors(t *testing.T) {
+	for _, e := range []types.Event{
+		{Kind: types.EventHostState, Host: "hv1", From: types.HostRecovering, To: types.HostRecoveryFailed, Reason: "0 of 1 VMs recovered"},
+		{Kind: types.EventHostAlert, Host: "hv1", Reason: "fenced signal ignored"},
+		{Kind: types.EventCatalogUnreadable, Host: "hv1", Reason: "garbage.json: not a VM entry"},
+	} {
+		var buf bytes.Buffer
+		n, err := notify.New(notify.Options{Logger: slog.New(slog.NewJSONHandler(&buf, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n.Notify(context.Background(), e); err != nil {
+			t.Fatal(err)
+		}
+		var line map[string]any
+		if err := json.Unmarshal(buf.Bytes(), &line); err != nil {
+			t.Fatalf("log line %q: %v", buf.String(), err)
+		}
+		if line["level"] != "ERROR" {
+			t.Errorf("%s %s logged at %v, want ERROR", e.Kind, e.To, line["level"])
+		}
+	}
+}
