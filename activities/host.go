@@ -41,7 +41,8 @@ type Host struct {
 	Logger       *slog.Logger
 }
 
-// HostStats reads this host's load and memory for the scheduler, and whether it sees the shared storage.
+// HostStats reads this host's load and memory for the scheduler, and whether it sees the shared storage: the
+// share's marker and a writable catalog (Catalog.Writable). A host without the marker is never a target.
 func (h *Host) HostStats(ctx context.Context) (types.HostStats, error) {
 	stats, err := h.Hypervisor.Stats(ctx)
 	if err != nil {
@@ -175,11 +176,16 @@ type CreateDomainInput struct {
 func (h *Host) CreateDomain(ctx context.Context, in CreateDomainInput) (types.VMRecord, error) {
 	h.Ledger.mu.Lock()
 	defer h.Ledger.mu.Unlock()
-	if e, err := h.Ledger.Catalog.Get(ctx, in.UUID); err == nil && e.Owner == h.Name {
+	e, err := h.Ledger.Catalog.Get(ctx, in.UUID)
+	if err == nil && e.Owner == h.Name {
 		return e.VMRecord, nil
 	}
+	// Without the share (ErrShareNotMounted) no disk is made: it would land in the empty mount point.
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return types.VMRecord{}, fmt.Errorf("read catalog of %s: %w", in.UUID, err)
+	}
 	disk := filepath.Join(h.SharePath, "vmha", "disks", in.Request.Name+".qcow2")
-	_, err := Bounded(ctx, h.ShareTimeout, "disk "+disk, func() (struct{}, error) {
+	_, err = Bounded(ctx, h.ShareTimeout, "disk "+disk, func() (struct{}, error) {
 		return struct{}{}, makeOverlay(ctx, in.Request.Image, disk)
 	})
 	if err != nil {
@@ -225,8 +231,11 @@ func makeOverlay(ctx context.Context, image, disk string) error {
 	if err := json.Unmarshal(info, &meta); err != nil {
 		return fmt.Errorf("image %q: qemu-img info: %w", image, err)
 	}
-	if err := os.MkdirAll(filepath.Dir(disk), 0o755); err != nil {
-		return fmt.Errorf("disk dir %s: %w", filepath.Dir(disk), err)
+	// `vmha share init` made the disks directory; it is never created here, where a share that is not mounted
+	// would get it in the empty mount point.
+	if info, err := os.Stat(filepath.Dir(disk)); err != nil || !info.IsDir() {
+		return fmt.Errorf("disk dir %s: %w: mount the share, or prepare it once with `vmha share init`",
+			filepath.Dir(disk), errors.Join(ErrShareNotMounted, err))
 	}
 	if _, err := os.Stat(disk); err == nil {
 		return reuseOverlay(ctx, image, disk)
@@ -267,17 +276,19 @@ type Share struct {
 	Catalog Catalog
 }
 
-// ListVMs lists the HA-enabled VMs of the catalog, all of them or those owned by one host.
-func (s *Share) ListVMs(ctx context.Context, owner string) ([]types.VMRecord, error) {
-	entries, err := s.Catalog.List(ctx)
+// ListVMs lists the HA-enabled VMs of the catalog, all of them or those owned by one host, with every catalog file
+// it could not read: such a file may be any host's VM, so it is reported whatever the owner asked for.
+// On a host without the share's marker it fails (ErrShareNotMounted) rather than list an empty local directory.
+func (s *Share) ListVMs(ctx context.Context, owner string) (types.VMListing, error) {
+	l, err := s.Catalog.List(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("list catalog: %w", err)
+		return types.VMListing{}, fmt.Errorf("list catalog: %w", err)
 	}
-	var vms []types.VMRecord
-	for _, e := range entries {
+	out := types.VMListing{Unreadable: l.Unreadable}
+	for _, e := range l.Entries {
 		if e.Policy.Enabled && (owner == "" || e.Owner == owner) {
-			vms = append(vms, e.VMRecord)
+			out.VMs = append(out.VMs, e.VMRecord)
 		}
 	}
-	return vms, nil
+	return out, nil
 }

@@ -74,16 +74,30 @@ type CatalogEntry struct {
 	XML string `json:"xml"`
 }
 
+// ErrShareNotMounted is wrapped by every Catalog call on a host that does not see the share's marker
+// (<share>/vmha/share.json, written by `vmha share init`): the share is not mounted there (a failed `nofail`
+// mount leaves an empty local directory) or was never prepared. Such a host must not answer for the catalog.
+var ErrShareNotMounted = errors.New("share not mounted")
+
 // Catalog is the shared-storage record of every HA VM's domain XML. Implemented by activities/catalog.
-// Every call has a timeout: a hung NFS mount must not hang a worker.
+// Every call has a timeout: a hung NFS mount must not hang a worker. Every call first checks the share's marker
+// and fails with an error wrapping ErrShareNotMounted without it; no call creates a directory.
 type Catalog interface {
 	Get(ctx context.Context, uuid string) (CatalogEntry, error)
 	// Put writes atomically (temp file, fsync, rename, 0600).
 	Put(ctx context.Context, e CatalogEntry) error
-	List(ctx context.Context) ([]CatalogEntry, error)
+	// List returns every readable entry and reports every file it could not read as one.
+	List(ctx context.Context) (Listing, error)
 	Delete(ctx context.Context, uuid string) error
-	// Writable checks that the share answers within the timeout.
+	// Writable checks that the share is mounted and answers within the timeout.
 	Writable(ctx context.Context) error
+}
+
+// Listing is the catalog as listed: the entries read, ordered by UUID, and the files that could not be read as
+// entries (each may be an HA VM), ordered by file name.
+type Listing struct {
+	Entries    []CatalogEntry
+	Unreadable []types.UnreadableEntry
 }
 
 // Notifier tells users: webhook, log, metrics. Implemented by activities/notify.

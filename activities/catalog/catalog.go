@@ -1,5 +1,10 @@
 // Package catalog keeps vmha's catalog on the shared storage: one JSON file per HA VM under <root>/vmha/catalog,
 // readable by every host, so the domain XML of a dead host's VMs survives it.
+//
+// The share carries a marker, <root>/vmha/share.json, written once by Init (`vmha share init`). Every catalog call
+// checks it first and fails with activities.ErrShareNotMounted without it: a host whose NFS mount failed sees an
+// empty local directory at the mount point, and must neither answer "no VMs" for everybody nor write its own VMs
+// where nobody else sees them. Nothing in this package ever creates a directory except Init.
 package catalog
 
 import (
@@ -17,10 +22,12 @@ import (
 	"github.com/google/uuid"
 
 	"vmha/activities"
+	"vmha/types"
 )
 
 // Dir is the catalog in a directory of the shared storage. It implements activities.Catalog.
 type Dir struct {
+	root    string
 	dir     string
 	timeout time.Duration
 }
@@ -29,7 +36,12 @@ var _ activities.Catalog = (*Dir)(nil)
 
 // New returns the catalog under root (the share's mount point). Every call gives up after timeout.
 func New(root string, timeout time.Duration) *Dir {
-	return &Dir{dir: filepath.Join(root, "vmha", "catalog"), timeout: timeout}
+	return &Dir{root: root, dir: CatalogDir(root), timeout: timeout}
+}
+
+// Check reads the share's marker: an error wrapping activities.ErrShareNotMounted when it is missing.
+func (d *Dir) Check(ctx context.Context) (Marker, error) {
+	return bounded(ctx, d, "check share marker", func() (Marker, error) { return readMarker(d.root) })
 }
 
 // Get reads one VM's entry. An unknown VM is an error wrapping activities.ErrNotFound.
@@ -39,6 +51,9 @@ func (d *Dir) Get(ctx context.Context, id string) (activities.CatalogEntry, erro
 		return activities.CatalogEntry{}, err
 	}
 	return bounded(ctx, d, "read catalog entry "+id, func() (activities.CatalogEntry, error) {
+		if _, err := readMarker(d.root); err != nil {
+			return activities.CatalogEntry{}, err
+		}
 		return readEntry(path, id)
 	})
 }
@@ -55,38 +70,62 @@ func (d *Dir) Put(ctx context.Context, e activities.CatalogEntry) error {
 		return fmt.Errorf("encode catalog entry %s: %w", e.UUID, err)
 	}
 	_, err = bounded(ctx, d, "write catalog entry "+e.UUID, func() (struct{}, error) {
+		if _, err := readMarker(d.root); err != nil {
+			return struct{}{}, err
+		}
 		return struct{}{}, d.write(path, data)
 	})
 	return err
 }
 
-// List reads every entry, ordered by UUID. An unreadable entry fails the whole list rather than hiding a VM
-// from recovery.
-func (d *Dir) List(ctx context.Context) ([]activities.CatalogEntry, error) {
-	return bounded(ctx, d, "list catalog", func() ([]activities.CatalogEntry, error) {
+// List reads every entry, ordered by UUID. A file it cannot read as an entry (truncated, not JSON, holding another
+// UUID, a name that is not <uuid>.json) does not hide the others: it is reported in Unreadable, by file name, so
+// the caller can tell that a VM may be missing. Files whose name starts with a dot (writes in progress, probes)
+// are vmha's own and skipped. A catalog directory that cannot be listed at all fails the whole list.
+func (d *Dir) List(ctx context.Context) (activities.Listing, error) {
+	return bounded(ctx, d, "list catalog", func() (activities.Listing, error) {
+		if _, err := readMarker(d.root); err != nil {
+			return activities.Listing{}, err
+		}
 		files, err := os.ReadDir(d.dir)
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil
-		}
 		if err != nil {
-			return nil, err
+			return activities.Listing{}, err
 		}
-		var entries []activities.CatalogEntry
+		var l activities.Listing
 		for _, f := range files {
-			id, ok := strings.CutSuffix(f.Name(), ".json")
-			// Temporary files of writes in progress start with a dot.
-			if !ok || strings.HasPrefix(f.Name(), ".") {
+			name := f.Name()
+			if strings.HasPrefix(name, ".") {
 				continue
 			}
-			e, err := readEntry(filepath.Join(d.dir, f.Name()), id)
-			if err != nil {
-				return nil, err
+			e, err := d.listed(f)
+			switch {
+			case errors.Is(err, activities.ErrNotFound):
+				// Deleted between ReadDir and the read.
+			case err != nil:
+				l.Unreadable = append(l.Unreadable, types.UnreadableEntry{File: name, Reason: err.Error()})
+			default:
+				l.Entries = append(l.Entries, e)
 			}
-			entries = append(entries, e)
 		}
-		sort.Slice(entries, func(i, j int) bool { return entries[i].UUID < entries[j].UUID })
-		return entries, nil
+		sort.Slice(l.Entries, func(i, j int) bool { return l.Entries[i].UUID < l.Entries[j].UUID })
+		sort.Slice(l.Unreadable, func(i, j int) bool { return l.Unreadable[i].File < l.Unreadable[j].File })
+		return l, nil
 	})
+}
+
+// listed reads one directory entry of the catalog as a VM entry.
+func (d *Dir) listed(f fs.DirEntry) (activities.CatalogEntry, error) {
+	id, ok := strings.CutSuffix(f.Name(), ".json")
+	if !ok {
+		return activities.CatalogEntry{}, errors.New("not a catalog entry: want <uuid>.json")
+	}
+	if _, err := d.path(id); err != nil {
+		return activities.CatalogEntry{}, errors.New("not a catalog entry: the name is not a canonical lowercase UUID")
+	}
+	if f.IsDir() {
+		return activities.CatalogEntry{}, errors.New("a directory, not a catalog entry")
+	}
+	return readEntry(filepath.Join(d.dir, f.Name()), id)
 }
 
 // Delete removes one VM's entry. An unknown VM is an error wrapping activities.ErrNotFound.
@@ -96,6 +135,9 @@ func (d *Dir) Delete(ctx context.Context, id string) error {
 		return err
 	}
 	_, err = bounded(ctx, d, "delete catalog entry "+id, func() (struct{}, error) {
+		if _, err := readMarker(d.root); err != nil {
+			return struct{}{}, err
+		}
 		if err := os.Remove(path); errors.Is(err, fs.ErrNotExist) {
 			return struct{}{}, activities.ErrNotFound
 		} else if err != nil {
@@ -106,10 +148,10 @@ func (d *Dir) Delete(ctx context.Context, id string) error {
 	return err
 }
 
-// Writable creates and removes a probe file in the catalog directory.
+// Writable checks the share's marker, then creates and removes a probe file in the catalog directory.
 func (d *Dir) Writable(ctx context.Context) error {
-	_, err := bounded(ctx, d, "probe catalog "+d.dir, func() (struct{}, error) {
-		if err := os.MkdirAll(d.dir, 0o700); err != nil {
+	_, err := bounded(ctx, d, "probe catalog", func() (struct{}, error) {
+		if _, err := readMarker(d.root); err != nil {
 			return struct{}{}, err
 		}
 		f, err := os.CreateTemp(d.dir, ".probe-*")
@@ -133,9 +175,6 @@ func (d *Dir) path(id string) (string, error) {
 }
 
 func (d *Dir) write(path string, data []byte) (err error) {
-	if err := os.MkdirAll(d.dir, 0o700); err != nil {
-		return err
-	}
 	// CreateTemp makes the file 0600.
 	f, err := os.CreateTemp(d.dir, "."+filepath.Base(path)+".*.tmp")
 	if err != nil {
