@@ -36,11 +36,12 @@ func Assess(p types.Probe) types.HostState {
 }
 
 // next combines the assessment with where the host stands: a dead or recovered host starts no second
-// recovery, and a recovered host stays recovered until it is healthy again (its VMs run elsewhere now).
+// recovery, and a recovered host stays recovered until it is healthy again (its VMs run elsewhere now). A host
+// whose recovery left VMs behind stays recovery-failed until healthy too: its incident goes on, round after round.
 // recover is true when a new incident starts.
 func next(current, assessed types.HostState) (state types.HostState, recover bool) {
 	switch {
-	case current == types.HostRecovered && assessed != types.HostHealthy:
+	case (current == types.HostRecovered || current == types.HostRecoveryFailed) && assessed != types.HostHealthy:
 		return current, false
 	case assessed == types.HostDead && (current == types.HostDead || current == types.HostRecovering):
 		return current, false

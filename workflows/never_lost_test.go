@@ -177,6 +177,7 @@ func TestMonitorKeepsSignalsAcrossContinueAsNew(t *testing.T) {
 func TestHostRecoveryDoneCarriesItsDuration(t *testing.T) {
 	c := newCluster("hv1", "hv2")
 	c.vms = []types.VMRecord{vm("web", 1, "hv1")}
+	c.notifyDelay = time.Second // a recovery takes time: its notifications are awaited
 	runMonitor(t, c, time.Hour, nil, healthyProbe, deadProbe)
 	for _, e := range c.events {
 		if e.Kind == types.EventHostRecoveryDone && e.Seconds <= 0 {
