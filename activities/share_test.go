@@ -1,0 +1,126 @@
+package activities_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"testing"
+	"time"
+
+	"vmha/activities"
+	"vmha/activities/catalog"
+	"vmha/activities/hypervisor"
+	"vmha/types"
+)
+
+// tree lists every path under root, to show a call created nothing.
+func tree(t *testing.T, root string) []string {
+	t.Helper()
+	var out []string
+	if err := filepath.WalkDir(root, func(p string, _ fs.DirEntry, err error) error {
+		out = append(out, p)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// testHost is a Host on libvirt's in-process test driver with its catalog on root.
+func testHost(t *testing.T, root string) *activities.Host {
+	t.Helper()
+	hv, err := hypervisor.Open(context.Background(), "test:///default", shareTestLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hv.Close() })
+	return &activities.Host{Name: "hv1", Hypervisor: hv, Ledger: &activities.Ledger{Catalog: catalog.New(root, 5*time.Second)},
+		DomainType: "qemu", SharePath: root, ShareTimeout: 5 * time.Second, Logger: shareTestLogger()}
+}
+
+// TestHostStatsWithoutMarker: a host whose share did not mount (its mount point is an empty local directory)
+// does not see the shared storage, and asking does not create the catalog there. Once the share is prepared it does.
+func TestHostStatsWithoutMarker(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	h := testHost(t, root)
+	before := tree(t, root)
+	stats, err := h.HostStats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stats.SharedStorageOK {
+		t.Error("SharedStorageOK on an empty mount point without the share marker")
+	}
+	if after := tree(t, root); !reflect.DeepEqual(after, before) {
+		t.Errorf("HostStats changed the mount point: %v, was %v", after, before)
+	}
+	if _, _, err := catalog.Init(ctx, root, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if stats, err := h.HostStats(ctx); err != nil || !stats.SharedStorageOK {
+		t.Errorf("HostStats on a prepared share = %+v, %v; want SharedStorageOK", stats, err)
+	}
+}
+
+// TestCreateDomainWithoutMarker: no disk and no directory are made on a share that is not mounted.
+func TestCreateDomainWithoutMarker(t *testing.T) {
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skip("needs qemu-img")
+	}
+	ctx := context.Background()
+	root := t.TempDir()
+	image := filepath.Join(t.TempDir(), "base.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", image, "1M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v: %s", err, out)
+	}
+	h := testHost(t, root)
+	before := tree(t, root)
+	_, err := h.CreateDomain(ctx, activities.CreateDomainInput{UUID: "0b0c5a3e-5e4f-4d1c-9d5e-2f7a1b3c4d5e",
+		Request: types.CreateVMRequest{Name: "web1", Image: image, VCPUs: 1, MemoryMiB: 64}})
+	if !errors.Is(err, activities.ErrShareNotMounted) {
+		t.Errorf("CreateDomain without the share marker: %v, want ErrShareNotMounted", err)
+	}
+	if after := tree(t, root); !reflect.DeepEqual(after, before) {
+		t.Errorf("CreateDomain changed the mount point: %v, was %v", after, before)
+	}
+}
+
+// TestListVMs: the listing keeps the readable VMs and reports every unreadable file whatever the owner asked
+// for (it may be that owner's VM); without the marker it fails instead of listing nothing.
+func TestListVMs(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	s := &activities.Share{Catalog: catalog.New(root, 5*time.Second)}
+	if l, err := s.ListVMs(ctx, "hv1"); !errors.Is(err, activities.ErrShareNotMounted) {
+		t.Fatalf("ListVMs without the share marker = %+v, %v; want ErrShareNotMounted", l, err)
+	}
+	if _, _, err := catalog.Init(ctx, root, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	mine := types.VMRecord{UUID: "0b0c5a3e-5e4f-4d1c-9d5e-2f7a1b3c4d5e", Name: "a", Owner: "hv1", Generation: 1, Policy: types.HAPolicy{Enabled: true}}
+	other := types.VMRecord{UUID: "6695eb01-f6a4-8304-79aa-97f2502e193f", Name: "b", Owner: "hv2", Generation: 1, Policy: types.HAPolicy{Enabled: true}}
+	for _, r := range []types.VMRecord{mine, other} {
+		if err := s.Catalog.Put(ctx, activities.CatalogEntry{VMRecord: r, XML: "<domain/>"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(catalog.CatalogDir(root), "notes.json"), []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l, err := s.ListVMs(ctx, "hv1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l.VMs) != 1 || l.VMs[0].UUID != mine.UUID || len(l.Unreadable) != 1 || l.Unreadable[0].File != "notes.json" {
+		t.Errorf("ListVMs(hv1) = %+v; want VM a and notes.json unreadable", l)
+	}
+}
+
+func shareTestLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
