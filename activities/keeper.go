@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"vmha/activities/domainxml"
@@ -19,6 +20,9 @@ type Keeper struct {
 	Hypervisor Hypervisor
 	Ledger     *Ledger
 	Logger     *slog.Logger
+
+	// shareMissing is set once the share's absence was logged, so it is said once and not per VM and event.
+	shareMissing atomic.Bool
 }
 
 // Run reconciles once, then follows libvirt lifecycle events until ctx ends.
@@ -33,9 +37,7 @@ func (k *Keeper) Run(ctx context.Context) error {
 			}
 		})
 	}()
-	if err := k.Reconcile(ctx); err != nil {
-		k.Logger.Error("reconcile catalog", "host", k.Host, "error", err)
-	}
+	k.Resync(ctx)
 	for {
 		select {
 		case <-ctx.Done():
@@ -44,10 +46,31 @@ func (k *Keeper) Run(ctx context.Context) error {
 			return fmt.Errorf("watch libvirt events on %s: %w", k.Host, err)
 		case e := <-events:
 			if err := k.apply(ctx, e); err != nil {
-				k.Logger.Error("catalog update", "host", k.Host, "vm", e.Name, "event", e.Kind, "error", err)
+				k.logError("catalog update", err, "vm", e.Name, "event", e.Kind)
 			}
 		}
 	}
+}
+
+// Resync reconciles and logs the outcome: at start and whenever the share's marker becomes visible again, since
+// nothing reached the catalog while it was not.
+func (k *Keeper) Resync(ctx context.Context) {
+	if err := k.Reconcile(ctx); err != nil {
+		k.logError("reconcile catalog", err)
+	} else if k.shareMissing.Swap(false) {
+		k.Logger.Info("share visible again: catalog reconciled", "host", k.Host)
+	}
+}
+
+// logError logs a catalog error. A share that is not mounted is said once, clearly, until a reconcile succeeds.
+func (k *Keeper) logError(msg string, err error, args ...any) {
+	if errors.Is(err, ErrShareNotMounted) {
+		if !k.shareMissing.Swap(true) {
+			k.Logger.Error("share not mounted: this host's VMs are not recorded in the catalog until it is", "host", k.Host, "error", err)
+		}
+		return
+	}
+	k.Logger.Error(msg, append(args, "host", k.Host, "error", err)...)
 }
 
 // Reconcile walks every domain defined here against the catalog.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
 	"time"
 
 	"go.temporal.io/sdk/client"
@@ -20,7 +21,8 @@ import (
 )
 
 // RunHypervisor serves one host until ctx ends: its own task queue (libvirt calls that must run here), the share
-// queue (catalog reads any host can serve) and the keeper that follows libvirt's events into the catalog.
+// queue (catalog reads any host that sees the share can serve) and the keeper that follows libvirt's events into
+// the catalog.
 func RunHypervisor(ctx context.Context, s config.Settings, c client.Client, logger *slog.Logger) error {
 	if !types.ValidName(s.HostName) {
 		return fmt.Errorf("%s_HOST_NAME=%q: set it to this host's name in the inventory", config.Prefix, s.HostName)
@@ -37,28 +39,94 @@ func RunHypervisor(ctx context.Context, s config.Settings, c client.Client, logg
 	if err := hv.Warm(ctx, domainType()); err != nil {
 		logger.Warn("emulator not probed ahead of time: the first define here will be slower", "error", err)
 	}
-	ws, keeper := HypervisorWorkers(c, s, hv, logger)
-	go KeepCatalog(ctx, keeper, logger)
+	hw := HypervisorWorkers(c, s, hv, logger)
+	if err := hw.Start(ctx); err != nil {
+		return err
+	}
 	logger.Info("hypervisor worker started", "task_queue", types.HostTaskQueue(s.HostName), "libvirt", s.LibvirtURI, "share", s.SharePath)
-	return run(ctx, ws...)
+	<-ctx.Done()
+	hw.Stop()
+	return nil
 }
 
-// HypervisorWorkers are one host's two workers, not started: its own task queue with the host activities
-// (interceptors apply there) and the share queue, plus the keeper of its catalog entries (see KeepCatalog).
+// HostWorkers is one hypervisor's workers: its own task queue with the host activities (interceptors apply
+// there), the share queue served only while the share's marker is visible (ShareSupervisor), and the keeper of
+// its catalog entries (see KeepCatalog).
+type HostWorkers struct {
+	Own    worker.Worker
+	Share  *ShareSupervisor
+	Keeper *activities.Keeper
+	logger *slog.Logger
+
+	cancel context.CancelFunc
+	done   sync.WaitGroup
+}
+
+// HypervisorWorkers wires one host's workers, not started.
 func HypervisorWorkers(c client.Client, s config.Settings, hv activities.Hypervisor, logger *slog.Logger,
-	interceptors ...interceptor.WorkerInterceptor) ([]worker.Worker, *activities.Keeper) {
-	ledger := &activities.Ledger{Catalog: catalog.New(s.SharePath, s.ShareTimeout)}
+	interceptors ...interceptor.WorkerInterceptor) *HostWorkers {
+	cat := catalog.New(s.SharePath, s.ShareTimeout)
+	ledger := &activities.Ledger{Catalog: cat}
 	host := &activities.Host{Name: s.HostName, Hypervisor: hv, Ledger: ledger, DomainType: domainType(), SharePath: s.SharePath,
 		ShareTimeout: s.ShareTimeout, Logger: logger}
+	identity := hostIdentity(s.HostName).String()
 	// Hypervisor workers run activities only: no workflow polls to cost the server.
 	own := worker.New(c, types.HostTaskQueue(s.HostName), worker.Options{DisableWorkflowWorker: true, Interceptors: interceptors,
-		Identity: hostIdentity(s.HostName).String()})
+		Identity: identity})
 	own.RegisterActivity(host)
-	// Every host serves the share queue; one poller each is plenty and keeps the server's poll count per host low.
-	share := worker.New(c, types.ShareTaskQueue, worker.Options{MaxConcurrentActivityTaskPollers: 1, DisableWorkflowWorker: true,
-		Identity: hostIdentity(s.HostName).String()})
-	share.RegisterActivity(&activities.Share{Catalog: ledger.Catalog})
-	return []worker.Worker{own, share}, &activities.Keeper{Host: s.HostName, Hypervisor: hv, Ledger: ledger, Logger: logger}
+	keeper := &activities.Keeper{Host: s.HostName, Hypervisor: hv, Ledger: ledger, Logger: logger}
+	share := &ShareSupervisor{
+		Check: func(ctx context.Context) error {
+			_, err := cat.Check(ctx)
+			return err
+		},
+		Start: func() (func(), error) {
+			// Every host that sees the share serves its queue; one poller each is plenty and keeps the server's
+			// poll count per host low.
+			w := worker.New(c, types.ShareTaskQueue, worker.Options{MaxConcurrentActivityTaskPollers: 1, DisableWorkflowWorker: true,
+				Identity: identity})
+			w.RegisterActivity(&activities.Share{Catalog: cat})
+			if err := w.Start(); err != nil {
+				return nil, err
+			}
+			return w.Stop, nil
+		},
+		Regained: keeper.Resync,
+		Interval: DefaultShareCheckInterval,
+		Logger:   logger,
+		Share:    s.SharePath,
+	}
+	return &HostWorkers{Own: own, Share: share, Keeper: keeper, logger: logger}
+}
+
+// Start starts the host's own worker and checks the share once (starting the share worker if its marker is
+// visible), then supervises the share and runs the keeper in the background until ctx ends or Stop.
+func (h *HostWorkers) Start(ctx context.Context) error {
+	if err := h.Own.Start(); err != nil {
+		return fmt.Errorf("start worker: %w", err)
+	}
+	ctx, h.cancel = context.WithCancel(ctx)
+	h.Share.Step(ctx)
+	h.done.Add(2)
+	go func() {
+		defer h.done.Done()
+		h.Share.Run(ctx)
+	}()
+	go func() {
+		defer h.done.Done()
+		KeepCatalog(ctx, h.Keeper, h.logger)
+	}()
+	return nil
+}
+
+// Stop stops the share supervision, the keeper and both workers, and waits for them.
+func (h *HostWorkers) Stop() {
+	if h.cancel == nil {
+		return
+	}
+	h.cancel()
+	h.done.Wait()
+	h.Own.Stop()
 }
 
 // openLibvirt waits for libvirtd: on a host that just booted, the worker may start first.
