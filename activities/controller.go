@@ -65,6 +65,8 @@ const (
 type FenceNotice struct {
 	By     string `json:"by"`
 	Reason string `json:"reason,omitempty"`
+	// Began is when the failover started: a death declared since then already covers it.
+	Began time.Time `json:"began,omitempty"`
 }
 
 // ReleaseRequest ends a reservation: Started keeps it counted until stats sampled later include the VM.

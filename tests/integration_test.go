@@ -15,6 +15,7 @@ import (
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/interceptor"
 
+	"vmha/activities"
 	"vmha/types"
 )
 
@@ -45,11 +46,11 @@ func TestIntegrationDeadHostRecovery(t *testing.T) {
 	c.waitState(victim.name, types.HostRecovered, 30*time.Second)
 
 	var res types.RecoveryResult
-	c.result(types.HostRecoveryID(victim.name, 1), 30*time.Second, &res)
+	c.result(c.recoveryID(victim.name), 30*time.Second, &res)
 	if len(res.Outcomes) != 2 || res.Outcomes[0].VM != "db1" || res.Outcomes[1].VM != "web1" {
 		t.Fatalf("recovery outcomes %+v: want db1 (priority 9) then web1", res.Outcomes)
 	}
-	c.assertRecoveries(victim.name, 1, web.UUID, dbUUID)
+	c.assertRecoveries(victim.name, web.UUID, dbUUID)
 	targets := map[string]string{}
 	for _, o := range res.Outcomes {
 		if !o.Recovered || o.Target == victim.name || c.hosts[o.Target] == nil {
@@ -106,7 +107,7 @@ func TestIntegrationDeadHostRecovery(t *testing.T) {
 	}
 	c.waitState(fenced.name, types.HostRecovered, 30*time.Second)
 	var fres types.RecoveryResult
-	c.result(types.HostRecoveryID(fenced.name, 1), 30*time.Second, &fres)
+	c.result(c.recoveryID(fenced.name), 30*time.Second, &fres)
 	var moved []string
 	for _, o := range fres.Outcomes {
 		if !o.Recovered || o.Target == fenced.name || c.hosts[o.Target] == nil {
@@ -119,12 +120,12 @@ func TestIntegrationDeadHostRecovery(t *testing.T) {
 	if !slices.Contains(moved, web.UUID) {
 		t.Fatalf("failover of %s moved %v, want web1 (%s) among them", fenced.name, moved, web.UUID)
 	}
-	c.assertRecoveries(fenced.name, 1, moved...)
+	c.assertRecoveries(fenced.name, moved...)
 
 	c.recordHistories(map[string]string{
 		types.HostMonitorWorkflow:    types.HostMonitorID(victim.name),
-		types.HostRecoveryWorkflow:   types.HostRecoveryID(victim.name, 1),
-		types.RecoverVMWorkflow:      types.RecoverVMID(victim.name, 1, dbUUID),
+		types.HostRecoveryWorkflow:   c.recoveryID(victim.name),
+		types.RecoverVMWorkflow:      types.RecoverVMID(victim.name, c.incident(victim.name), 1, dbUUID),
 		types.CreateVMWorkflow:       types.CreateVMID("web1"),
 		types.ApplyInventoryWorkflow: types.ApplyInventoryID,
 		types.SchedulerWorkflow:      types.SchedulerWorkflowID,
@@ -205,23 +206,23 @@ func TestIntegrationAtMostOnceUnderCrashes(t *testing.T) {
 
 	c.waitState(h.name, types.HostRecovered, 60*time.Second)
 	var res types.RecoveryResult
-	c.result(types.HostRecoveryID(h.name, 1), 30*time.Second, &res)
+	c.result(c.recoveryID(h.name), 30*time.Second, &res)
 	if len(res.Outcomes) != 1 || !res.Outcomes[0].Recovered {
 		t.Fatalf("outcomes %+v: want app1 recovered", res.Outcomes)
 	}
 	o := res.Outcomes[0]
-	c.assertRecoveries(h.name, 1, id)
+	c.assertRecoveries(h.name, id)
 	c.assertRunsOnlyOn(id, o.Target, h.name)
 	c.waitCatalog(id, o.Target, 2)
 	if o.Target == target {
 		// The crash lost the first define's result: it timed out and a retry defined the VM again, idempotently.
-		if n := c.activityAttempt(types.RecoverVMID(h.name, 1, id), "DefineFromCatalog"); n < 2 {
+		if n := c.activityAttempt(types.RecoverVMID(h.name, c.incident(h.name), 1, id), "DefineFromCatalog"); n < 2 {
 			t.Fatalf("the define on %s completed at attempt %d: the crash was not felt", target, n)
 		}
 	}
 	t.Logf("crashed target %s; VM recovered on %s after %d target(s)", target, o.Target, o.Attempts)
 
-	c.recordHistories(map[string]string{"RecoverVM-crash": types.RecoverVMID(h.name, 1, id)})
+	c.recordHistories(map[string]string{"RecoverVM-crash": types.RecoverVMID(h.name, c.incident(h.name), 1, id)})
 }
 
 // crashAfterDefine, once armed, lets the first DefineFromCatalog define the VM and then hangs its worker as a
@@ -300,12 +301,31 @@ func (c *cluster) waitCatalog(uuid, owner string, generation int64) {
 	})
 }
 
-// assertRecoveries checks that the host's incident ran exactly one RecoverVM per VM, each completed, and nothing else.
-func (c *cluster) assertRecoveries(host string, incident int, vmUUIDs ...string) {
+// incident is the host's current incident, as its monitor reports it.
+func (c *cluster) incident(host string) string {
+	c.t.Helper()
+	v, err := c.client.QueryWorkflow(context.Background(), types.HostMonitorID(host), "", activities.QueryStatus)
+	must(c.t, err)
+	var st activities.MonitorInput
+	must(c.t, v.Get(&st))
+	if st.Incident == "" {
+		c.t.Fatalf("host %s has no incident", host)
+	}
+	return st.Incident
+}
+
+// recoveryID is the first recovery round of the host's current incident.
+func (c *cluster) recoveryID(host string) string {
+	return types.HostRecoveryID(host, c.incident(host), 1)
+}
+
+// assertRecoveries checks that the host ran one incident with one recovery round, with exactly one RecoverVM per
+// VM, each completed, and nothing else.
+func (c *cluster) assertRecoveries(host string, vmUUIDs ...string) {
 	c.t.Helper()
 	var want []string
 	for _, id := range vmUUIDs {
-		want = append(want, types.RecoverVMID(host, incident, id))
+		want = append(want, types.RecoverVMID(host, c.incident(host), 1, id))
 	}
 	sort.Strings(want)
 	got := c.workflows(fmt.Sprintf("WorkflowType = '%s' AND %s = '%s'", types.RecoverVMWorkflow, types.HostAttr.GetName(), host))
@@ -320,8 +340,8 @@ func (c *cluster) assertRecoveries(host string, incident int, vmUUIDs ...string)
 			c.t.Fatalf("%s is %s", id, s)
 		}
 	}
-	if n := len(c.workflows(fmt.Sprintf("WorkflowType = '%s' AND %s = '%s'", types.HostRecoveryWorkflow, types.HostAttr.GetName(), host))); n != incident {
-		c.t.Fatalf("%d HostRecovery workflows for %s, want %d", n, host, incident)
+	if n := len(c.workflows(fmt.Sprintf("WorkflowType = '%s' AND %s = '%s'", types.HostRecoveryWorkflow, types.HostAttr.GetName(), host))); n != 1 {
+		c.t.Fatalf("%d HostRecovery workflows for %s, want 1", n, host)
 	}
 }
 

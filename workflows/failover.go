@@ -81,7 +81,8 @@ func fence(ctx workflow.Context, spec types.HostSpec) error {
 
 // handOver tells the host's monitor that the host is off by vmha's doing: it declares the host dead and recovers.
 func handOver(ctx workflow.Context, req types.FailoverRequest) error {
-	notice := activities.FenceNotice{By: workflow.GetInfo(ctx).WorkflowExecution.ID, Reason: req.Reason}
+	info := workflow.GetInfo(ctx)
+	notice := activities.FenceNotice{By: info.WorkflowExecution.ID, Reason: req.Reason, Began: info.WorkflowStartTime}
 	if err := workflow.SignalExternalWorkflow(ctx, types.HostMonitorID(req.Host), "", activities.SignalFenced, notice).Get(ctx, nil); err != nil {
 		return fmt.Errorf("hand %s over to its monitor: %w", req.Host, err)
 	}

@@ -307,8 +307,9 @@ func (m *monitor) setMaintenance(ctx workflow.Context, on bool) {
 
 // fenced is vmha's own power-off of the host (manual failover). A signal is only a claim: anyone with access to
 // the namespace can send one, so the BMC is asked first and nothing moves unless it confirms the power is off.
-// A host already dead or recovering starts nothing new; a recovered or recovery-failed host gets another round
-// for the VMs the catalog still gives it; any other host is declared dead.
+// A host already dead or recovering starts nothing new, nor does one recovered from a death declared after the
+// failover began (the watch saw its power-off first); a recovery-failed host, or one recovered earlier, gets
+// another round for the VMs the catalog still gives it; any other host is declared dead.
 func (m *monitor) fenced(ctx workflow.Context, n activities.FenceNotice) {
 	power, err := confirmedPower(ctx, m.Spec)
 	if err != nil || (power != types.PowerOff && power != types.PowerFault) {
@@ -321,6 +322,7 @@ func (m *monitor) fenced(ctx workflow.Context, n activities.FenceNotice) {
 	cause := fmt.Sprintf("fenced by %s: %s", n.By, n.Reason)
 	switch {
 	case m.round != nil || m.State == types.HostDead || m.State == types.HostRecovering:
+	case m.State == types.HostRecovered && !m.DeclaredAt.Before(n.Began):
 	case m.State == types.HostRecovered || m.State == types.HostRecoveryFailed:
 		m.startRound(ctx, false, cause)
 	default:

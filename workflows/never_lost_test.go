@@ -143,7 +143,7 @@ func TestMonitorFencedSignalOnRecoveredHostRunsAnotherRound(t *testing.T) {
 			c.mu.Lock()
 			c.vms = append(c.vms, vm("late", 1, "hv1"))
 			c.mu.Unlock()
-			env.SignalWorkflow(activities.SignalFenced, activities.FenceNotice{By: "vmha-failover-hv1"})
+			env.SignalWorkflow(activities.SignalFenced, activities.FenceNotice{By: "vmha-failover-hv1", Began: time.Now().Add(24 * time.Hour)})
 		}, 10*time.Minute)
 	}, healthyProbe, deadProbe)
 	if got := c.callsWith("commit"); len(got) != 1 || got[0] != "commit late@hv2" {

@@ -716,7 +716,11 @@ func (w *world) webUI(t *testing.T, host string) {
 	if err != nil {
 		t.Skip("chromium missing: run make deps")
 	}
-	recovery := types.HostRecoveryID(host, 1)
+	recoveries := w.workflows(t, fmt.Sprintf("WorkflowType = '%s' AND %s = '%s'", types.HostRecoveryWorkflow, types.HostAttr.GetName(), host))
+	if len(recoveries) == 0 {
+		t.Fatalf("no HostRecovery of %s to look for in the Web UI", host)
+	}
+	recovery := recoveries[0]
 	query := fmt.Sprintf("%s=%q", types.HostAttr.GetName(), host)
 	url := fmt.Sprintf("http://%s:%s/namespaces/%s/workflows?query=%s", strings.Split(temporalAddr, ":")[0], uiPort, namespace,
 		strings.NewReplacer(" ", "%20", "\"", "%22", "=", "%3D").Replace(query))
