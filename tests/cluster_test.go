@@ -107,6 +107,10 @@ func newCluster(t *testing.T, hostInterceptors ...interceptor.WorkerInterceptor)
 		}
 	})
 	must(t, os.MkdirAll(filepath.Join(c.share, "images"), 0o755))
+	// Prepared as `vmha share init` does: without the marker no host serves the share queue.
+	if _, _, err := catalog.Init(context.Background(), c.share, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
 	c.image = filepath.Join(c.share, "images", "base.qcow2")
 	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", c.image, "16M").CombinedOutput(); err != nil {
 		t.Fatalf("base image: %v: %s", err, out)
@@ -264,25 +268,13 @@ func (h *host) startWorker(c *cluster, interceptors ...interceptor.WorkerInterce
 	must(c.t, err)
 	s := c.settings
 	s.HostName, s.SharePath = h.name, c.share
-	ws, keeper := workers.HypervisorWorkers(tc, s, testNode{Libvirt: h.hv}, logger, interceptors...)
-	for _, w := range ws {
-		must(c.t, w.Start())
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	kept := make(chan struct{})
-	go func() {
-		defer close(kept)
-		workers.KeepCatalog(ctx, keeper, logger)
-	}()
+	hw := workers.HypervisorWorkers(tc, s, testNode{Libvirt: h.hv}, logger, interceptors...)
+	must(c.t, hw.Start(context.Background()))
 	h.mu.Lock()
 	h.stopFn = func() {
 		// The connection goes first, so that nothing in flight reports anything, as when the process dies.
 		tc.Close()
-		cancel()
-		for _, w := range ws {
-			w.Stop()
-		}
-		<-kept
+		hw.Stop()
 	}
 	h.mu.Unlock()
 }

@@ -14,7 +14,6 @@ import (
 
 	"github.com/google/uuid"
 	"go.temporal.io/sdk/client"
-	"go.temporal.io/sdk/worker"
 
 	"vmha/activities"
 	"vmha/activities/catalog"
@@ -57,7 +56,7 @@ const nodeXML = `<node>
 type simHost struct {
 	name    string
 	hv      *hypervisor.Libvirt
-	workers []worker.Worker
+	workers *workers.HostWorkers
 }
 
 func runRecovery(ctx context.Context, cfg recoveryConfig, logger *slog.Logger) (rows []recoveryRow, err error) {
@@ -67,6 +66,12 @@ func runRecovery(ctx context.Context, cfg recoveryConfig, logger *slog.Logger) (
 	}
 	defer func() { err = errors.Join(err, srv.stop()) }()
 	share := filepath.Join(srv.dir, "share")
+	if err := os.MkdirAll(share, 0o755); err != nil {
+		return nil, err
+	}
+	if _, _, err := catalog.Init(ctx, share, 5*time.Second); err != nil {
+		return nil, err
+	}
 	cat := catalog.New(share, 5*time.Second)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -141,16 +146,13 @@ func startSimHost(ctx context.Context, srv *server, name, share string) (*simHos
 		return nil, err
 	}
 	s := config.Settings{HostName: name, SharePath: share, ShareTimeout: 5 * time.Second}
-	ws, keeper := workers.HypervisorWorkers(srv.client, s, fileNode{hv}, logger)
 	h := &simHost{name: name, hv: hv}
-	for _, w := range ws {
-		if err := w.Start(); err != nil {
-			h.stop()
-			return nil, fmt.Errorf("start worker of %s: %w", name, err)
-		}
-		h.workers = append(h.workers, w)
+	hw := workers.HypervisorWorkers(srv.client, s, fileNode{hv}, logger)
+	if err := hw.Start(ctx); err != nil {
+		h.stop()
+		return nil, fmt.Errorf("start worker of %s: %w", name, err)
 	}
-	go workers.KeepCatalog(ctx, keeper, logger)
+	h.workers = hw
 	return h, nil
 }
 
@@ -193,8 +195,8 @@ func (n fileNode) Stats(ctx context.Context) (types.HostStats, error) {
 }
 
 func (h *simHost) stop() {
-	for _, w := range h.workers {
-		w.Stop()
+	if h.workers != nil {
+		h.workers.Stop()
 	}
 	_ = h.hv.Close()
 }
