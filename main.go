@@ -16,9 +16,11 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"go.temporal.io/sdk/client"
 
+	"vmha/activities/catalog"
 	"vmha/infra/config"
 	"vmha/infra/temporalclient"
 	"vmha/infra/temporalserver"
@@ -45,6 +47,8 @@ Operator commands:
                                     pause or resume watching a host (nothing is recovered while paused)
   vmha recoveries [--host hv1] [--limit 20]
                                     recent recoveries and where each VM went
+  vmha share init                   prepare the shared storage at VMHA_SHARE_PATH once (catalog, disks and the
+                                    share marker every host checks); idempotent, prints the share's ID
   vmha help env                     every VMHA_* setting with its default
 
 Every command reads its connection from the environment (VMHA_TEMPORAL_ADDRESS, VMHA_NAMESPACE, VMHA_TLS_*).
@@ -97,6 +101,8 @@ func dispatch(ctx context.Context, cmd string, args []string, s config.Settings,
 		return withClient(ctx, s, logger, func(c client.Client) error { return workers.RunHypervisor(ctx, s, c, logger) })
 	case "apply", "hosts", "create-vm", "failover", "maintenance", "recoveries":
 		return operate(ctx, cmd, args, s, logger, out)
+	case "share":
+		return share(ctx, args, s, out)
 	}
 	return fmt.Errorf("unknown command %q (see vmha help)", cmd)
 }
@@ -136,6 +142,25 @@ func withClient(ctx context.Context, s config.Settings, logger *slog.Logger, fn 
 	}
 	defer c.Close()
 	return fn(c)
+}
+
+// share runs `vmha share init`: it prepares the share mounted at VMHA_SHARE_PATH (catalog.Init). Run it once,
+// where the share is really mounted: the marker it writes is what every host checks before using the catalog.
+func share(ctx context.Context, args []string, s config.Settings, out io.Writer) error {
+	if len(args) != 1 || args[0] != "init" {
+		return fmt.Errorf("want `vmha share init`, got %q", args)
+	}
+	m, created, err := catalog.Init(ctx, s.SharePath, s.ShareTimeout)
+	if err != nil {
+		return fmt.Errorf("%s_SHARE_PATH=%s: %w", config.Prefix, s.SharePath, err)
+	}
+	verb := "already prepared"
+	if created {
+		verb = "prepared"
+	}
+	fmt.Fprintf(out, "share %s %s: id %s, created %s (marker %s)\n", s.SharePath, verb, m.ID,
+		m.CreatedAt.Format(time.RFC3339), catalog.MarkerPath(s.SharePath))
+	return nil
 }
 
 // operate runs one operator command.
