@@ -5,7 +5,7 @@
 # mount and UTS namespaces under tini, running libvirtd (qemu+tcp, no auth) and, when $VMHA_BIN is set, the vmha
 # hypervisor worker under a restart loop. Each host has a BMC: an OpenIPMI ipmi_sim on 127.0.0.1:(9622+K) whose
 # chassis power control really kills or boots the host. $VMHA_LAB_DIR/share is the shared storage (NFS stand-in),
-# visible at the same path in every host.
+# visible at the same path in every host; `up` prepares it with `$VMHA_BIN share init` (the share marker).
 #
 # Usage: lab.sh COMMAND [ARGS]   (state in $VMHA_LAB_DIR, default /tmp/vmha-lab)
 #   up [N]                 bring up N hosts (default 3); idempotent, boots hosts that are off
@@ -444,6 +444,16 @@ write_env_file() {
 	mv "$f.tmp" "$f"
 }
 
+# prepare_share runs `vmha share init` on the lab's share (idempotent: an existing share keeps its ID). Without the
+# share marker no worker serves the share queue or touches the catalog. Without $VMHA_BIN there is no worker either.
+prepare_share() {
+	if [[ -z ${VMHA_BIN:-} || ! -x ${VMHA_BIN:-} ]]; then
+		note "VMHA_BIN not set or not executable: share not prepared (run: VMHA_SHARE_PATH=$LAB_DIR/share vmha share init)"
+		return 0
+	fi
+	VMHA_SHARE_PATH=$LAB_DIR/share "$VMHA_BIN" share init >&2 || die "up: vmha share init on $LAB_DIR/share failed"
+}
+
 cmd_up() {
 	local n=${1:-3} start k existing
 	start=$(now)
@@ -465,6 +475,7 @@ cmd_up() {
 	write_env_file
 	[[ -f $LAB_DIR/share/images/tiny.qcow2 ]] ||
 		qemu-img create -q -f qcow2 "$LAB_DIR/share/images/tiny.qcow2" 64M >&2
+	prepare_share
 	ensure_bridge
 	for ((k = 1; k <= n; k++)); do
 		ensure_host_net "$k"
