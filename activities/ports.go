@@ -35,7 +35,11 @@ type Hypervisor interface {
 	Domains(ctx context.Context) ([]Domain, error)
 	// Stats reads node CPU load and memory and sums the running domains.
 	Stats(ctx context.Context) (types.HostStats, error)
-	// WatchDefinitions calls fn for every domain defined, undefined, started or stopped on the host until ctx ends.
+	// DisableAutostart turns libvirt's autostart of a domain off and reports whether it was on. Idempotent: a
+	// domain without autostart, or a missing one, is left as it is (false, nil).
+	DisableAutostart(ctx context.Context, uuid string) (wasOn bool, err error)
+	// WatchDefinitions calls fn for every domain defined, undefined, started, stopped, migrated in or out, or
+	// whose vmha metadata changed on the host, until ctx ends.
 	WatchDefinitions(ctx context.Context, fn func(DomainEvent)) error
 	Close() error
 }
@@ -55,13 +59,24 @@ const (
 	DomainUndefined DomainEventKind = "undefined"
 	DomainStarted   DomainEventKind = "started"
 	DomainStopped   DomainEventKind = "stopped"
+	// DomainMigratedIn: the domain runs here, or is arriving, by live migration (started paused on arrival or
+	// resumed when its memory is in); also a source that resumed here after its outgoing migration failed.
+	DomainMigratedIn DomainEventKind = "migrated-in"
+	// DomainMigratedOut: the domain stopped here because it migrated to another host.
+	DomainMigratedOut DomainEventKind = "migrated-out"
+	// DomainMetadataChanged: the domain's vmha metadata element was set, changed or removed (virsh metadata,
+	// live or --config).
+	DomainMetadataChanged DomainEventKind = "metadata-changed"
 )
 
-// DomainEvent is one libvirt lifecycle event.
+// DomainEvent is one libvirt domain event.
 type DomainEvent struct {
 	UUID string
 	Name string
 	Kind DomainEventKind
+	// Detail is libvirt's detail of the event (e.g. "booted", "migrated", "destroyed", or the metadata's namespace),
+	// for logs only.
+	Detail string
 }
 
 // ErrNotFound is returned by Catalog.Get for an unknown VM.

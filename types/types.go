@@ -166,6 +166,9 @@ const (
 	DomainShutoff  DomainState = "shutoff"
 	DomainOther    DomainState = "other"
 	DomainNotFound DomainState = "not-found"
+	// DomainMigrating is a domain paused (or running post-copy) while a live migration in or out is in progress:
+	// neither a stray copy nor the settled one.
+	DomainMigrating DomainState = "migrating"
 )
 
 // HostStats is what a host's own worker reads from libvirt for the scheduler.

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -347,28 +349,70 @@ func (l *Libvirt) Undefine(ctx context.Context, uuid string) error {
 	})
 }
 
-func stateOf(s libvirt.DomainState) types.DomainState {
+// stateOf reduces libvirt's state and reason. A domain in the middle of a live migration is DomainMigrating:
+// the incoming copy waits paused (reason migration) until the memory has arrived, the outgoing one is paused for
+// the last pass or for post-copy, and in post-copy the destination runs while the source still holds part of
+// the memory. Neither side is a stray copy then, and destroying either loses the VM.
+func stateOf(s libvirt.DomainState, reason int) types.DomainState {
 	switch s {
-	case libvirt.DOMAIN_RUNNING, libvirt.DOMAIN_BLOCKED:
+	case libvirt.DOMAIN_RUNNING:
+		switch libvirt.DomainRunningReason(reason) {
+		case libvirt.DOMAIN_RUNNING_POSTCOPY, libvirt.DOMAIN_RUNNING_POSTCOPY_FAILED:
+			return types.DomainMigrating
+		}
 		return types.DomainRunning
+	case libvirt.DOMAIN_BLOCKED:
+		return types.DomainRunning
+	case libvirt.DOMAIN_PAUSED:
+		switch libvirt.DomainPausedReason(reason) {
+		case libvirt.DOMAIN_PAUSED_MIGRATION, libvirt.DOMAIN_PAUSED_POSTCOPY, libvirt.DOMAIN_PAUSED_POSTCOPY_FAILED:
+			return types.DomainMigrating
+		}
 	case libvirt.DOMAIN_SHUTOFF:
 		return types.DomainShutoff
 	}
 	return types.DomainOther
 }
 
+// DisableAutostart turns a domain's autostart off and reports whether it was on. A domain without autostart, a
+// transient or a missing one has nothing to turn off.
+func (l *Libvirt) DisableAutostart(ctx context.Context, uuid string) (bool, error) {
+	var wasOn bool
+	err := l.ifDefined(ctx, uuid, func(dom *libvirt.Domain) error {
+		on, err := dom.GetAutostart()
+		if hasCode(err, libvirt.ERR_NO_DOMAIN) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("autostart of domain %s: %w", uuid, err)
+		}
+		if !on {
+			return nil
+		}
+		if err := dom.SetAutostart(false); err != nil && !hasCode(err, libvirt.ERR_NO_DOMAIN) {
+			return fmt.Errorf("disable autostart of domain %s: %w", uuid, err)
+		}
+		wasOn = true
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("on %s: %w", l.uri, err)
+	}
+	return wasOn, nil
+}
+
 // State reads a domain's state; a missing domain is DomainNotFound, not an error.
 func (l *Libvirt) State(ctx context.Context, uuid string) (types.DomainState, error) {
 	state := types.DomainNotFound
 	err := l.ifDefined(ctx, uuid, func(dom *libvirt.Domain) error {
-		s, _, err := dom.GetState()
+		s, reason, err := dom.GetState()
 		if hasCode(err, libvirt.ERR_NO_DOMAIN) {
 			return nil
 		}
 		if err != nil {
 			return fmt.Errorf("state of domain %s: %w", uuid, err)
 		}
-		state = stateOf(s)
+		state = stateOf(s, reason)
 		return nil
 	})
 	if err != nil {
@@ -440,11 +484,11 @@ func describe(dom *libvirt.Domain) (activities.Domain, error) {
 	if err != nil {
 		return activities.Domain{}, fmt.Errorf("name of domain %s: %w", id, err)
 	}
-	s, _, err := dom.GetState()
+	s, reason, err := dom.GetState()
 	if err != nil {
 		return activities.Domain{}, fmt.Errorf("state of domain %s: %w", name, err)
 	}
-	return activities.Domain{UUID: id, Name: name, State: stateOf(s)}, nil
+	return activities.Domain{UUID: id, Name: name, State: stateOf(s, reason)}, nil
 }
 
 // Stats reads the node's CPU load (two samples cpuSampleGap apart), its memory, and sums the active domains.
@@ -564,24 +608,54 @@ func (l *Libvirt) addDomain(dom *libvirt.Domain, st *types.HostStats, groups map
 	}
 }
 
-func eventKind(e libvirt.DomainEventType) (activities.DomainEventKind, bool) {
-	switch e {
+// eventKind maps a lifecycle event to what the keeper follows. A domain arriving by live migration starts paused
+// (STARTED/MIGRATED) and resumes when its memory is in (RESUMED/MIGRATED, or RESUMED/POSTCOPY when post-copy
+// begins); a source whose migration failed also resumes with RESUMED/MIGRATED, and runs here again. A source
+// whose migration finished stops with STOPPED/MIGRATED. Other suspend/resume events change nothing the keeper
+// follows.
+func eventKind(e *libvirt.DomainEventLifecycle) (activities.DomainEventKind, bool) {
+	switch e.Event {
 	case libvirt.DOMAIN_EVENT_DEFINED:
 		return activities.DomainDefined, true
 	case libvirt.DOMAIN_EVENT_UNDEFINED:
 		return activities.DomainUndefined, true
 	case libvirt.DOMAIN_EVENT_STARTED:
+		if libvirt.DomainEventStartedDetailType(e.Detail) == libvirt.DOMAIN_EVENT_STARTED_MIGRATED {
+			return activities.DomainMigratedIn, true
+		}
 		return activities.DomainStarted, true
+	case libvirt.DOMAIN_EVENT_RESUMED:
+		switch libvirt.DomainEventResumedDetailType(e.Detail) {
+		case libvirt.DOMAIN_EVENT_RESUMED_MIGRATED, libvirt.DOMAIN_EVENT_RESUMED_POSTCOPY:
+			return activities.DomainMigratedIn, true
+		}
 	case libvirt.DOMAIN_EVENT_STOPPED:
+		if libvirt.DomainEventStoppedDetailType(e.Detail) == libvirt.DOMAIN_EVENT_STOPPED_MIGRATED {
+			return activities.DomainMigratedOut, true
+		}
 		return activities.DomainStopped, true
 	}
 	return "", false
 }
 
-// WatchDefinitions calls fn for every domain defined, undefined, started or stopped until ctx ends (then it
-// returns nil). It returns an error when the connection is lost or closed: events in between would be missed,
-// so the caller should reconcile and watch again. fn runs on the caller's goroutine, never on libvirt's event
-// loop, so a slow fn delays no other connection's events; it must return once ctx ends.
+// eventDetail is libvirt's name of a lifecycle event's detail ("booted", "migrated", ...), for logs.
+func eventDetail(e *libvirt.DomainEventLifecycle) string {
+	if e.Event == libvirt.DOMAIN_EVENT_RESUMED && libvirt.DomainEventResumedDetailType(e.Detail) == libvirt.DOMAIN_EVENT_RESUMED_POSTCOPY {
+		return "post-copy" // the binding's String does not know it
+	}
+	// The binding names details only in String: `Domain event="started" detail="booted"`.
+	_, q, ok := strings.Cut(e.String(), "detail=")
+	if d, err := strconv.Unquote(q); ok && err == nil && d != "unknown" {
+		return d
+	}
+	return strconv.Itoa(e.Detail)
+}
+
+// WatchDefinitions calls fn for every domain defined, undefined, started, stopped, migrated in or out (see
+// eventKind), or whose vmha metadata element changed (virsh metadata with the vmha namespace, live or --config),
+// until ctx ends (then it returns nil). It returns an error when the connection is lost or closed: events in
+// between would be missed, so the caller should reconcile and watch again. fn runs on the caller's goroutine,
+// never on libvirt's event loop, so a slow fn delays no other connection's events; it must return once ctx ends.
 func (l *Libvirt) WatchDefinitions(ctx context.Context, fn func(activities.DomainEvent)) error {
 	s, err := l.acquire(ctx)
 	if err != nil {
@@ -593,34 +667,42 @@ func (l *Libvirt) WatchDefinitions(ctx context.Context, fn func(activities.Domai
 		pending []activities.DomainEvent
 		ready   = make(chan struct{}, 1)
 	)
-	id, err := s.conn.DomainEventLifecycleRegister(nil, func(_ *libvirt.Connect, d *libvirt.Domain, ev *libvirt.DomainEventLifecycle) {
-		kind, ok := eventKind(ev.Event)
-		if !ok {
-			return
-		}
+	queue := func(d *libvirt.Domain, kind activities.DomainEventKind, detail string) {
 		// Both read the domain object libvirt handed over; no call reaches libvirtd from its event loop.
 		uuid, err := d.GetUUIDString()
 		if err != nil {
-			l.logger.Warn("libvirt event without uuid", "uri", l.uri, "error", err)
+			l.logger.Warn("libvirt event without uuid", "uri", l.uri, "kind", kind, "error", err)
 			return
 		}
 		name, _ := d.GetName()
 		mu.Lock()
-		pending = append(pending, activities.DomainEvent{UUID: uuid, Name: name, Kind: kind})
+		pending = append(pending, activities.DomainEvent{UUID: uuid, Name: name, Kind: kind, Detail: detail})
 		mu.Unlock()
 		select {
 		case ready <- struct{}{}:
 		default:
 		}
+	}
+	id, err := s.conn.DomainEventLifecycleRegister(nil, func(_ *libvirt.Connect, d *libvirt.Domain, ev *libvirt.DomainEventLifecycle) {
+		if kind, ok := eventKind(ev); ok {
+			queue(d, kind, eventDetail(ev))
+		}
 	})
 	if err != nil {
 		return fmt.Errorf("register lifecycle events on %s: %w", l.uri, err)
 	}
-	defer func() {
-		if err := s.conn.DomainEventDeregister(id); err != nil && s.alive() {
-			l.logger.Warn("deregister lifecycle events", "uri", l.uri, "error", err)
+	defer l.deregister(s, id, "lifecycle")
+	// An operator opts a VM in or out with virsh metadata alone: libvirt reports that as its own event, not as a
+	// (re)definition. Only vmha's element matters; title, description and other applications' elements do not.
+	mid, err := s.conn.DomainEventMetadataChangeRegister(nil, func(_ *libvirt.Connect, d *libvirt.Domain, ev *libvirt.DomainEventMetadataChange) {
+		if ev.Type == libvirt.DOMAIN_METADATA_ELEMENT && ev.NSURI == domainxml.Namespace {
+			queue(d, activities.DomainMetadataChanged, ev.NSURI)
 		}
-	}()
+	})
+	if err != nil {
+		return fmt.Errorf("register metadata-change events on %s: %w", l.uri, err)
+	}
+	defer l.deregister(s, mid, "metadata-change")
 	for {
 		select {
 		case <-ctx.Done():
@@ -638,5 +720,12 @@ func (l *Libvirt) WatchDefinitions(ctx context.Context, fn func(activities.Domai
 				fn(e)
 			}
 		}
+	}
+}
+
+// deregister ends one event registration of a watch; on a lost connection it is gone already.
+func (l *Libvirt) deregister(s *session, id int, what string) {
+	if err := s.conn.DomainEventDeregister(id); err != nil && s.alive() {
+		l.logger.Warn("deregister "+what+" events", "uri", l.uri, "error", err)
 	}
 }

@@ -6,11 +6,13 @@ import (
 	"io"
 	"log/slog"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"libvirt.org/go/libvirt"
 
 	"vmha/activities"
 	"vmha/activities/domainxml"
@@ -291,5 +293,187 @@ func TestOpenFails(t *testing.T) {
 	_, err := Open(context.Background(), "qemu+unix:///system?socket=/nonexistent/sock", quiet())
 	if err == nil || !strings.Contains(err.Error(), "/nonexistent/sock") {
 		t.Fatalf("Open of a missing socket: %v", err)
+	}
+}
+
+// setMetadata is `virsh metadata NAME URI --key KEY --config --set XML` on the test driver.
+func setMetadata(t *testing.T, l *Libvirt, id, uri, key, xml string) {
+	t.Helper()
+	err := l.do(context.Background(), func(c *libvirt.Connect) error {
+		dom, err := lookup(c, id)
+		if err != nil {
+			return err
+		}
+		defer dom.Free()
+		return dom.SetMetadata(libvirt.DOMAIN_METADATA_ELEMENT, xml, key, uri, libvirt.DOMAIN_AFFECT_CONFIG)
+	})
+	if err != nil {
+		t.Fatalf("set metadata %s: %v", uri, err)
+	}
+}
+
+// An operator opts a VM in with virsh metadata alone: the watch must report it, and only for vmha's namespace.
+func TestWatchMetadataChange(t *testing.T) {
+	ctx := context.Background()
+	l := open(t, testURI)
+	other := open(t, testURI)
+	wctx, cancel := context.WithCancel(ctx)
+	t.Cleanup(cancel)
+	events := make(chan activities.DomainEvent, 64)
+	go l.WatchDefinitions(wctx, func(e activities.DomainEvent) { events <- e })
+
+	// A domain defined without vmha metadata, as with virsh define.
+	id, xml := testDomain(t, "metadata-watched")
+	xml = regexp.MustCompile(`(?s)<metadata>.*</metadata>`).ReplaceAllString(xml, "")
+	t.Cleanup(func() { other.Undefine(ctx, id) })
+	waitEvent(t, events, id, func() {
+		if _, err := other.Define(ctx, xml); err != nil {
+			t.Fatal(err)
+		}
+	})
+	drain(events)
+	// Another application's element is not vmha's business: no event; then vmha's element: one event.
+	setMetadata(t, other, id, "https://example.org/other/1", "other", `<thing a="1"/>`)
+	setMetadata(t, other, id, domainxml.Namespace, "vmha", `<ha enabled="true"/>`)
+	e := nextDomainEvent(t, events, id)
+	if e.Kind != activities.DomainMetadataChanged || e.Detail != domainxml.Namespace || e.Name != "metadata-watched" {
+		t.Fatalf("event after virsh metadata = %+v, want %s with detail %s", e, activities.DomainMetadataChanged, domainxml.Namespace)
+	}
+	// The change is in the persistent definition the keeper reads.
+	inactive, err := l.InactiveXML(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec, err := domainxml.Parse(inactive); err != nil || !rec.Policy.Enabled {
+		t.Fatalf("policy after virsh metadata = %+v, %v; want enabled", rec.Policy, err)
+	}
+}
+
+func drain(events <-chan activities.DomainEvent) {
+	for {
+		select {
+		case <-events:
+		case <-time.After(200 * time.Millisecond):
+			return
+		}
+	}
+}
+
+func nextDomainEvent(t *testing.T, events <-chan activities.DomainEvent, id string) activities.DomainEvent {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case e := <-events:
+			if e.UUID == id {
+				return e
+			}
+		case <-deadline:
+			t.Fatal("no event for the domain")
+		}
+	}
+}
+
+func TestDisableAutostart(t *testing.T) {
+	ctx := context.Background()
+	l := open(t, testURI)
+	id, xml := testDomain(t, "autostarted")
+	t.Cleanup(func() { l.Undefine(ctx, id) })
+	if _, err := l.Define(ctx, xml); err != nil {
+		t.Fatal(err)
+	}
+	autostart := func() bool {
+		t.Helper()
+		var on bool
+		err := l.do(ctx, func(c *libvirt.Connect) error {
+			dom, err := lookup(c, id)
+			if err != nil {
+				return err
+			}
+			defer dom.Free()
+			on, err = dom.GetAutostart()
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return on
+	}
+	// virsh autostart NAME, as an operator may have left it on a VM defined with virsh.
+	err := l.do(ctx, func(c *libvirt.Connect) error {
+		dom, err := lookup(c, id)
+		if err != nil {
+			return err
+		}
+		defer dom.Free()
+		return dom.SetAutostart(true)
+	})
+	if err != nil || !autostart() {
+		t.Fatalf("virsh autostart on the test driver: %v", err)
+	}
+	wasOn, err := l.DisableAutostart(ctx, id)
+	if err != nil || !wasOn {
+		t.Fatalf("DisableAutostart = %v, %v; want true, nil", wasOn, err)
+	}
+	if autostart() {
+		t.Fatal("autostart still on after DisableAutostart")
+	}
+	if wasOn, err := l.DisableAutostart(ctx, id); err != nil || wasOn {
+		t.Fatalf("second DisableAutostart = %v, %v; want false, nil", wasOn, err)
+	}
+	if wasOn, err := l.DisableAutostart(ctx, uuid.NewString()); err != nil || wasOn {
+		t.Fatalf("DisableAutostart of a missing domain = %v, %v; want false, nil", wasOn, err)
+	}
+}
+
+func TestStateOf(t *testing.T) {
+	for _, c := range []struct {
+		state  libvirt.DomainState
+		reason int
+		want   types.DomainState
+	}{
+		{libvirt.DOMAIN_RUNNING, int(libvirt.DOMAIN_RUNNING_BOOTED), types.DomainRunning},
+		{libvirt.DOMAIN_RUNNING, int(libvirt.DOMAIN_RUNNING_MIGRATED), types.DomainRunning},
+		{libvirt.DOMAIN_RUNNING, int(libvirt.DOMAIN_RUNNING_POSTCOPY), types.DomainMigrating},
+		{libvirt.DOMAIN_BLOCKED, 0, types.DomainRunning},
+		{libvirt.DOMAIN_PAUSED, int(libvirt.DOMAIN_PAUSED_USER), types.DomainOther},
+		{libvirt.DOMAIN_PAUSED, int(libvirt.DOMAIN_PAUSED_MIGRATION), types.DomainMigrating},
+		{libvirt.DOMAIN_PAUSED, int(libvirt.DOMAIN_PAUSED_POSTCOPY), types.DomainMigrating},
+		{libvirt.DOMAIN_PAUSED, int(libvirt.DOMAIN_PAUSED_POSTCOPY_FAILED), types.DomainMigrating},
+		{libvirt.DOMAIN_SHUTOFF, int(libvirt.DOMAIN_SHUTOFF_MIGRATED), types.DomainShutoff},
+		{libvirt.DOMAIN_CRASHED, 0, types.DomainOther},
+	} {
+		if got := stateOf(c.state, c.reason); got != c.want {
+			t.Errorf("stateOf(%d, %d) = %s, want %s", c.state, c.reason, got, c.want)
+		}
+	}
+}
+
+func TestEventKind(t *testing.T) {
+	for _, c := range []struct {
+		event      libvirt.DomainEventType
+		detail     int
+		want       activities.DomainEventKind
+		wantDetail string
+	}{
+		{libvirt.DOMAIN_EVENT_DEFINED, int(libvirt.DOMAIN_EVENT_DEFINED_ADDED), activities.DomainDefined, "added"},
+		{libvirt.DOMAIN_EVENT_UNDEFINED, int(libvirt.DOMAIN_EVENT_UNDEFINED_REMOVED), activities.DomainUndefined, "removed"},
+		{libvirt.DOMAIN_EVENT_STARTED, int(libvirt.DOMAIN_EVENT_STARTED_BOOTED), activities.DomainStarted, "booted"},
+		{libvirt.DOMAIN_EVENT_STARTED, int(libvirt.DOMAIN_EVENT_STARTED_MIGRATED), activities.DomainMigratedIn, "migrated"},
+		{libvirt.DOMAIN_EVENT_RESUMED, int(libvirt.DOMAIN_EVENT_RESUMED_MIGRATED), activities.DomainMigratedIn, "migrated"},
+		{libvirt.DOMAIN_EVENT_RESUMED, int(libvirt.DOMAIN_EVENT_RESUMED_POSTCOPY), activities.DomainMigratedIn, "post-copy"},
+		{libvirt.DOMAIN_EVENT_RESUMED, int(libvirt.DOMAIN_EVENT_RESUMED_UNPAUSED), "", ""},
+		{libvirt.DOMAIN_EVENT_SUSPENDED, int(libvirt.DOMAIN_EVENT_SUSPENDED_MIGRATED), "", ""},
+		{libvirt.DOMAIN_EVENT_STOPPED, int(libvirt.DOMAIN_EVENT_STOPPED_DESTROYED), activities.DomainStopped, "destroyed"},
+		{libvirt.DOMAIN_EVENT_STOPPED, int(libvirt.DOMAIN_EVENT_STOPPED_MIGRATED), activities.DomainMigratedOut, "migrated"},
+	} {
+		ev := &libvirt.DomainEventLifecycle{Event: c.event, Detail: c.detail}
+		got, ok := eventKind(ev)
+		if got != c.want || ok != (c.want != "") {
+			t.Errorf("eventKind(%v) = %q, %v; want %q", ev, got, ok, c.want)
+		}
+		if ok && eventDetail(ev) != c.wantDetail {
+			t.Errorf("eventDetail(%v) = %q, want %q", ev, eventDetail(ev), c.wantDetail)
+		}
 	}
 }
