@@ -28,6 +28,7 @@ func RunHypervisor(ctx context.Context, s config.Settings, c client.Client, logg
 		return fmt.Errorf("%s_HOST_NAME=%q: set it to this host's name in the inventory", config.Prefix, s.HostName)
 	}
 	logger = logger.With("host", s.HostName)
+	checkLockManager(s.QEMUConf, logger)
 	if err := checkHostQueue(ctx, c, hostIdentity(s.HostName), logger); err != nil {
 		return err
 	}

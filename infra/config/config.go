@@ -52,6 +52,7 @@ type Settings struct {
 	// Hypervisor worker.
 	HostName     string        `envconfig:"HOST_NAME" desc:"this hypervisor's name in the inventory"`
 	LibvirtURI   string        `envconfig:"LIBVIRT_URI" default:"qemu:///system" desc:"libvirt URI of this hypervisor"`
+	QEMUConf     string        `envconfig:"QEMU_CONF" default:"/etc/libvirt/qemu.conf" desc:"the qemu.conf libvirt uses, read at start to report whether disk leases (lock_manager) are on"`
 	SharePath    string        `envconfig:"SHARE_PATH" default:"/var/lib/vmha/share" desc:"the shared storage, mounted at this path on every host"`
 	ShareTimeout time.Duration `envconfig:"SHARE_TIMEOUT" default:"5s" desc:"timeout of every filesystem call on the share (a hung NFS mount must not hang the worker)"`
 
