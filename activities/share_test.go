@@ -1,6 +1,7 @@
 package activities_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -124,3 +126,33 @@ func TestListVMs(t *testing.T) {
 }
 
 func shareTestLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// TestKeeperSaysMissingShareOnce: a keeper on a host without the share marker writes nothing and says so once at
+// error level, however many reconciles and events fail; once the share is back its resync says that too.
+func TestKeeperSaysMissingShareOnce(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	h := testHost(t, root)
+	var logs bytes.Buffer
+	k := &activities.Keeper{Host: "hv1", Hypervisor: h.Hypervisor, Ledger: h.Ledger, Logger: slog.New(slog.NewTextHandler(&logs, nil))}
+	if doms, err := h.Hypervisor.Domains(ctx); err != nil || len(doms) == 0 {
+		t.Fatalf("test driver domains = %v, %v; want its default domain", doms, err)
+	}
+	before := tree(t, root)
+	for range 3 {
+		k.Resync(ctx)
+	}
+	if n := strings.Count(logs.String(), `msg="share not mounted`); n != 1 || strings.Count(logs.String(), "level=ERROR") != 1 {
+		t.Errorf("logged the missing share %d times, want once at error level:\n%s", n, logs.String())
+	}
+	if after := tree(t, root); !reflect.DeepEqual(after, before) {
+		t.Errorf("keeper changed the mount point: %v, was %v", after, before)
+	}
+	if _, _, err := catalog.Init(ctx, root, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	k.Resync(ctx)
+	if !strings.Contains(logs.String(), "share visible again") {
+		t.Errorf("no word of the share's return:\n%s", logs.String())
+	}
+}
