@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"libvirt.org/go/libvirt"
 
 	"vmha/activities"
 	"vmha/activities/domainxml"
@@ -108,6 +109,36 @@ func TestQEMU(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+	// The README's opt-in, `virsh metadata NAME https://vmha.dev/xmlns/ha/1 --key vmha --config --set ...`, on a
+	// running domain: the QEMU driver reports it as a metadata change, and the persistent definition has it.
+	drain(events)
+	setMetadata(t, l, id, domainxml.Namespace, "vmha", `<ha enabled="true" priority="7"/>`)
+	if e := nextDomainEvent(t, events, id); e.Kind != activities.DomainMetadataChanged {
+		t.Fatalf("event after virsh metadata --config = %+v, want %s", e, activities.DomainMetadataChanged)
+	}
+	if dump, err := l.InactiveXML(ctx, id); err != nil {
+		t.Fatal(err)
+	} else if rec, err := domainxml.Parse(dump); err != nil || !rec.Policy.Enabled || rec.Policy.Priority != 7 {
+		t.Fatalf("policy after virsh metadata --config = %+v, %v", rec.Policy, err)
+	}
+	// virsh autostart on a running HA VM, then DisableAutostart.
+	err = l.do(ctx, func(c *libvirt.Connect) error {
+		dom, err := lookup(c, id)
+		if err != nil {
+			return err
+		}
+		defer dom.Free()
+		return dom.SetAutostart(true)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wasOn, err := l.DisableAutostart(ctx, id); err != nil || !wasOn {
+		t.Fatalf("DisableAutostart = %v, %v; want true, nil", wasOn, err)
+	}
+	if wasOn, err := l.DisableAutostart(ctx, id); err != nil || wasOn {
+		t.Fatalf("second DisableAutostart = %v, %v; want false, nil", wasOn, err)
+	}
 	if err := syscall.Kill(daemon(), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
