@@ -2,7 +2,8 @@
 # lab.sh: a lab of simulated hypervisor hosts on this machine, for vmha's end-to-end tests.
 #
 # Each host hvK is a network namespace (vmha-hvK, address 10.250.0.(10+K) on bridge labbr0) with its own PID,
-# mount and UTS namespaces under tini, running libvirtd (qemu+tcp, no auth) and, when $VMHA_BIN is set, the vmha
+# mount and UTS namespaces under tini, running virtlockd (disk leases, lock files in $VMHA_LAB_DIR/share/vmha/locks),
+# libvirtd (qemu+tcp, no auth, lock_manager = "lockd") and, when $VMHA_BIN is set, the vmha
 # hypervisor worker under a restart loop. Each host has a BMC: an OpenIPMI ipmi_sim on 127.0.0.1:(9622+K) whose
 # chassis power control really kills or boots the host. $VMHA_LAB_DIR/share is the shared storage (NFS stand-in),
 # visible at the same path in every host; `up` prepares it with `$VMHA_BIN share init` (the share marker).
@@ -203,8 +204,22 @@ write_host_config() {
 		cgroup_controllers = [ ]
 		security_driver = "none"
 		stdio_handler = "file"
+		lock_manager = "lockd"
+	EOF
+	# Disk leases, as on a production host: libvirt asks the host's virtlockd for a lease on every disk before
+	# QEMU opens it; the leases are lock files on the share, so a second host's start of a running VM fails.
+	cat >"$hd/etc/qemu-lockd.conf" <<-EOF
+		auto_disk_leases = 1
+		require_lease_for_disks = 1
+		file_lockspace_dir = "$(lockspace_dir)"
+	EOF
+	cat >"$hd/etc/virtlockd.conf" <<-'EOF'
+		log_outputs = "3:stderr"
 	EOF
 }
+
+# lockspace_dir: virtlockd's lease files, on the share like the disks they guard.
+lockspace_dir() { echo "$LAB_DIR/share/vmha/locks"; }
 
 ensure_secret() {
 	local f
@@ -366,8 +381,17 @@ cmd_init() {
 		mkdir -p "$src" "$dst"
 		mount --bind "$src" "$dst"
 	done
-	# A host that comes back must not start domains by itself: vmha may have started them elsewhere.
-	rm -f /etc/libvirt/qemu/autostart/*.xml
+	# Autostart links stay, as on a real host: vmha itself must keep a returning host from starting a VM twice.
+	# virtlockd first (its own pidfile: the default /run/virtlockd.pid is the machine's /run), then libvirtd.
+	virtlockd -f /etc/libvirt/virtlockd.conf -p /run/libvirt/virtlockd.pid </dev/null >>"$hd/virtlockd.log" 2>&1 &
+	local vdeadline=$(($(now) + 5000000))
+	until [[ -S /run/libvirt/virtlockd-sock ]]; do
+		if (($(now) > vdeadline)); then
+			echo "virtlockd did not create /run/libvirt/virtlockd-sock" >"$hd/failed"
+			exit 1
+		fi
+		sleep 0.01
+	done
 	libvirtd -l -f /etc/libvirt/libvirtd.conf -p /run/libvirt/libvirtd.pid </dev/null >>"$hd/libvirtd.log" 2>&1 &
 	local deadline=$(($(now) + (BOOT_TIMEOUT_S - 5) * 1000000))
 	until virsh -q -c qemu:///system uri >/dev/null 2>&1 &&
@@ -476,6 +500,8 @@ cmd_up() {
 	[[ -f $LAB_DIR/share/images/tiny.qcow2 ]] ||
 		qemu-img create -q -f qcow2 "$LAB_DIR/share/images/tiny.qcow2" 64M >&2
 	prepare_share
+	[[ -d $LAB_DIR/share/vmha ]] || install -d -m 0711 "$LAB_DIR/share/vmha"
+	install -d -m 0700 "$(lockspace_dir)"
 	ensure_bridge
 	for ((k = 1; k <= n; k++)); do
 		ensure_host_net "$k"
