@@ -206,8 +206,9 @@ write_host_config() {
 		stdio_handler = "file"
 		lock_manager = "lockd"
 	EOF
-	# Disk leases, as on a production host: libvirt asks the host's virtlockd for a lease on every disk before
-	# QEMU opens it; the leases are lock files on the share, so a second host's start of a running VM fails.
+	# Disk leases, as on a production host: libvirt takes a lease on every disk from the host's virtlockd before
+	# the guest's CPUs run; the leases are lock files on the share, so a second host's start of a running VM fails.
+	# (In the lab QEMU's own image lock, one kernel, usually refuses such a start first: see FACTS.md.)
 	cat >"$hd/etc/qemu-lockd.conf" <<-EOF
 		auto_disk_leases = 1
 		require_lease_for_disks = 1
