@@ -95,9 +95,6 @@ type MonitorInput struct {
 	LeftBehind int `json:"leftBehind,omitempty"`
 	// RetryAfter is the current back-off between rounds.
 	RetryAfter time.Duration `json:"retryAfter,omitempty"`
-	// Stale maps a VM left behind to the targets where a failed attempt may have left a copy that could not be
-	// removed: the next round removes those first, or does not touch the VM.
-	Stale map[string][]string `json:"stale,omitempty"`
 }
 
 // SchedulerInput starts (or continues) the scheduler with the reservations still counted.

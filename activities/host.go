@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"go.temporal.io/sdk/activity"
@@ -19,19 +18,13 @@ import (
 	"vmha/types"
 )
 
-// Ledger serialises this worker's read-modify-write cycles on catalog entries, so that the lifecycle-event
-// keeper and a recovery's ownership commit on the same host cannot overwrite each other.
-type Ledger struct {
-	mu      sync.Mutex
-	Catalog Catalog
-}
-
 // Host holds the activities that must run on one hypervisor: libvirt calls and catalog writes for its VMs.
-// They are registered on that host's own task queue.
+// They are registered on that host's own task queue. Every call that acts on a VM carries its ownership token
+// (types.Ownership) and checks it against the catalog first: a host acts only on the VMs the catalog gives it.
 type Host struct {
 	Name       string
 	Hypervisor Hypervisor
-	Ledger     *Ledger
+	Catalog    Catalog
 	// DomainType is "kvm" where /dev/kvm works, else "qemu" (TCG).
 	DomainType string
 	// SharePath is where the shared storage is mounted; new VM disks go under it.
@@ -49,26 +42,43 @@ func (h *Host) HostStats(ctx context.Context) (types.HostStats, error) {
 		return types.HostStats{}, fmt.Errorf("stats of %s: %w", h.Name, err)
 	}
 	stats.Host = h.Name
-	stats.SharedStorageOK = h.Ledger.Catalog.Writable(ctx) == nil
+	stats.SharedStorageOK = h.Catalog.Writable(ctx) == nil
 	return stats, nil
 }
 
-// DefineInput names the catalog entry to define and what it must still look like: if its generation or owner
-// moved, the VM was already recovered by someone else and defining it again would start a second copy.
-type DefineInput struct {
-	UUID       string `json:"uuid"`
-	Generation int64  `json:"generation"`
-	Owner      string `json:"owner"`
+// Claim takes a VM for this host before anything is defined here: the catalog moves from the token's owner to this
+// host, one generation later, in phase starting. Only one host can claim a given version, so two recoveries of
+// one VM can never both start it. A retry finds its own claim and returns it.
+func (h *Host) Claim(ctx context.Context, from types.Ownership) (types.Ownership, error) {
+	claim := types.Ownership{UUID: from.UUID, Owner: h.Name, Generation: from.Generation + 1}
+	_, err := h.Catalog.Update(ctx, from.UUID, func(e *CatalogEntry, exists bool) (Change, error) {
+		switch {
+		case !exists:
+			return Keep, moved(from.UUID, "it is no longer in the catalog")
+		case e.Token() == claim && e.Phase == types.PhaseStarting && e.ClaimedFrom == from.Owner:
+			return Keep, nil
+		case e.Token() != from:
+			return Keep, movedFrom(e.VMRecord, from)
+		}
+		e.Owner, e.Generation, e.Phase, e.ClaimedFrom, e.UpdatedAt = h.Name, claim.Generation, types.PhaseStarting, from.Owner, time.Now().UTC()
+		return Write, nil
+	})
+	if err != nil {
+		return types.Ownership{}, fmt.Errorf("claim %s for %s: %w", from.UUID, h.Name, err)
+	}
+	return claim, nil
 }
 
-// DefineFromCatalog defines the VM on this host from the XML recorded in the catalog (virsh define).
-func (h *Host) DefineFromCatalog(ctx context.Context, in DefineInput) error {
-	e, err := h.Ledger.Catalog.Get(ctx, in.UUID)
+// DefineFromCatalog defines the VM on this host from the XML recorded in the catalog (virsh define), once the
+// token shows this host holds it and the XML passes the checks for untrusted input: anyone who can write the
+// share could otherwise run commands as root on whichever host recovers the entry.
+func (h *Host) DefineFromCatalog(ctx context.Context, tok types.Ownership) error {
+	e, err := h.holding(ctx, tok)
 	if err != nil {
-		return fmt.Errorf("read catalog of %s: %w", in.UUID, err)
-	}
-	if err := in.matches(e.VMRecord); err != nil {
 		return err
+	}
+	if err := domainxml.CheckTrusted(e.XML, e.UUID); err != nil {
+		return temporal.NewNonRetryableApplicationError(fmt.Sprintf("catalog entry of %s refused: %v", e.Name, err), "DomainXML", err)
 	}
 	if _, err := h.Hypervisor.Define(ctx, e.XML); err != nil {
 		return fmt.Errorf("define %s on %s: %w", e.Name, h.Name, err)
@@ -76,19 +86,14 @@ func (h *Host) DefineFromCatalog(ctx context.Context, in DefineInput) error {
 	return nil
 }
 
-func (in DefineInput) matches(r types.VMRecord) error {
-	if r.Generation != in.Generation || r.Owner != in.Owner {
-		msg := fmt.Sprintf("catalog of %s is at generation %d owned by %s, expected generation %d owned by %s: already moved",
-			r.Name, r.Generation, r.Owner, in.Generation, in.Owner)
-		return temporal.NewNonRetryableApplicationError(msg, "CatalogMoved", nil)
+// StartDomain starts a defined VM (virsh start) that the token gives to this host. Starting a running VM
+// succeeds, so a retry is harmless.
+func (h *Host) StartDomain(ctx context.Context, tok types.Ownership) error {
+	if _, err := h.holding(ctx, tok); err != nil {
+		return err
 	}
-	return nil
-}
-
-// StartDomain starts a defined VM (virsh start). Starting a running VM succeeds, so a retry is harmless.
-func (h *Host) StartDomain(ctx context.Context, uuid string) error {
-	if err := h.Hypervisor.Start(ctx, uuid); err != nil {
-		return fmt.Errorf("start %s on %s: %w", uuid, h.Name, err)
+	if err := h.Hypervisor.Start(ctx, tok.UUID); err != nil {
+		return fmt.Errorf("start %s on %s: %w", tok.UUID, h.Name, err)
 	}
 	return nil
 }
@@ -109,60 +114,89 @@ func (h *Host) WaitRunning(ctx context.Context, uuid string) error {
 	}
 }
 
-// RemoveDomain is the compensation of a failed define or start: stop and undefine the VM on this host.
-func (h *Host) RemoveDomain(ctx context.Context, uuid string) error {
-	if err := h.Hypervisor.Destroy(ctx, uuid); err != nil {
-		return fmt.Errorf("destroy %s on %s: %w", uuid, h.Name, err)
-	}
-	if err := h.Hypervisor.Undefine(ctx, uuid); err != nil {
-		return fmt.Errorf("undefine %s on %s: %w", uuid, h.Name, err)
-	}
-	return nil
-}
-
-// DiscardNew removes a VM whose creation failed on this host: its domain and the catalog entry it made
-// (generation 1, owned here). The disk stays: the next host's attempt reuses it.
-func (h *Host) DiscardNew(ctx context.Context, uuid string) error {
-	if err := h.RemoveDomain(ctx, uuid); err != nil {
-		return err
-	}
-	h.Ledger.mu.Lock()
-	defer h.Ledger.mu.Unlock()
-	e, err := h.Ledger.Catalog.Get(ctx, uuid)
-	switch {
-	case errors.Is(err, ErrNotFound):
-		return nil
-	case err != nil:
-		return fmt.Errorf("read catalog of %s: %w", uuid, err)
-	case e.Owner != h.Name || e.Generation != 1:
-		return nil
-	}
-	if err := h.Ledger.Catalog.Delete(ctx, uuid); err != nil && !errors.Is(err, ErrNotFound) {
-		return fmt.Errorf("forget %s: %w", e.Name, err)
-	}
-	return nil
-}
-
-// CommitOwnership records in the catalog that the VM now belongs to this host, one generation later.
-// A retry after a crash finds the commit already done and returns it.
-func (h *Host) CommitOwnership(ctx context.Context, in DefineInput) (types.VMRecord, error) {
-	h.Ledger.mu.Lock()
-	defer h.Ledger.mu.Unlock()
-	e, err := h.Ledger.Catalog.Get(ctx, in.UUID)
+// CommitOwnership ends this host's claim: the VM runs here and is owned here. A retry finds it committed.
+func (h *Host) CommitOwnership(ctx context.Context, tok types.Ownership) (types.VMRecord, error) {
+	e, err := h.Catalog.Update(ctx, tok.UUID, func(e *CatalogEntry, exists bool) (Change, error) {
+		switch {
+		case !exists:
+			return Keep, moved(tok.UUID, "it is no longer in the catalog")
+		case e.Token() != tok || tok.Owner != h.Name:
+			return Keep, movedFrom(e.VMRecord, tok)
+		case e.Phase == types.PhaseOwned:
+			return Keep, nil
+		}
+		e.Phase, e.ClaimedFrom, e.UpdatedAt = types.PhaseOwned, "", time.Now().UTC()
+		return Write, nil
+	})
 	if err != nil {
-		return types.VMRecord{}, fmt.Errorf("read catalog of %s: %w", in.UUID, err)
-	}
-	if e.Owner == h.Name && e.Generation == in.Generation+1 {
-		return e.VMRecord, nil
-	}
-	if err := in.matches(e.VMRecord); err != nil {
-		return types.VMRecord{}, err
-	}
-	e.Owner, e.Generation, e.UpdatedAt = h.Name, e.Generation+1, time.Now().UTC()
-	if err := h.Ledger.Catalog.Put(ctx, e); err != nil {
-		return types.VMRecord{}, fmt.Errorf("commit %s to %s: %w", e.Name, h.Name, err)
+		return types.VMRecord{}, fmt.Errorf("commit %s to %s: %w", tok.UUID, h.Name, err)
 	}
 	return e.VMRecord, nil
+}
+
+// RemoveDomain is the compensation of a failed claim, define or start: stop and undefine the VM on this host. A VM
+// the catalog shows committed to this host under the token is never removed (a commit whose answer was lost
+// landed after all): that is reported as Committed, and the VM keeps running.
+func (h *Host) RemoveDomain(ctx context.Context, tok types.Ownership) error {
+	e, err := h.Catalog.Get(ctx, tok.UUID)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("read catalog of %s: %w", tok.UUID, err)
+	}
+	if err == nil && e.Token() == tok && tok.Owner == h.Name && e.Phase == types.PhaseOwned {
+		return temporal.NewNonRetryableApplicationError(
+			fmt.Sprintf("%s is committed to %s at generation %d: not removed", e.Name, h.Name, tok.Generation), ErrCommitted, nil)
+	}
+	if err := h.Hypervisor.Destroy(ctx, tok.UUID); err != nil {
+		return fmt.Errorf("destroy %s on %s: %w", tok.UUID, h.Name, err)
+	}
+	if err := h.Hypervisor.Undefine(ctx, tok.UUID); err != nil {
+		return fmt.Errorf("undefine %s on %s: %w", tok.UUID, h.Name, err)
+	}
+	return nil
+}
+
+// DomainState is the VM's state on this host, for a decision about a copy elsewhere.
+func (h *Host) DomainState(ctx context.Context, uuid string) (types.DomainState, error) {
+	return h.Hypervisor.State(ctx, uuid)
+}
+
+// DestroyStray ends a copy of a VM running on this host while the catalog gives the VM to another host whose copy
+// runs: stop and undefine it here. The catalog is read again first: a VM that meanwhile became this host's stays.
+func (h *Host) DestroyStray(ctx context.Context, s types.StrayCopy) error {
+	e, err := h.Catalog.Get(ctx, s.UUID)
+	if err != nil {
+		return fmt.Errorf("read catalog of %s: %w", s.VM, err)
+	}
+	if e.Owner == h.Name {
+		return moved(s.UUID, fmt.Sprintf("%s now belongs to %s: its copy here is not a stray", e.Name, h.Name))
+	}
+	h.Logger.Error("destroying stray copy: the VM runs on its owner too", "vm", e.Name, "uuid", s.UUID, "owner", e.Owner, "host", h.Name)
+	if err := h.Hypervisor.Destroy(ctx, s.UUID); err != nil {
+		return fmt.Errorf("destroy stray %s on %s: %w", e.Name, h.Name, err)
+	}
+	if err := h.Hypervisor.Undefine(ctx, s.UUID); err != nil {
+		return fmt.Errorf("undefine stray %s on %s: %w", e.Name, h.Name, err)
+	}
+	return nil
+}
+
+// DiscardNew removes a VM whose creation failed on this host: its domain and the catalog entry it made (generation
+// 1, still starting here). The disk stays: the next host's attempt reuses it.
+func (h *Host) DiscardNew(ctx context.Context, uuid string) error {
+	tok := types.Ownership{UUID: uuid, Owner: h.Name, Generation: 1}
+	if err := h.RemoveDomain(ctx, tok); err != nil {
+		return err
+	}
+	_, err := h.Catalog.Update(ctx, uuid, func(e *CatalogEntry, exists bool) (Change, error) {
+		if !exists || e.Token() != tok || e.Phase != types.PhaseStarting {
+			return Keep, nil
+		}
+		return Remove, nil
+	})
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("forget %s: %w", uuid, err)
+	}
+	return nil
 }
 
 // CreateDomainInput is CreateVM's request with the UUID the workflow chose.
@@ -171,20 +205,23 @@ type CreateDomainInput struct {
 	Request types.CreateVMRequest `json:"request"`
 }
 
-// CreateDomain gives a new VM its own overlay disk on the share, writes its domain XML with vmha metadata,
-// defines it and records it in the catalog as generation 1 owned by this host. A retry finds the catalog entry.
+// CreateDomain gives a new VM its own overlay disk on the share (named by its UUID, so no two VMs ever share a
+// disk), writes its domain XML with vmha metadata, defines it and records it in the catalog as generation 1
+// claimed by this host. A retry finds its own entry; an entry that another host holds is refused: the VM was
+// created or recovered there, and defining it here would start a second copy.
 func (h *Host) CreateDomain(ctx context.Context, in CreateDomainInput) (types.VMRecord, error) {
-	h.Ledger.mu.Lock()
-	defer h.Ledger.mu.Unlock()
-	e, err := h.Ledger.Catalog.Get(ctx, in.UUID)
-	if err == nil && e.Owner == h.Name {
+	tok := types.Ownership{UUID: in.UUID, Owner: h.Name, Generation: 1}
+	e, err := h.Catalog.Get(ctx, in.UUID)
+	switch {
+	case err == nil && e.Token() == tok && e.Phase == types.PhaseStarting:
 		return e.VMRecord, nil
-	}
-	// Without the share (ErrShareNotMounted) no disk is made: it would land in the empty mount point.
-	if err != nil && !errors.Is(err, ErrNotFound) {
+	case err == nil:
+		return types.VMRecord{}, movedFrom(e.VMRecord, tok)
+	case !errors.Is(err, ErrNotFound):
+		// Without the share (ErrShareNotMounted) no disk is made: it would land in the empty mount point.
 		return types.VMRecord{}, fmt.Errorf("read catalog of %s: %w", in.UUID, err)
 	}
-	disk := filepath.Join(h.SharePath, "vmha", "disks", in.Request.Name+".qcow2")
+	disk := filepath.Join(h.SharePath, "vmha", "disks", in.UUID+".qcow2")
 	_, err = Bounded(ctx, h.ShareTimeout, "disk "+disk, func() (struct{}, error) {
 		return struct{}{}, makeOverlay(ctx, in.Request.Image, disk)
 	})
@@ -200,6 +237,23 @@ func (h *Host) CreateDomain(ctx context.Context, in CreateDomainInput) (types.VM
 	if err != nil {
 		return types.VMRecord{}, temporal.NewNonRetryableApplicationError(err.Error(), "DomainXML", err)
 	}
+	var rec types.VMRecord
+	// The entry comes first: the catalog knows of the VM before any host could run it.
+	_, err = h.Catalog.Update(ctx, in.UUID, func(e *CatalogEntry, exists bool) (Change, error) {
+		if exists {
+			return Keep, movedFrom(e.VMRecord, tok)
+		}
+		var perr error
+		if rec, perr = domainxml.Parse(xml); perr != nil {
+			return Keep, perr
+		}
+		rec.Owner, rec.Generation, rec.Phase, rec.UpdatedAt = h.Name, 1, types.PhaseStarting, time.Now().UTC()
+		*e = CatalogEntry{VMRecord: rec, XML: xml}
+		return Write, nil
+	})
+	if err != nil {
+		return types.VMRecord{}, fmt.Errorf("record %s in catalog: %w", in.Request.Name, err)
+	}
 	if _, err := h.Hypervisor.Define(ctx, xml); err != nil {
 		return types.VMRecord{}, fmt.Errorf("define %s on %s: %w", in.Request.Name, h.Name, err)
 	}
@@ -208,12 +262,14 @@ func (h *Host) CreateDomain(ctx context.Context, in CreateDomainInput) (types.VM
 	if err != nil {
 		return types.VMRecord{}, fmt.Errorf("dump %s on %s: %w", in.Request.Name, h.Name, err)
 	}
-	rec, err := domainxml.Parse(recorded)
+	_, err = h.Catalog.Update(ctx, in.UUID, func(e *CatalogEntry, exists bool) (Change, error) {
+		if !exists || e.Token() != tok {
+			return Keep, moved(in.UUID, "its entry changed while it was created")
+		}
+		e.XML = recorded
+		return Write, nil
+	})
 	if err != nil {
-		return types.VMRecord{}, fmt.Errorf("parse %s: %w", in.Request.Name, err)
-	}
-	rec.Owner, rec.Generation, rec.UpdatedAt = h.Name, 1, time.Now().UTC()
-	if err := h.Ledger.Catalog.Put(ctx, CatalogEntry{VMRecord: rec, XML: recorded}); err != nil {
 		return types.VMRecord{}, fmt.Errorf("record %s in catalog: %w", in.Request.Name, err)
 	}
 	return rec, nil
@@ -244,11 +300,12 @@ func makeOverlay(ctx context.Context, image, disk string) error {
 	if err != nil {
 		return fmt.Errorf("create overlay %s on %s: %v: %s", disk, image, err, out)
 	}
-	return nil
+	// A VM's disk is its data: nobody else on the host reads it.
+	return os.Chmod(disk, 0o600)
 }
 
 // reuseOverlay accepts an existing disk only if it is an overlay of the same image: a retried or moved creation
-// of the same VM (names are unique in the catalog). Anything else is another VM's disk.
+// of the same VM (disks are named by the VM's UUID). Anything else is not this VM's disk.
 func reuseOverlay(ctx context.Context, image, disk string) error {
 	info, err := exec.CommandContext(ctx, "qemu-img", "info", "-U", "--output=json", disk).Output()
 	if err != nil {
@@ -286,9 +343,71 @@ func (s *Share) ListVMs(ctx context.Context, owner string) (types.VMListing, err
 	}
 	out := types.VMListing{Unreadable: l.Unreadable}
 	for _, e := range l.Entries {
-		if e.Policy.Enabled && (owner == "" || e.Owner == owner) {
+		// A claim taken from the host that was never committed or released is still that host's to recover.
+		mine := e.Owner == owner || e.Phase == types.PhaseStarting && e.ClaimedFrom == owner
+		if e.Policy.Enabled && (owner == "" || mine) {
 			out.VMs = append(out.VMs, e.VMRecord)
 		}
 	}
 	return out, nil
+}
+
+// ReleaseClaim gives a VM back to the host it was claimed from, one generation later, once the claimant's copy was
+// removed: the next target can then claim it. A retry finds it released.
+func (s *Share) ReleaseClaim(ctx context.Context, claim types.Ownership, from string) (types.Ownership, error) {
+	released := types.Ownership{UUID: claim.UUID, Owner: from, Generation: claim.Generation + 1}
+	_, err := s.Catalog.Update(ctx, claim.UUID, func(e *CatalogEntry, exists bool) (Change, error) {
+		switch {
+		case !exists:
+			return Keep, moved(claim.UUID, "it is no longer in the catalog")
+		case e.Token() == released && e.Phase == types.PhaseOwned:
+			return Keep, nil
+		case e.Token() != claim || e.Phase != types.PhaseStarting || e.ClaimedFrom != from:
+			return Keep, movedFrom(e.VMRecord, claim)
+		}
+		e.Owner, e.Generation, e.Phase, e.ClaimedFrom, e.UpdatedAt = from, released.Generation, types.PhaseOwned, "", time.Now().UTC()
+		return Write, nil
+	})
+	if err != nil {
+		return types.Ownership{}, fmt.Errorf("release %s back to %s: %w", claim.UUID, from, err)
+	}
+	return released, nil
+}
+
+// ErrCommitted is the error type of a compensation refused because the VM is committed where it runs.
+const ErrCommitted = "Committed"
+
+// ErrMoved is the error type of a token the catalog no longer matches: the VM changed hands, and acting on the old
+// version could start a second copy. Never retried.
+const ErrMoved = "CatalogMoved"
+
+func moved(uuid, why string) error {
+	return temporal.NewNonRetryableApplicationError(fmt.Sprintf("%s: %s", uuid, why), ErrMoved, nil)
+}
+
+func movedFrom(r types.VMRecord, tok types.Ownership) error {
+	return moved(r.UUID, fmt.Sprintf("%s is at generation %d owned by %s (%s), not generation %d owned by %s: it changed hands",
+		r.Name, r.Generation, r.Owner, phaseName(r.Phase), tok.Generation, tok.Owner))
+}
+
+func phaseName(p types.VMPhase) string {
+	if p == types.PhaseOwned {
+		return "owned"
+	}
+	return string(p)
+}
+
+// holding reads the entry and checks that the token is its current version, held by this host.
+func (h *Host) holding(ctx context.Context, tok types.Ownership) (CatalogEntry, error) {
+	e, err := h.Catalog.Get(ctx, tok.UUID)
+	if errors.Is(err, ErrNotFound) {
+		return e, moved(tok.UUID, "it is no longer in the catalog")
+	}
+	if err != nil {
+		return e, fmt.Errorf("read catalog of %s: %w", tok.UUID, err)
+	}
+	if e.Token() != tok || tok.Owner != h.Name {
+		return e, movedFrom(e.VMRecord, tok)
+	}
+	return e, nil
 }

@@ -12,20 +12,38 @@ import (
 	"vmha/types"
 )
 
-// Keeper keeps the catalog current from this host's libvirt: a `virsh edit` or `virsh define` of an HA VM reaches
-// the catalog within seconds, and a host coming back after its VMs were recovered elsewhere drops its stale
-// definitions so nobody can start a second copy there. It is not an activity: the hypervisor worker runs it.
+// Keeper keeps the catalog current from this host's libvirt, and this host's libvirt in line with the catalog. It
+// follows every event that can change where a VM lives or whether it is HA (defined, undefined, started, stopped,
+// migrated, metadata changed) and checks the whole host again every Every, since an event can be missed:
+//   - an HA VM this host owns (or a new one) is recorded, with autostart turned off: libvirtd must never start an
+//     HA VM by itself on a host that comes back after its VMs were recovered elsewhere;
+//   - a VM that arrived by live migration is taken over, one generation later;
+//   - a definition of a VM the catalog gives to another host is dropped while it does not run, and a copy that
+//     runs is reported as a stray (StrayReporter), which ends it if the owner's copy runs;
+//   - a VM undefined on its owner leaves the catalog, after a grace that lets a migration's new host take it.
+//
+// It is not an activity: the hypervisor worker runs it.
 type Keeper struct {
 	Host       string
 	Hypervisor Hypervisor
-	Ledger     *Ledger
+	Catalog    Catalog
+	Strays     StrayReporter
 	Logger     *slog.Logger
+	// Every is how often the whole host is checked again (default 30 s).
+	Every time.Duration
+	// ForgetGrace is how long an undefined VM stays in the catalog before it is removed (default 15 s).
+	ForgetGrace time.Duration
 
 	// shareMissing is set once the share's absence was logged, so it is said once and not per VM and event.
 	shareMissing atomic.Bool
 }
 
-// Run reconciles once, then follows libvirt lifecycle events until ctx ends.
+// StrayReporter is told about a copy of a VM running on a host the catalog does not give it to.
+type StrayReporter interface {
+	ReportStray(ctx context.Context, s types.StrayCopy) error
+}
+
+// Run reconciles, then follows libvirt's events and reconciles every Every until ctx ends.
 func (k *Keeper) Run(ctx context.Context) error {
 	events := make(chan DomainEvent, 64)
 	watchErr := make(chan error, 1)
@@ -38,12 +56,16 @@ func (k *Keeper) Run(ctx context.Context) error {
 		})
 	}()
 	k.Resync(ctx)
+	tick := time.NewTicker(cmp(k.Every, 30*time.Second))
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case err := <-watchErr:
 			return fmt.Errorf("watch libvirt events on %s: %w", k.Host, err)
+		case <-tick.C:
+			k.Resync(ctx)
 		case e := <-events:
 			if err := k.apply(ctx, e); err != nil {
 				k.logError("catalog update", err, "vm", e.Name, "event", e.Kind)
@@ -52,8 +74,8 @@ func (k *Keeper) Run(ctx context.Context) error {
 	}
 }
 
-// Resync reconciles and logs the outcome: at start and whenever the share's marker becomes visible again, since
-// nothing reached the catalog while it was not.
+// Resync reconciles and logs the outcome: at start, periodically, and whenever the share's marker becomes visible
+// again, since nothing reached the catalog while it was not.
 func (k *Keeper) Resync(ctx context.Context) {
 	if err := k.Reconcile(ctx); err != nil {
 		k.logError("reconcile catalog", err)
@@ -73,7 +95,7 @@ func (k *Keeper) logError(msg string, err error, args ...any) {
 	k.Logger.Error(msg, append(args, "host", k.Host, "error", err)...)
 }
 
-// Reconcile walks every domain defined here against the catalog.
+// Reconcile checks every domain defined here against the catalog.
 func (k *Keeper) Reconcile(ctx context.Context) error {
 	domains, err := k.Hypervisor.Domains(ctx)
 	if err != nil {
@@ -81,7 +103,7 @@ func (k *Keeper) Reconcile(ctx context.Context) error {
 	}
 	var errs []error
 	for _, d := range domains {
-		if err := k.record(ctx, d.UUID, d.State, true); err != nil {
+		if err := k.check(ctx, d.UUID); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", d.Name, err))
 		}
 	}
@@ -90,18 +112,31 @@ func (k *Keeper) Reconcile(ctx context.Context) error {
 
 func (k *Keeper) apply(ctx context.Context, e DomainEvent) error {
 	switch e.Kind {
-	case DomainDefined:
-		return k.record(ctx, e.UUID, types.DomainOther, false)
+	case DomainMigratedIn:
+		if err := k.takeOver(ctx, e.UUID); err != nil {
+			return err
+		}
+		return k.check(ctx, e.UUID)
 	case DomainUndefined:
-		return k.forget(ctx, e.UUID)
+		time.AfterFunc(cmp(k.ForgetGrace, 15*time.Second), func() {
+			if err := k.forget(ctx, e.UUID); err != nil && ctx.Err() == nil {
+				k.logError("forget undefined VM", err, "vm", e.Name)
+			}
+		})
+		return nil
+	case DomainMigratedOut:
+		// The new host takes the VM over; this host's leftover definition goes at the next check after that.
+		return nil
 	}
-	return nil
+	return k.check(ctx, e.UUID)
 }
 
-// record writes the domain's current XML when this host owns it (or it is new). A definition of a VM owned by
-// another host is either a recovery in progress (the recovery commits ownership itself) or, at start-up, a stale
-// copy left from before this host died.
-func (k *Keeper) record(ctx context.Context, uuid string, state types.DomainState, startup bool) error {
+// check brings one domain and its catalog entry in line: see Keeper.
+func (k *Keeper) check(ctx context.Context, uuid string) error {
+	state, err := k.Hypervisor.State(ctx, uuid)
+	if err != nil || state == types.DomainNotFound {
+		return err
+	}
 	xml, err := k.Hypervisor.InactiveXML(ctx, uuid)
 	if err != nil {
 		return err
@@ -110,48 +145,109 @@ func (k *Keeper) record(ctx context.Context, uuid string, state types.DomainStat
 	if err != nil {
 		return err
 	}
-	k.Ledger.mu.Lock()
-	defer k.Ledger.mu.Unlock()
-	existing, err := k.Ledger.Catalog.Get(ctx, uuid)
+	var current CatalogEntry
+	_, err = k.Catalog.Update(ctx, uuid, func(e *CatalogEntry, exists bool) (Change, error) {
+		current = *e
+		switch {
+		case !exists && !rec.Policy.Enabled:
+			return Keep, nil
+		case !exists:
+			rec.Owner, rec.Generation, rec.UpdatedAt = k.Host, 1, time.Now().UTC()
+			*e = CatalogEntry{VMRecord: rec, XML: xml}
+		case e.Owner != k.Host, e.XML == xml:
+			return Keep, nil
+		default:
+			e.Name, e.MemoryMiB, e.VCPUs, e.Policy, e.XML, e.UpdatedAt = rec.Name, rec.MemoryMiB, rec.VCPUs, rec.Policy, xml, time.Now().UTC()
+		}
+		current = *e
+		k.Logger.Info("catalog updated", "vm", rec.Name, "uuid", uuid, "host", k.Host, "generation", e.Generation, "ha", rec.Policy.Enabled)
+		return Write, nil
+	})
 	switch {
 	case errors.Is(err, ErrNotFound):
-		if !rec.Policy.Enabled {
-			return nil
-		}
-		rec.Owner, rec.Generation = k.Host, 1
+		return nil
 	case err != nil:
 		return err
-	case existing.Owner != k.Host:
-		if startup && state != types.DomainRunning {
-			k.Logger.Warn("dropping stale definition: VM now belongs to another host", "vm", rec.Name, "owner", existing.Owner, "host", k.Host)
-			return k.Hypervisor.Undefine(ctx, uuid)
-		}
-		if startup {
-			k.Logger.Error("VM runs here but the catalog gives it to another host", "vm", rec.Name, "owner", existing.Owner, "host", k.Host)
-		}
-		return nil
-	case existing.XML == xml:
-		return nil
-	default:
-		rec.Owner, rec.Generation = existing.Owner, existing.Generation
+	case current.Owner != k.Host:
+		return k.foreign(ctx, current.VMRecord, state)
+	case current.Policy.Enabled:
+		return k.noAutostart(ctx, current.VMRecord)
 	}
-	rec.UpdatedAt = time.Now().UTC()
-	k.Logger.Info("catalog updated", "vm", rec.Name, "uuid", uuid, "host", k.Host, "generation", rec.Generation, "ha", rec.Policy.Enabled)
-	return k.Ledger.Catalog.Put(ctx, CatalogEntry{VMRecord: rec, XML: xml})
+	return nil
 }
 
-// forget drops a VM an operator undefined on the host that owns it. Undefines of VMs owned elsewhere (a failed
-// recovery attempt's compensation, a stale copy) leave the catalog alone.
-func (k *Keeper) forget(ctx context.Context, uuid string) error {
-	k.Ledger.mu.Lock()
-	defer k.Ledger.mu.Unlock()
-	existing, err := k.Ledger.Catalog.Get(ctx, uuid)
-	if errors.Is(err, ErrNotFound) || (err == nil && existing.Owner != k.Host) {
+// foreign handles a domain of a VM the catalog gives to another host: a leftover definition is dropped, a copy
+// that runs is a stray. A domain mid-migration is left alone: the migration settles it.
+func (k *Keeper) foreign(ctx context.Context, owned types.VMRecord, state types.DomainState) error {
+	switch state {
+	case types.DomainMigrating:
+		return nil
+	case types.DomainShutoff:
+		k.Logger.Warn("dropping stale definition: the VM belongs to another host", "vm", owned.Name, "uuid", owned.UUID,
+			"owner", owned.Owner, "generation", owned.Generation, "host", k.Host)
+		return k.Hypervisor.Undefine(ctx, owned.UUID)
+	}
+	k.Logger.Error("stray copy: the VM runs here but the catalog gives it to another host", "vm", owned.Name, "uuid", owned.UUID,
+		"owner", owned.Owner, "generation", owned.Generation, "host", k.Host, "state", state)
+	if k.Strays == nil {
 		return nil
 	}
+	return k.Strays.ReportStray(ctx, types.StrayCopy{VM: owned.Name, UUID: owned.UUID, Host: k.Host, Owner: owned.Owner})
+}
+
+// noAutostart turns libvirt's autostart off on an HA VM this host owns, saying so if it was on.
+func (k *Keeper) noAutostart(ctx context.Context, owned types.VMRecord) error {
+	wasOn, err := k.Hypervisor.DisableAutostart(ctx, owned.UUID)
 	if err != nil {
+		return fmt.Errorf("disable autostart of %s: %w", owned.Name, err)
+	}
+	if wasOn {
+		k.Logger.Warn("autostart turned off on an HA VM: vmha restarts it, libvirtd must not", "vm", owned.Name, "host", k.Host)
+	}
+	return nil
+}
+
+// takeOver records that a VM arrived here by live migration: it now belongs to this host, one generation later,
+// so a recovery of the old host can no longer claim it. A VM some recovery is claiming is not taken over: the
+// copy here is then a stray, and check reports it.
+func (k *Keeper) takeOver(ctx context.Context, uuid string) error {
+	_, err := k.Catalog.Update(ctx, uuid, func(e *CatalogEntry, exists bool) (Change, error) {
+		if !exists || e.Owner == k.Host || e.Phase != types.PhaseOwned {
+			return Keep, nil
+		}
+		k.Logger.Info("VM migrated here: taken over", "vm", e.Name, "uuid", uuid, "from", e.Owner, "host", k.Host, "generation", e.Generation+1)
+		e.Owner, e.Generation, e.UpdatedAt = k.Host, e.Generation+1, time.Now().UTC()
+		return Write, nil
+	})
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+// forget removes a VM that was undefined on the host that owns it and is still gone after the grace. VMs owned
+// elsewhere (a compensation, a stale copy, a migration's source after its new host took over) stay.
+func (k *Keeper) forget(ctx context.Context, uuid string) error {
+	if state, err := k.Hypervisor.State(ctx, uuid); err != nil || state != types.DomainNotFound {
 		return err
 	}
-	k.Logger.Info("VM undefined on its owner: removed from catalog", "vm", existing.Name, "uuid", uuid, "host", k.Host)
-	return k.Ledger.Catalog.Delete(ctx, uuid)
+	_, err := k.Catalog.Update(ctx, uuid, func(e *CatalogEntry, exists bool) (Change, error) {
+		if !exists || e.Owner != k.Host || e.Phase != types.PhaseOwned {
+			return Keep, nil
+		}
+		k.Logger.Info("VM undefined on its owner: removed from catalog", "vm", e.Name, "uuid", uuid, "host", k.Host)
+		return Remove, nil
+	})
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+// cmp is d, or def when d is not set.
+func cmp(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
 }

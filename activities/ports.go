@@ -99,14 +99,27 @@ var ErrShareNotMounted = errors.New("share not mounted")
 // and fails with an error wrapping ErrShareNotMounted without it; no call creates a directory.
 type Catalog interface {
 	Get(ctx context.Context, uuid string) (CatalogEntry, error)
-	// Put writes atomically (temp file, fsync, rename, 0600).
-	Put(ctx context.Context, e CatalogEntry) error
+	// Update is the only way an entry is written or removed: change sees the current entry (exists is false for
+	// a new one) and says what to do with it, and no other writer on any host changes the entry in between.
+	// Keep and Remove of a missing entry return ErrNotFound; an error from change is returned as is.
+	Update(ctx context.Context, uuid string, change ChangeFunc) (CatalogEntry, error)
 	// List returns every readable entry and reports every file it could not read as one.
 	List(ctx context.Context) (Listing, error)
-	Delete(ctx context.Context, uuid string) error
 	// Writable checks that the share is mounted and answers within the timeout.
 	Writable(ctx context.Context) error
 }
+
+// ChangeFunc decides one catalog update: it may modify e and says whether to write it, remove it or keep it.
+type ChangeFunc func(e *CatalogEntry, exists bool) (Change, error)
+
+// Change is what an update does with the entry.
+type Change int
+
+const (
+	Keep Change = iota
+	Write
+	Remove
+)
 
 // Listing is the catalog as listed: the entries read, ordered by UUID, and the files that could not be read as
 // entries (each may be an HA VM), ordered by file name.

@@ -42,7 +42,7 @@ func testHost(t *testing.T, root string) *activities.Host {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { hv.Close() })
-	return &activities.Host{Name: "hv1", Hypervisor: hv, Ledger: &activities.Ledger{Catalog: catalog.New(root, 5*time.Second)},
+	return &activities.Host{Name: "hv1", Hypervisor: hv, Catalog: catalog.New(root, 5*time.Second),
 		DomainType: "qemu", SharePath: root, ShareTimeout: 5 * time.Second, Logger: shareTestLogger()}
 }
 
@@ -99,7 +99,8 @@ func TestCreateDomainWithoutMarker(t *testing.T) {
 func TestListVMs(t *testing.T) {
 	ctx := context.Background()
 	root := t.TempDir()
-	s := &activities.Share{Catalog: catalog.New(root, 5*time.Second)}
+	cat := catalog.New(root, 5*time.Second)
+	s := &activities.Share{Catalog: cat}
 	if l, err := s.ListVMs(ctx, "hv1"); !errors.Is(err, activities.ErrShareNotMounted) {
 		t.Fatalf("ListVMs without the share marker = %+v, %v; want ErrShareNotMounted", l, err)
 	}
@@ -109,7 +110,7 @@ func TestListVMs(t *testing.T) {
 	mine := types.VMRecord{UUID: "0b0c5a3e-5e4f-4d1c-9d5e-2f7a1b3c4d5e", Name: "a", Owner: "hv1", Generation: 1, Policy: types.HAPolicy{Enabled: true}}
 	other := types.VMRecord{UUID: "6695eb01-f6a4-8304-79aa-97f2502e193f", Name: "b", Owner: "hv2", Generation: 1, Policy: types.HAPolicy{Enabled: true}}
 	for _, r := range []types.VMRecord{mine, other} {
-		if err := s.Catalog.Put(ctx, activities.CatalogEntry{VMRecord: r, XML: "<domain/>"}); err != nil {
+		if err := cat.Put(ctx, activities.CatalogEntry{VMRecord: r, XML: "<domain/>"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -134,7 +135,7 @@ func TestKeeperSaysMissingShareOnce(t *testing.T) {
 	root := t.TempDir()
 	h := testHost(t, root)
 	var logs bytes.Buffer
-	k := &activities.Keeper{Host: "hv1", Hypervisor: h.Hypervisor, Ledger: h.Ledger, Logger: slog.New(slog.NewTextHandler(&logs, nil))}
+	k := &activities.Keeper{Host: "hv1", Hypervisor: h.Hypervisor, Catalog: h.Catalog, Logger: slog.New(slog.NewTextHandler(&logs, nil))}
 	if doms, err := h.Hypervisor.Domains(ctx); err != nil || len(doms) == 0 {
 		t.Fatalf("test driver domains = %v, %v; want its default domain", doms, err)
 	}

@@ -48,6 +48,9 @@ func RecoverVMID(host, incident string, round int, vmUUID string) string {
 	return fmt.Sprintf("vmha-recover-vm-%s-%s-%s-%d", vmUUID, host, incident, round)
 }
 
+// StrayCopyID is the resolution of one VM's stray copy on one host: one at a time.
+func StrayCopyID(vmUUID, host string) string { return fmt.Sprintf("vmha-stray-%s-%s", vmUUID, host) }
+
 // CreateVMID is the creation of a VM; names are unique, so is this ID.
 func CreateVMID(name string) string { return "vmha-create-vm-" + name }
 
@@ -76,6 +79,7 @@ const (
 	ManualFailoverWorkflow = "ManualFailover"
 	SchedulerWorkflow      = "Scheduler"
 	ApplyInventoryWorkflow = "ApplyInventory"
+	StrayCopyWorkflow      = "ResolveStrayCopy"
 )
 
 // Explain is an error for people: vmha's own sentences as they are, but a chain Temporal wrapped (an activity's

@@ -135,6 +135,30 @@ type Rules struct {
 	AntiAffinityGroup string   `json:"antiAffinityGroup,omitempty"`
 }
 
+// VMPhase is where a VM stands in the ownership protocol (README, "Who owns a VM").
+type VMPhase string
+
+const (
+	// PhaseOwned: the owner runs the VM, or restarts it when it comes back. The normal phase.
+	PhaseOwned VMPhase = ""
+	// PhaseStarting: the owner claimed the VM (from ClaimedFrom, or by creating it) and is defining and starting
+	// it; nothing else may start it until the claim is committed or released.
+	PhaseStarting VMPhase = "starting"
+)
+
+// Ownership is one version of a VM's catalog entry: the fencing token every host activity carries. An activity
+// whose token no longer matches the catalog refuses to act (CatalogMoved).
+type Ownership struct {
+	UUID       string `json:"uuid"`
+	Owner      string `json:"owner"`
+	Generation int64  `json:"generation"`
+}
+
+// Token is the record's current ownership.
+func (r VMRecord) Token() Ownership {
+	return Ownership{UUID: r.UUID, Owner: r.Owner, Generation: r.Generation}
+}
+
 // VMRecord is a catalog entry without its XML: the XML may hold secure data (graphics passwords, secrets)
 // and so only travels between the share and the hypervisor workers, never through a workflow.
 type VMRecord struct {
@@ -146,6 +170,9 @@ type VMRecord struct {
 	VCPUs      int       `json:"vcpus"`
 	Policy     HAPolicy  `json:"policy"`
 	UpdatedAt  time.Time `json:"updatedAt"`
+	// Phase and ClaimedFrom: see VMPhase.
+	Phase       VMPhase `json:"phase,omitempty"`
+	ClaimedFrom string  `json:"claimedFrom,omitempty"`
 }
 
 // SortByPriority orders VMs for recovery: higher priority first, then by name so the order is stable.
@@ -325,9 +352,6 @@ type VMOutcome struct {
 	Recovered bool   `json:"recovered"`
 	Reason    string `json:"reason,omitempty"`
 	Attempts  int    `json:"attempts"`
-	// Stale lists targets where a failed attempt may have left a copy that could not be removed: the VM is not
-	// tried anywhere else until those are cleaned.
-	Stale []string `json:"stale,omitempty"`
 }
 
 // RecoveryResult summarises one round of a host recovery.
@@ -375,4 +399,12 @@ type UnreadableEntry struct {
 type VMListing struct {
 	VMs        []VMRecord        `json:"vms"`
 	Unreadable []UnreadableEntry `json:"unreadable,omitempty"`
+}
+
+// StrayCopy is a VM found running on a host the catalog does not give it to.
+type StrayCopy struct {
+	VM    string `json:"vm"`
+	UUID  string `json:"uuid"`
+	Host  string `json:"host"`
+	Owner string `json:"owner"`
 }

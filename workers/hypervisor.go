@@ -67,15 +67,14 @@ type HostWorkers struct {
 func HypervisorWorkers(c client.Client, s config.Settings, hv activities.Hypervisor, logger *slog.Logger,
 	interceptors ...interceptor.WorkerInterceptor) *HostWorkers {
 	cat := catalog.New(s.SharePath, s.ShareTimeout)
-	ledger := &activities.Ledger{Catalog: cat}
-	host := &activities.Host{Name: s.HostName, Hypervisor: hv, Ledger: ledger, DomainType: domainType(), SharePath: s.SharePath,
+	host := &activities.Host{Name: s.HostName, Hypervisor: hv, Catalog: cat, DomainType: domainType(), SharePath: s.SharePath,
 		ShareTimeout: s.ShareTimeout, Logger: logger}
 	identity := hostIdentity(s.HostName).String()
 	// Hypervisor workers run activities only: no workflow polls to cost the server.
 	own := worker.New(c, types.HostTaskQueue(s.HostName), worker.Options{DisableWorkflowWorker: true, Interceptors: interceptors,
 		Identity: identity})
 	own.RegisterActivity(host)
-	keeper := &activities.Keeper{Host: s.HostName, Hypervisor: hv, Ledger: ledger, Logger: logger}
+	keeper := &activities.Keeper{Host: s.HostName, Hypervisor: hv, Catalog: cat, Strays: strayReporter{c}, Logger: logger}
 	share := &ShareSupervisor{
 		Check: func(ctx context.Context) error {
 			_, err := cat.Check(ctx)

@@ -31,7 +31,7 @@ func CreateVM(ctx workflow.Context, req types.CreateVMRequest) (types.VMRecord, 
 	}
 	vm := types.VMRecord{UUID: newUUID(ctx), Name: req.Name, MemoryMiB: req.MemoryMiB, VCPUs: req.VCPUs, Policy: req.Policy}
 	p := placer{vm: vm, candidates: candidates, policy: policy, reservationPrefix: workflow.GetInfo(ctx).WorkflowExecution.ID,
-		undo: discardFrom}
+		undo: func(ctx workflow.Context, host string) error { return discardFrom(ctx, host, vm.UUID) }}
 	var created types.VMRecord
 	_, err = p.run(ctx, func(ctx workflow.Context, host string) error {
 		var err error
@@ -65,15 +65,19 @@ func newUUID(ctx workflow.Context) string {
 	return id
 }
 
-// createOn is one attempt on one host: write, record and define; start; confirm running.
+// createOn is one attempt on one host: make the disk, record the VM as claimed by the host and define it; start;
+// confirm running; commit.
 func createOn(ctx workflow.Context, host string, in activities.CreateDomainInput) (types.VMRecord, error) {
 	hctx := hostOptions(ctx, host)
 	var rec types.VMRecord
 	if err := workflow.ExecuteActivity(hctx, onHost.CreateDomain, in).Get(ctx, &rec); err != nil {
 		return rec, fmt.Errorf("define on %s: %w", host, err)
 	}
-	if err := startAndConfirm(ctx, host, in.UUID); err != nil {
+	if err := startAndConfirm(ctx, host, rec.Token()); err != nil {
 		return rec, err
+	}
+	if err := workflow.ExecuteActivity(hctx, onHost.CommitOwnership, rec.Token()).Get(ctx, &rec); err != nil {
+		return rec, fmt.Errorf("commit ownership to %s: %w", host, err)
 	}
 	return rec, nil
 }

@@ -156,7 +156,7 @@ func (m *monitor) observe(ctx workflow.Context, p types.Probe) {
 // starts its first recovery round.
 func (m *monitor) declareDead(ctx workflow.Context, cause string) {
 	now := workflow.Now(ctx)
-	m.Incident, m.DeclaredAt, m.Round, m.Cause, m.Stale = types.IncidentID(now), now, 0, cause, nil
+	m.Incident, m.DeclaredAt, m.Round, m.Cause = types.IncidentID(now), now, 0, cause
 	m.transition(ctx, types.HostDead, cause)
 	m.startRound(ctx, false, cause)
 }
@@ -170,7 +170,7 @@ func (m *monitor) startRound(ctx workflow.Context, onOwner bool, reason string) 
 	m.transition(ctx, types.HostRecovering, fmt.Sprintf("round %d (%s): %s", m.Round, id, reason))
 	m.round = workflow.ExecuteChildWorkflow(childOptions(ctx, id, m.Spec.Name), HostRecovery, HostRecoveryInput{
 		Host: m.Spec.Name, Incident: m.Incident, Round: m.Round, Cause: m.Cause, DeclaredAt: m.DeclaredAt,
-		OnOwner: onOwner, Stale: m.Stale,
+		OnOwner: onOwner,
 	})
 }
 
@@ -186,7 +186,6 @@ func (m *monitor) roundDone(ctx workflow.Context, f workflow.Future) {
 		m.transition(ctx, types.HostRecoveryFailed, fmt.Sprintf("%s failed: %s", id, types.Explain(err)))
 		return
 	}
-	m.Stale = staleCopies(res)
 	m.LeftBehind = len(res.LeftBehind())
 	if !res.Complete() {
 		m.transition(ctx, types.HostRecoveryFailed, fmt.Sprintf("%s by %s: %s", res.Summary(), id, leftBehindReasons(res)))
@@ -363,20 +362,6 @@ func pending(fs []workflow.Future) []workflow.Future {
 func (m *monitor) awaitNotifications(ctx workflow.Context) {
 	awaitAll(ctx, m.notifications...)
 	m.notifications = nil
-}
-
-// staleCopies maps each VM left behind to the targets where a failed attempt may have left a copy.
-func staleCopies(res types.RecoveryResult) map[string][]string {
-	var stale map[string][]string
-	for _, o := range res.LeftBehind() {
-		if len(o.Stale) > 0 {
-			if stale == nil {
-				stale = map[string][]string{}
-			}
-			stale[o.UUID] = o.Stale
-		}
-	}
-	return stale
 }
 
 // leftBehindReasons names the first VMs left behind and why, and the unreadable catalog files, in one line.

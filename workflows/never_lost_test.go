@@ -206,44 +206,57 @@ func TestHostRecoveryReportsUnreadableCatalogFiles(t *testing.T) {
 }
 
 // Issue 6 item 2: when an attempt fails and its clean-up fails too, a copy may run there: no other host is tried,
-// and the next round removes that copy before anything else.
+// the claim stays in the catalog, and the next round removes that copy before anything else.
 func TestRecoverVMDoesNotTryElsewhereWhenCleanUpFails(t *testing.T) {
 	c := newCluster("hv1", "hv2", "hv3")
 	c.vms = []types.VMRecord{vm("db", 5, "hv1")}
 	c.failOn["commit@hv2"] = "share read-only"
 	c.failOn["remove@hv2"] = "worker lost"
+	recoverDB := func(round int) types.VMOutcome {
+		env := newEnv(t, c, defaultPolicy)
+		env.ExecuteWorkflow(RecoverVM, RecoverVMInput{FailedHost: "hv1", Incident: "i1", Round: round, VM: c.vms[0], Candidates: c.hosts, Policy: defaultPolicy})
+		var out types.VMOutcome
+		if err := env.GetWorkflowResult(&out); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	out := recoverDB(1)
+	if got := c.callsWith("claim db@hv3"); len(got) != 0 || out.Recovered {
+		t.Fatalf("tried hv3 while a copy may run on hv2: %v, outcome %+v", c.calls, out)
+	}
+	if vm := c.vms[0]; vm.Owner != "hv2" || vm.Phase != types.PhaseStarting || vm.ClaimedFrom != "hv1" {
+		t.Fatalf("catalog %+v: want hv2's claim kept, so the next round sees it", vm)
+	}
+
+	// The next round: hv2's clean-up still fails, so db stays where it is.
+	c.calls = nil
+	if out = recoverDB(2); out.Recovered || len(c.callsWith("define")) != 0 {
+		t.Fatalf("calls %v while the copy on hv2 could not be removed", c.calls)
+	}
+	// Once hv2 answers, its copy is removed and its claim released first, then the VM is recovered.
+	delete(c.failOn, "remove@hv2")
+	delete(c.failOn, "commit@hv2")
+	c.calls = nil
+	out = recoverDB(3)
+	if got := c.callsWith(""); len(got) < 2 || got[0] != "remove db@hv2" || got[1] != "release db@hv2" || !out.Recovered {
+		t.Fatalf("calls %v, outcome %+v: want the stale copy removed and released first, then the VM recovered", got, out)
+	}
+}
+
+// Issue 6 item 7: a commit whose answer was lost landed after all; the compensation must not destroy the VM.
+func TestRecoverVMKeepsAVMWhoseCommitLanded(t *testing.T) {
+	c := newCluster("hv1", "hv2", "hv3")
+	c.vms = []types.VMRecord{vm("db", 5, "hv1")}
+	c.failOn["commit@hv2"] = "deadline exceeded"
+	c.failOn["remove@hv2"] = "committed"
 	env := newEnv(t, c, defaultPolicy)
 	env.ExecuteWorkflow(RecoverVM, RecoverVMInput{FailedHost: "hv1", Incident: "i1", Round: 1, VM: c.vms[0], Candidates: c.hosts, Policy: defaultPolicy})
 	var out types.VMOutcome
 	if err := env.GetWorkflowResult(&out); err != nil {
 		t.Fatal(err)
 	}
-	if got := c.callsWith("define db@hv3"); len(got) != 0 || out.Recovered {
-		t.Fatalf("tried hv3 while a copy may run on hv2: %v, outcome %+v", c.calls, out)
-	}
-	if !slices.Equal(out.Stale, []string{"hv2"}) {
-		t.Fatalf("outcome %+v: want hv2 reported as holding a possible copy", out)
-	}
-
-	// The next round: hv2's clean-up still fails, so db stays where it is.
-	c.calls = nil
-	env = newEnv(t, c, defaultPolicy)
-	env.ExecuteWorkflow(RecoverVM, RecoverVMInput{FailedHost: "hv1", Incident: "i1", Round: 2, VM: c.vms[0], Candidates: c.hosts, Policy: defaultPolicy, Stale: out.Stale})
-	if err := env.GetWorkflowResult(&out); err != nil {
-		t.Fatal(err)
-	}
-	if got := c.callsWith("define"); len(got) != 0 || out.Recovered {
-		t.Fatalf("defined %v while the copy on hv2 could not be removed", got)
-	}
-	// Once hv2 answers, the copy is removed first and the VM recovered.
-	delete(c.failOn, "remove@hv2")
-	c.calls = nil
-	env = newEnv(t, c, defaultPolicy)
-	env.ExecuteWorkflow(RecoverVM, RecoverVMInput{FailedHost: "hv1", Incident: "i1", Round: 3, VM: c.vms[0], Candidates: c.hosts, Policy: defaultPolicy, Stale: out.Stale})
-	if err := env.GetWorkflowResult(&out); err != nil {
-		t.Fatal(err)
-	}
-	if got := c.callsWith(""); len(got) == 0 || got[0] != "remove db@hv2" || !out.Recovered {
-		t.Fatalf("calls %v, outcome %+v: want the stale copy removed first, then the VM recovered", got, out)
+	if !out.Recovered || out.Target != "hv2" || len(c.callsWith("claim db@hv3")) != 0 {
+		t.Fatalf("outcome %+v, calls %v: a VM committed to hv2 is recovered there, not removed and tried elsewhere", out, c.calls)
 	}
 }

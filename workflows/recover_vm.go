@@ -22,7 +22,8 @@ const (
 	refreshWait  = 2 * time.Second
 )
 
-// RecoverVMInput is one VM of a dead host, with the cluster as it looked when the recovery round began.
+// RecoverVMInput is one VM of a dead host, as the catalog listed it, with the cluster as it looked when the
+// recovery round began.
 type RecoverVMInput struct {
 	FailedHost string            `json:"failedHost"`
 	Incident   string            `json:"incident"`
@@ -32,15 +33,14 @@ type RecoverVMInput struct {
 	Policy     types.Policy      `json:"policy"`
 	// OnOwner restarts the VM on the failed host itself, which is healthy again.
 	OnOwner bool `json:"onOwner,omitempty"`
-	// Stale lists targets where an earlier attempt may have left a copy that could not be removed.
-	Stale []string `json:"stale,omitempty"`
 }
 
-// RecoverVM restarts one VM elsewhere: make sure no earlier attempt left a copy behind, choose a target, define
-// the domain there from the catalog's XML, start it, confirm it runs, and move the catalog's owner and generation
-// to the target. When a step fails on a target, the domain is removed from it and the next candidate is tried;
-// when that removal fails too, a copy may be running there, so the VM is tried nowhere else. Its workflow ID is
-// unique per round of an incident, so a VM is recovered at most once per round however often workers crash.
+// RecoverVM restarts one VM elsewhere, following the ownership protocol (README, "Who owns a VM"): settle a claim an
+// earlier attempt left, then for each target in the scheduler's order claim the VM for it (compare-and-swap in the
+// catalog, before anything is defined), define it there from the catalog's XML, start it, confirm it runs, and
+// commit. Every host step carries the claim as a fencing token. When a step fails, the VM is removed from that
+// target and the claim released, and the next target is tried; when the removal fails too, a copy may run there,
+// so the VM is tried nowhere else. Its workflow ID is unique per round of an incident.
 func RecoverVM(ctx workflow.Context, in RecoverVMInput) (types.VMOutcome, error) {
 	start := workflow.Now(ctx)
 	id := workflow.GetInfo(ctx).WorkflowExecution.ID
@@ -48,23 +48,22 @@ func RecoverVM(ctx workflow.Context, in RecoverVMInput) (types.VMOutcome, error)
 	started := notify(ctx, event, types.EventRecoveryStarted, "")
 
 	outcome := types.VMOutcome{VM: in.VM.Name, UUID: in.VM.UUID}
-	expected := activities.DefineInput{UUID: in.VM.UUID, Generation: in.VM.Generation, Owner: in.FailedHost}
-	var err error
-	outcome.Stale, err = cleanStale(ctx, in.VM.UUID, in.Stale)
+	r := &restart{from: in.FailedHost, tok: in.VM.Token()}
+	err := r.settle(ctx, in.VM)
 	switch {
 	case err != nil:
 	case in.OnOwner:
-		// The owner's own definition is never removed on failure: it is where the VM lives.
 		outcome.Target, outcome.Attempts = in.FailedHost, 1
-		err = restartOn(ctx, in.FailedHost, expected)
+		if err = r.attempt(ctx, in.FailedHost); err != nil {
+			// The owner's own copy is never removed: the claim goes back, the VM stays its.
+			err = errors.Join(err, r.release(ctx))
+		}
 	default:
 		p := placer{vm: in.VM, failedHost: in.FailedHost, candidates: in.Candidates, policy: in.Policy,
-			reservationPrefix: id, undo: removeFrom}
+			reservationPrefix: id, undo: r.undo}
 		var tried attempts
-		tried, err = p.run(ctx, func(ctx workflow.Context, host string) error {
-			return restartOn(ctx, host, expected)
-		})
-		outcome.Target, outcome.Attempts, outcome.Stale = tried.Target, tried.Count, tried.Stale
+		tried, err = p.run(ctx, r.attempt)
+		outcome.Target, outcome.Attempts = tried.Target, tried.Count
 	}
 	var done workflow.Future
 	if err != nil {
@@ -81,25 +80,73 @@ func RecoverVM(ctx workflow.Context, in RecoverVMInput) (types.VMOutcome, error)
 	return outcome, nil
 }
 
-// cleanStale removes the copies earlier attempts may have left, and returns the targets where one may remain.
-// A target whose host is confirmed off (dead or recovered) cannot run it: its worker drops the definition when it
-// starts again, because the catalog does not give it the VM.
-func cleanStale(ctx workflow.Context, uuid string, stale []string) ([]string, error) {
-	var left []string
-	var errs []string
-	for _, host := range stale {
-		if hostIsOff(ctx, host) {
-			continue
-		}
-		if err := removeFrom(ctx, host, uuid); err != nil {
-			left = append(left, host)
-			errs = append(errs, fmt.Sprintf("%s: %s", host, types.Explain(err)))
+// restart is one VM's way through the ownership protocol: the version it is recovered from, and the claim of the
+// attempt in progress.
+type restart struct {
+	from  string
+	tok   types.Ownership
+	claim *types.Ownership
+}
+
+// settle ends a claim that an earlier attempt on another host left (its clean-up failed, or the round was cut
+// short): that host's copy is removed, unless the host is confirmed off, and the VM goes back to the failed host.
+func (r *restart) settle(ctx workflow.Context, vm types.VMRecord) error {
+	if vm.Phase != types.PhaseStarting || vm.Owner == r.from {
+		return nil
+	}
+	r.claim = &types.Ownership{UUID: vm.UUID, Owner: vm.Owner, Generation: vm.Generation}
+	if !hostIsOff(ctx, vm.Owner) {
+		if err := removeFrom(ctx, vm.Owner, *r.claim); err != nil {
+			return fmt.Errorf("an earlier attempt on %s left a claim whose copy could not be removed (%s): not started elsewhere",
+				vm.Owner, types.Explain(err))
 		}
 	}
-	if len(left) > 0 {
-		return left, fmt.Errorf("an earlier attempt may have left a copy that could not be removed (%s): not started elsewhere", strings.Join(errs, "; "))
+	return r.release(ctx)
+}
+
+// attempt claims the VM for host, defines it there from the catalog, starts it, confirms it runs and commits.
+func (r *restart) attempt(ctx workflow.Context, host string) error {
+	hctx := hostOptions(ctx, host)
+	// Until the claim answers, it may have landed: a clean-up must treat it as taken.
+	r.claim = &types.Ownership{UUID: r.tok.UUID, Owner: host, Generation: r.tok.Generation + 1}
+	if err := workflow.ExecuteActivity(hctx, onHost.Claim, r.tok).Get(ctx, nil); err != nil {
+		return fmt.Errorf("claim on %s: %w", host, err)
 	}
-	return nil, nil
+	if err := workflow.ExecuteActivity(hctx, onHost.DefineFromCatalog, *r.claim).Get(ctx, nil); err != nil {
+		return fmt.Errorf("define on %s: %w", host, err)
+	}
+	if err := startAndConfirm(ctx, host, *r.claim); err != nil {
+		return err
+	}
+	if err := workflow.ExecuteActivity(hctx, onHost.CommitOwnership, *r.claim).Get(ctx, nil); err != nil {
+		return fmt.Errorf("commit ownership to %s: %w", host, err)
+	}
+	return nil
+}
+
+// undo is the compensation of a failed attempt: remove the VM from the target, then release the claim so the next
+// target can take it. An error means a copy may remain there.
+func (r *restart) undo(ctx workflow.Context, host string) error {
+	if r.claim == nil {
+		return nil
+	}
+	if err := removeFrom(ctx, host, *r.claim); err != nil {
+		return err
+	}
+	return r.release(ctx)
+}
+
+// release gives the claim back to the failed host, one generation later, and recovers from that version next.
+func (r *restart) release(ctx workflow.Context) error {
+	if r.claim == nil {
+		return nil
+	}
+	var back types.Ownership
+	if err := workflow.ExecuteActivity(shareOptions(ctx), onShare.ReleaseClaim, *r.claim, r.from).Get(ctx, &back); err != nil {
+		return fmt.Errorf("release the claim of %s back to %s: %w", r.claim.Owner, r.from, err)
+	}
+	r.tok, r.claim = back, nil
+	return nil
 }
 
 // hostIsOff is true when the host's monitor has confirmed it off and it has not come back.
@@ -115,29 +162,14 @@ func hostIsOff(ctx workflow.Context, host string) bool {
 	return false
 }
 
-// restartOn is one attempt on one target: define from the catalog, start, confirm running, commit ownership.
-func restartOn(ctx workflow.Context, host string, expected activities.DefineInput) error {
-	hctx := hostOptions(ctx, host)
-	if err := workflow.ExecuteActivity(hctx, onHost.DefineFromCatalog, expected).Get(ctx, nil); err != nil {
-		return fmt.Errorf("define on %s: %w", host, err)
-	}
-	if err := startAndConfirm(ctx, host, expected.UUID); err != nil {
-		return err
-	}
-	if err := workflow.ExecuteActivity(hctx, onHost.CommitOwnership, expected).Get(ctx, nil); err != nil {
-		return fmt.Errorf("commit ownership to %s: %w", host, err)
-	}
-	return nil
-}
-
 // startAndConfirm starts a defined VM on host and waits until libvirt reports it running: a started domain that
 // QEMU quits right after is not a recovered VM.
-func startAndConfirm(ctx workflow.Context, host, uuid string) error {
+func startAndConfirm(ctx workflow.Context, host string, tok types.Ownership) error {
 	hctx := hostOptions(ctx, host)
-	if err := workflow.ExecuteActivity(hctx, onHost.StartDomain, uuid).Get(ctx, nil); err != nil {
+	if err := workflow.ExecuteActivity(hctx, onHost.StartDomain, tok).Get(ctx, nil); err != nil {
 		return fmt.Errorf("start on %s: %w", host, err)
 	}
-	if err := workflow.ExecuteActivity(hctx, onHost.WaitRunning, uuid).Get(ctx, nil); err != nil {
+	if err := workflow.ExecuteActivity(hctx, onHost.WaitRunning, tok.UUID).Get(ctx, nil); err != nil {
 		return fmt.Errorf("confirm running on %s: %w", host, err)
 	}
 	return nil
@@ -150,16 +182,15 @@ type placer struct {
 	candidates        []types.Candidate
 	policy            types.Policy
 	reservationPrefix string
-	// undo removes what a failed attempt left on a target (the compensation).
-	undo func(ctx workflow.Context, host, uuid string) error
+	// undo removes what a failed attempt left on a target (the compensation). ErrCommitted means the attempt
+	// succeeded after all.
+	undo func(ctx workflow.Context, host string) error
 }
 
-// attempts is what a placer did: the target that worked, how many targets it tried, and where a failed attempt
-// may have left a copy that its compensation could not remove.
+// attempts is what a placer did: the target that worked and how many targets it tried.
 type attempts struct {
 	Target string
 	Count  int
-	Stale  []string
 }
 
 // run asks the scheduler for a target, runs attempt there, and on failure removes the VM from that target
@@ -196,9 +227,12 @@ func (p placer) run(ctx workflow.Context, attempt func(workflow.Context, string)
 		}
 		failures = append(failures, fmt.Sprintf("%s: %s", placement.Host, types.Explain(err)))
 		workflow.GetLogger(ctx).Warn("attempt failed, compensating", "vm", p.vm.Name, "target", placement.Host, "error", err)
-		if uerr := p.undo(ctx, placement.Host, p.vm.UUID); uerr != nil {
+		if uerr := p.undo(ctx, placement.Host); isCommitted(uerr) {
+			p.release(ctx, resID, true)
+			return attempts{Target: placement.Host, Count: n}, nil
+		} else if uerr != nil {
 			p.release(ctx, resID, false)
-			return attempts{Count: n, Stale: []string{placement.Host}}, fmt.Errorf(
+			return attempts{Count: n}, fmt.Errorf(
 				"attempt on %s failed (%s) and its clean-up failed too (%s): a copy may remain there, so no other host is tried",
 				placement.Host, types.Explain(err), types.Explain(uerr))
 		}
@@ -233,9 +267,11 @@ func (p placer) release(ctx workflow.Context, resID string, started bool) {
 
 // removeFrom removes a half-recovered VM from a target. Its failure is reported to the caller: the VM may be
 // running there.
-func removeFrom(ctx workflow.Context, host, uuid string) error {
-	if err := workflow.ExecuteActivity(hostOptions(ctx, host), onHost.RemoveDomain, uuid).Get(ctx, nil); err != nil {
-		workflow.GetLogger(ctx).Error("compensation failed: a copy may remain on the target", "target", host, "vm", uuid, "error", err)
+func removeFrom(ctx workflow.Context, host string, tok types.Ownership) error {
+	if err := workflow.ExecuteActivity(hostOptions(ctx, host), onHost.RemoveDomain, tok).Get(ctx, nil); err != nil {
+		if !isCommitted(err) {
+			workflow.GetLogger(ctx).Error("compensation failed: a copy may remain on the target", "target", host, "vm", tok.UUID, "error", err)
+		}
 		return err
 	}
 	return nil
@@ -243,9 +279,14 @@ func removeFrom(ctx workflow.Context, host, uuid string) error {
 
 // isMoved is the catalog telling that the VM was already recovered or changed hands: trying elsewhere would
 // start a second copy.
-func isMoved(err error) bool {
+func isMoved(err error) bool { return hasType(err, activities.ErrMoved) }
+
+// isCommitted is a compensation refused because the VM is committed to its target: the attempt worked.
+func isCommitted(err error) bool { return hasType(err, activities.ErrCommitted) }
+
+func hasType(err error, typ string) bool {
 	var appErr *temporal.ApplicationError
-	return errors.As(err, &appErr) && appErr.Type() == "CatalogMoved"
+	return errors.As(err, &appErr) && appErr.Type() == typ
 }
 
 func noTarget(rejected map[string]string, failures []string) error {

@@ -18,8 +18,6 @@ type HostRecoveryInput struct {
 	DeclaredAt time.Time `json:"declaredAt"`
 	// OnOwner restarts the VMs the catalog still gives to the host on the host itself: it is healthy again.
 	OnOwner bool `json:"onOwner,omitempty"`
-	// Stale maps a VM to targets where an earlier round may have left a copy: removed before anything else.
-	Stale map[string][]string `json:"stale,omitempty"`
 }
 
 // HostRecovery brings a dead host's HA VMs back: read the ones the catalog still gives to the host, take one look
@@ -115,12 +113,12 @@ func recoverAll(ctx workflow.Context, in HostRecoveryInput, vms []types.VMRecord
 			id := types.RecoverVMID(in.Host, in.Incident, in.Round, vm.UUID)
 			child := workflow.ExecuteChildWorkflow(childOptions(ctx, id, in.Host), RecoverVM, RecoverVMInput{
 				FailedHost: in.Host, Incident: in.Incident, Round: in.Round, VM: vm, Candidates: candidates,
-				Policy: policy, OnOwner: in.OnOwner, Stale: in.Stale[vm.UUID],
+				Policy: policy, OnOwner: in.OnOwner,
 			})
 			sel.AddFuture(child, func(f workflow.Future) {
 				running--
 				if err := f.Get(ctx, &outcomes[i]); err != nil {
-					outcomes[i] = types.VMOutcome{VM: vm.Name, UUID: vm.UUID, Reason: types.Explain(err), Stale: in.Stale[vm.UUID]}
+					outcomes[i] = types.VMOutcome{VM: vm.Name, UUID: vm.UUID, Reason: types.Explain(err)}
 				}
 			})
 		}

@@ -18,6 +18,7 @@ func Register(r interface {
 		types.ManualFailoverWorkflow: ManualFailover,
 		types.SchedulerWorkflow:      Scheduler,
 		types.ApplyInventoryWorkflow: ApplyInventory,
+		types.StrayCopyWorkflow:      ResolveStrayCopy,
 	} {
 		r.RegisterWorkflowWithOptions(fn, workflow.RegisterOptions{Name: name})
 	}

@@ -118,6 +118,39 @@ func sameElements(a, b []string) bool {
 	return slices.Equal(a, b)
 }
 
+// change applies f to the fake catalog's entry of uuid.
+func (c *cluster) change(uuid string, f func(vm *types.VMRecord) error) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := range c.vms {
+		if c.vms[i].UUID == uuid {
+			return f(&c.vms[i])
+		}
+	}
+	return temporal.NewNonRetryableApplicationError("no such VM "+uuid, activities.ErrMoved, nil)
+}
+
+// holds checks a host step's token against the fake catalog.
+func (c *cluster) holds(tok types.Ownership) error {
+	return c.change(tok.UUID, func(vm *types.VMRecord) error {
+		if vm.Token() != tok {
+			return temporal.NewNonRetryableApplicationError(fmt.Sprintf("token %+v, catalog %+v", tok, vm.Token()), activities.ErrMoved, nil)
+		}
+		return nil
+	})
+}
+
+func (c *cluster) nameOf(uuid string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, vm := range c.vms {
+		if vm.UUID == uuid {
+			return vm.Name
+		}
+	}
+	return uuid
+}
+
 // hostOf is the host whose task queue an activity was sent to.
 func hostOf(ctx context.Context) string {
 	return strings.TrimPrefix(activity.GetInfo(ctx).TaskQueue, "vmha-host-")
@@ -125,16 +158,13 @@ func hostOf(ctx context.Context) string {
 
 func (c *cluster) step(ctx context.Context, step, uuid string) error {
 	host := hostOf(ctx)
-	name := uuid
-	for _, vm := range c.vms {
-		if vm.UUID == uuid {
-			name = vm.Name
-		}
-	}
-	c.record(fmt.Sprintf("%s %s@%s", step, name, host))
+	c.record(fmt.Sprintf("%s %s@%s", step, c.nameOf(uuid), host))
 	if msg, ok := c.failOn[step+"@"+host]; ok {
-		if msg == "moved" {
-			return temporal.NewNonRetryableApplicationError("catalog moved", "CatalogMoved", nil)
+		switch msg {
+		case "moved":
+			return temporal.NewNonRetryableApplicationError("catalog moved", activities.ErrMoved, nil)
+		case "committed":
+			return temporal.NewNonRetryableApplicationError("committed here", activities.ErrCommitted, nil)
 		}
 		return temporal.NewApplicationError(msg, "Test")
 	}
@@ -226,30 +256,69 @@ func newEnv(t *testing.T, c *cluster, policy types.Policy) *testsuite.TestWorkfl
 		return p, nil
 	})
 	env.OnActivity(controller.Release, mock.Anything, mock.Anything).Return(nil)
-	env.OnActivity(onHost.DefineFromCatalog, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.DefineInput) error {
-		return c.step(ctx, "define", in.UUID)
+	// The host steps follow the ownership protocol on the fake catalog (c.vms): a step whose token no longer
+	// matches the catalog fails as CatalogMoved, like the real activities.
+	env.OnActivity(onHost.Claim, mock.Anything, mock.Anything).Return(func(ctx context.Context, from types.Ownership) (types.Ownership, error) {
+		if err := c.step(ctx, "claim", from.UUID); err != nil {
+			return types.Ownership{}, err
+		}
+		claim := types.Ownership{UUID: from.UUID, Owner: hostOf(ctx), Generation: from.Generation + 1}
+		return claim, c.change(from.UUID, func(vm *types.VMRecord) error {
+			switch {
+			case vm.Token() == claim && vm.Phase == types.PhaseStarting:
+				return nil
+			case vm.Token() != from:
+				return temporal.NewNonRetryableApplicationError("claim: catalog moved", activities.ErrMoved, nil)
+			}
+			vm.Owner, vm.Generation, vm.Phase, vm.ClaimedFrom = claim.Owner, claim.Generation, types.PhaseStarting, from.Owner
+			return nil
+		})
 	})
-	env.OnActivity(onHost.StartDomain, mock.Anything, mock.Anything).Return(func(ctx context.Context, uuid string) error {
-		return c.step(ctx, "start", uuid)
+	env.OnActivity(onHost.DefineFromCatalog, mock.Anything, mock.Anything).Return(func(ctx context.Context, tok types.Ownership) error {
+		if err := c.holds(tok); err != nil {
+			return err
+		}
+		return c.step(ctx, "define", tok.UUID)
+	})
+	env.OnActivity(onHost.StartDomain, mock.Anything, mock.Anything).Return(func(ctx context.Context, tok types.Ownership) error {
+		if err := c.holds(tok); err != nil {
+			return err
+		}
+		return c.step(ctx, "start", tok.UUID)
 	})
 	env.OnActivity(onHost.WaitRunning, mock.Anything, mock.Anything).Return(func(ctx context.Context, uuid string) error {
 		return c.step(ctx, "running", uuid)
 	})
-	env.OnActivity(onHost.RemoveDomain, mock.Anything, mock.Anything).Return(func(ctx context.Context, uuid string) error {
-		return c.step(ctx, "remove", uuid)
+	env.OnActivity(onHost.RemoveDomain, mock.Anything, mock.Anything).Return(func(ctx context.Context, tok types.Ownership) error {
+		return c.step(ctx, "remove", tok.UUID)
 	})
-	env.OnActivity(onHost.CommitOwnership, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.DefineInput) (types.VMRecord, error) {
-		if err := c.step(ctx, "commit", in.UUID); err != nil {
+	env.OnActivity(onHost.CommitOwnership, mock.Anything, mock.Anything).Return(func(ctx context.Context, tok types.Ownership) (types.VMRecord, error) {
+		if err := c.step(ctx, "commit", tok.UUID); err != nil {
 			return types.VMRecord{}, err
 		}
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		for i := range c.vms {
-			if c.vms[i].UUID == in.UUID {
-				c.vms[i].Owner, c.vms[i].Generation = hostOf(ctx), in.Generation+1
+		var out types.VMRecord
+		return out, c.change(tok.UUID, func(vm *types.VMRecord) error {
+			if vm.Token() != tok {
+				return temporal.NewNonRetryableApplicationError("commit: catalog moved", activities.ErrMoved, nil)
 			}
-		}
-		return types.VMRecord{UUID: in.UUID, Owner: hostOf(ctx), Generation: in.Generation + 1}, nil
+			vm.Phase, vm.ClaimedFrom = types.PhaseOwned, ""
+			out = *vm
+			return nil
+		})
+	})
+	env.OnActivity(onShare.ReleaseClaim, mock.Anything, mock.Anything, mock.Anything).Return(func(_ context.Context, claim types.Ownership, from string) (types.Ownership, error) {
+		c.record("release " + c.nameOf(claim.UUID) + "@" + claim.Owner)
+		back := types.Ownership{UUID: claim.UUID, Owner: from, Generation: claim.Generation + 1}
+		return back, c.change(claim.UUID, func(vm *types.VMRecord) error {
+			switch {
+			case vm.Token() == back && vm.Phase == types.PhaseOwned:
+				return nil
+			case vm.Token() != claim || vm.Phase != types.PhaseStarting:
+				return temporal.NewNonRetryableApplicationError("release: catalog moved", activities.ErrMoved, nil)
+			}
+			vm.Owner, vm.Generation, vm.Phase, vm.ClaimedFrom = from, back.Generation, types.PhaseOwned, ""
+			return nil
+		})
 	})
 	return env
 }
@@ -445,7 +514,8 @@ func TestRecoverVMCompensatesAndTriesNextHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The failing start is retried (3 attempts) before the target is given up.
-	want := "define db@hv2,start db@hv2,start db@hv2,start db@hv2,remove db@hv2,define db@hv3,start db@hv3,running db@hv3,commit db@hv3"
+	want := "claim db@hv2,define db@hv2,start db@hv2,start db@hv2,start db@hv2,remove db@hv2,release db@hv2," +
+		"claim db@hv3,define db@hv3,start db@hv3,running db@hv3,commit db@hv3"
 	if got := strings.Join(c.callsWith(""), ","); got != want {
 		t.Fatalf("calls\n%s\nwant\n%s", got, want)
 	}
@@ -478,7 +548,7 @@ func TestRecoverVMUnrecoverableReportsReason(t *testing.T) {
 func TestRecoverVMStopsWhenCatalogMoved(t *testing.T) {
 	c := newCluster("hv1", "hv2", "hv3")
 	c.vms = []types.VMRecord{vm("db", 5, "hv1")}
-	c.failOn["define@hv2"] = "moved"
+	c.failOn["claim@hv2"] = "moved"
 	env := newEnv(t, c, defaultPolicy)
 	env.ExecuteWorkflow(RecoverVM, RecoverVMInput{FailedHost: "hv1", Incident: "i1", Round: 1, VM: c.vms[0], Candidates: c.hosts, Policy: defaultPolicy})
 	var out types.VMOutcome

@@ -58,26 +58,6 @@ func (d *Dir) Get(ctx context.Context, id string) (activities.CatalogEntry, erro
 	})
 }
 
-// Put writes one VM's entry atomically: a temporary file in the same directory, fsynced, renamed over the entry,
-// then the directory fsynced so the rename itself survives a crash. The file is 0600: the XML may hold secrets.
-func (d *Dir) Put(ctx context.Context, e activities.CatalogEntry) error {
-	path, err := d.path(e.UUID)
-	if err != nil {
-		return err
-	}
-	data, err := json.MarshalIndent(e, "", "  ")
-	if err != nil {
-		return fmt.Errorf("encode catalog entry %s: %w", e.UUID, err)
-	}
-	_, err = bounded(ctx, d, "write catalog entry "+e.UUID, func() (struct{}, error) {
-		if _, err := readMarker(d.root); err != nil {
-			return struct{}{}, err
-		}
-		return struct{}{}, d.write(path, data)
-	})
-	return err
-}
-
 // List reads every entry, ordered by UUID. A file it cannot read as an entry (truncated, not JSON, holding another
 // UUID, a name that is not <uuid>.json) does not hide the others: it is reported in Unreadable, by file name, so
 // the caller can tell that a VM may be missing. Files whose name starts with a dot (writes in progress, probes)
@@ -128,26 +108,6 @@ func (d *Dir) listed(f fs.DirEntry) (activities.CatalogEntry, error) {
 	return readEntry(filepath.Join(d.dir, f.Name()), id)
 }
 
-// Delete removes one VM's entry. An unknown VM is an error wrapping activities.ErrNotFound.
-func (d *Dir) Delete(ctx context.Context, id string) error {
-	path, err := d.path(id)
-	if err != nil {
-		return err
-	}
-	_, err = bounded(ctx, d, "delete catalog entry "+id, func() (struct{}, error) {
-		if _, err := readMarker(d.root); err != nil {
-			return struct{}{}, err
-		}
-		if err := os.Remove(path); errors.Is(err, fs.ErrNotExist) {
-			return struct{}{}, activities.ErrNotFound
-		} else if err != nil {
-			return struct{}{}, err
-		}
-		return struct{}{}, syncDir(d.dir)
-	})
-	return err
-}
-
 // Writable checks the share's marker, then creates and removes a probe file in the catalog directory.
 func (d *Dir) Writable(ctx context.Context) error {
 	_, err := bounded(ctx, d, "probe catalog", func() (struct{}, error) {
@@ -172,33 +132,6 @@ func (d *Dir) path(id string) (string, error) {
 		return "", fmt.Errorf("catalog entry %q: want a canonical lowercase UUID", id)
 	}
 	return filepath.Join(d.dir, id+".json"), nil
-}
-
-func (d *Dir) write(path string, data []byte) (err error) {
-	// CreateTemp makes the file 0600.
-	f, err := os.CreateTemp(d.dir, "."+filepath.Base(path)+".*.tmp")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	return syncDir(d.dir)
 }
 
 func syncDir(dir string) error {

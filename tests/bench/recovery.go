@@ -228,9 +228,9 @@ func recoverOnce(ctx context.Context, c client.Client, cat *catalog.Dir, hosts m
 
 	began := time.Now()
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
-		ID: types.HostRecoveryID(failedHost, incident), TaskQueue: types.ControllerTaskQueue,
+		ID: types.HostRecoveryID(failedHost, fmt.Sprint("bench-", incident), 1), TaskQueue: types.ControllerTaskQueue,
 		WorkflowExecutionErrorWhenAlreadyStarted: true,
-	}, types.HostRecoveryWorkflow, workflows.HostRecoveryInput{Host: failedHost, Incident: incident, Cause: "bench", DeclaredAt: began})
+	}, types.HostRecoveryWorkflow, workflows.HostRecoveryInput{Host: failedHost, Incident: fmt.Sprint("bench-", incident), Round: 1, Cause: "bench", DeclaredAt: began})
 	if err != nil {
 		return 0, nil, fmt.Errorf("start recovery: %w", err)
 	}

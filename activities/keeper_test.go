@@ -1,0 +1,185 @@
+package activities_test
+
+import (
+	"context"
+	"regexp"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"libvirt.org/go/libvirt"
+
+	"vmha/activities"
+	"vmha/activities/domainxml"
+	"vmha/types"
+)
+
+// Keeper tests (issue 6): on libvirt's test driver, whose state every connection of this process shares.
+
+type strays struct {
+	mu   sync.Mutex
+	seen []types.StrayCopy
+}
+
+func (s *strays) ReportStray(_ context.Context, c types.StrayCopy) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.seen = append(s.seen, c)
+	return nil
+}
+
+func (s *strays) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.seen)
+}
+
+// virsh is what an operator does by hand, through libvirt's own API.
+func virsh(t *testing.T, f func(c *libvirt.Connect)) {
+	t.Helper()
+	c, err := libvirt.NewConnect("test:///default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	f(c)
+}
+
+func domain(t *testing.T, c *libvirt.Connect, id string) *libvirt.Domain {
+	t.Helper()
+	d, err := c.LookupDomainByUUIDString(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func newKeeper(h *activities.Host, s *strays) *activities.Keeper {
+	return &activities.Keeper{Host: h.Name, Hypervisor: h.Hypervisor, Catalog: h.Catalog, Strays: s, Logger: shareTestLogger(),
+		Every: time.Hour, ForgetGrace: 100 * time.Millisecond}
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("not within 5 s: %s", what)
+}
+
+// TestKeeperFollowsAnOptInWithVirshMetadata (issue 6 items 1 and 3): a VM defined and started with virsh, with
+// autostart on, opted in later with `virsh metadata` alone, reaches the catalog and loses its autostart.
+func TestKeeperFollowsAnOptInWithVirshMetadata(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	hv1, _, cat := sharedHosts(t)
+	id := uuid.NewString()
+	xml := regexp.MustCompile(`(?s)<metadata>.*</metadata>`).ReplaceAllString(testXML(t, id, ""), "")
+	virsh(t, func(c *libvirt.Connect) {
+		d, err := c.DomainDefineXML(xml)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.SetAutostart(true); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Create(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Cleanup(func() { hv1.Hypervisor.Destroy(ctx, id); hv1.Hypervisor.Undefine(ctx, id) })
+	go newKeeper(hv1, &strays{}).Run(ctx)
+	time.Sleep(300 * time.Millisecond) // the keeper's first reconcile finds a VM that is not HA
+	if _, err := cat.Get(ctx, id); err == nil {
+		t.Fatal("a VM without vmha metadata is in the catalog")
+	}
+	virsh(t, func(c *libvirt.Connect) {
+		if err := domain(t, c, id).SetMetadata(libvirt.DOMAIN_METADATA_ELEMENT, `<ha enabled="true"/>`, "vmha",
+			domainxml.Namespace, libvirt.DOMAIN_AFFECT_CONFIG); err != nil {
+			t.Fatal(err)
+		}
+	})
+	eventually(t, "the opted-in VM is in the catalog, owned here", func() bool {
+		e, err := cat.Get(ctx, id)
+		return err == nil && e.Owner == "hv1" && e.Policy.Enabled
+	})
+	virsh(t, func(c *libvirt.Connect) {
+		eventually(t, "autostart off", func() bool {
+			on, err := domain(t, c, id).GetAutostart()
+			return err == nil && !on
+		})
+	})
+}
+
+// TestKeeperDropsLeftoversAndReportsStrays: a definition of a VM the catalog gives to another host is dropped while
+// it does not run; a copy that runs is reported as a stray and left alone.
+func TestKeeperDropsLeftoversAndReportsStrays(t *testing.T) {
+	ctx := context.Background()
+	hv1, _, cat := sharedHosts(t)
+	stopped, running := uuid.NewString(), uuid.NewString()
+	for _, id := range []string{stopped, running} {
+		xml := testXML(t, id, "")
+		xml = regexp.MustCompile(`<name>[^<]*</name>`).ReplaceAllString(xml, "<name>vm-"+id[:8]+"</name>")
+		putEntry(t, cat, "hv2", 7, xml)
+		if _, err := hv1.Hypervisor.Define(ctx, xml); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { hv1.Hypervisor.Destroy(ctx, id); hv1.Hypervisor.Undefine(ctx, id) })
+	}
+	if err := hv1.Hypervisor.Start(ctx, running); err != nil {
+		t.Fatal(err)
+	}
+	s := &strays{}
+	newKeeper(hv1, s).Resync(ctx)
+	if state, _ := hv1.Hypervisor.State(ctx, stopped); state != types.DomainNotFound {
+		t.Fatalf("leftover definition of hv2's VM is %s, want dropped", state)
+	}
+	if state, _ := hv1.Hypervisor.State(ctx, running); state != types.DomainRunning || s.count() != 1 || s.seen[0].UUID != running || s.seen[0].Owner != "hv2" {
+		t.Fatalf("running copy of hv2's VM: state %s, strays %+v; want reported once and left running", state, s.seen)
+	}
+	if e, _ := cat.Get(ctx, running); e.Owner != "hv2" || e.Generation != 7 {
+		t.Fatalf("the stray changed the catalog: %+v", e.VMRecord)
+	}
+}
+
+// TestKeeperForgetsAnUndefinedVMAfterTheGrace: an operator's undefine on the owner removes the entry, after a grace
+// in which a live migration's new host takes it over (then it stays).
+func TestKeeperForgetsAnUndefinedVMAfterTheGrace(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	hv1, _, cat := sharedHosts(t)
+	gone, moved := uuid.NewString(), uuid.NewString()
+	for _, id := range []string{gone, moved} {
+		xml := regexp.MustCompile(`<name>[^<]*</name>`).ReplaceAllString(testXML(t, id, ""), "<name>vm-"+id[:8]+"</name>")
+		putEntry(t, cat, "hv1", 1, xml)
+		if _, err := hv1.Hypervisor.Define(ctx, xml); err != nil {
+			t.Fatal(err)
+		}
+	}
+	k := newKeeper(hv1, &strays{})
+	k.ForgetGrace = 500 * time.Millisecond
+	go k.Run(ctx)
+	time.Sleep(200 * time.Millisecond)
+	for _, id := range []string{gone, moved} {
+		if err := hv1.Hypervisor.Undefine(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Within the grace, hv2 takes the migrated VM over.
+	if _, err := cat.Update(ctx, moved, func(e *activities.CatalogEntry, _ bool) (activities.Change, error) {
+		e.Owner, e.Generation = "hv2", e.Generation+1
+		return activities.Write, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the undefined VM leaves the catalog", func() bool {
+		_, err := cat.Get(ctx, gone)
+		return err != nil
+	})
+	if e, err := cat.Get(ctx, moved); err != nil || e.Owner != "hv2" {
+		t.Fatalf("the VM hv2 took over: %+v, %v; want kept", e.VMRecord, err)
+	}
+}
