@@ -450,8 +450,6 @@ func (c *Controller) DescribeHost(ctx context.Context, host string) (types.Candi
 type Monitored struct {
 	types.Candidate
 	Since time.Time
-	// LeftBehind is how many HA VMs the last recovery round left down (-1: the round failed as a whole).
-	LeftBehind int
 }
 
 // MonitoredHost reads a HostMonitor execution's memo and search attributes, as the Web UI shows them.
@@ -462,9 +460,6 @@ func MonitoredHost(info *workflowpb.WorkflowExecutionInfo) (Monitored, error) {
 		if err := dc.FromPayload(p, &h.Spec); err != nil {
 			return h, fmt.Errorf("decode spec of %s: %w", info.GetExecution().GetWorkflowId(), err)
 		}
-	}
-	if p, ok := info.GetMemo().GetFields()[MemoLeftBehind]; ok {
-		_ = dc.FromPayload(p, &h.LeftBehind)
 	}
 	fields := info.GetSearchAttributes().GetIndexedFields()
 	var state string

@@ -47,23 +47,11 @@ type HostRow struct {
 	State   types.HostState
 	Since   time.Time
 	Address string
-	// LeftBehind is how many of its HA VMs its last recovery round left down.
-	LeftBehind int
 }
 
-// down says how many of the host's HA VMs vmha knows to be down: only a host that failed to recover has any.
-func (r HostRow) down() string {
-	switch {
-	case r.State != types.HostRecoveryFailed:
-		return "-"
-	case r.LeftBehind < 0:
-		return "? (recovery round failed)"
-	}
-	return fmt.Sprint(r.LeftBehind)
-}
-
-// Hosts lists every monitored host with its state, from visibility (the same search attributes the Web UI filters on).
-func (s Starter) Hosts(ctx context.Context) ([]HostRow, error) {
+// HostRows lists every monitored host with its state, from visibility (the same search attributes the Web UI
+// filters on).
+func (s Starter) HostRows(ctx context.Context) ([]HostRow, error) {
 	execs, err := s.list(ctx, activities.RunningMonitors, 10000)
 	if err != nil {
 		return nil, err
@@ -74,15 +62,60 @@ func (s Starter) Hosts(ctx context.Context) ([]HostRow, error) {
 		if err != nil {
 			return nil, err
 		}
-		rows = append(rows, HostRow{Name: h.Spec.Name, State: h.State, Since: h.Since, Address: h.Spec.Address, LeftBehind: h.LeftBehind})
+		rows = append(rows, HostRow{Name: h.Spec.Name, State: h.State, Since: h.Since, Address: h.Spec.Address})
 	}
 	sort.Slice(rows, func(i, j int) bool { return rows[i].Name < rows[j].Name })
-	tw := tabwriter.NewWriter(s.Out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "HOST\tSTATE\tSINCE\tADDRESS\tVMS DOWN")
-	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Name, orDash(string(r.State)), since(r.Since), r.Address, r.down())
+	return rows, nil
+}
+
+// Hosts prints every monitored host with its state, how many HA VMs the catalog gives it and how many of those are
+// down (the HAReport workflow; "?" where nobody can tell, or when no hypervisor worker answered within seconds).
+func (s Starter) Hosts(ctx context.Context) ([]HostRow, error) {
+	rows, err := s.HostRows(ctx)
+	if err != nil {
+		return nil, err
 	}
-	return rows, tw.Flush()
+	report, rerr := s.haReport(ctx)
+	counts := map[string]types.HostVMs{}
+	for _, h := range report.Hosts {
+		counts[h.Host] = h
+	}
+	tw := tabwriter.NewWriter(s.Out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "HOST\tSTATE\tSINCE\tADDRESS\tHA VMS\tDOWN")
+	for _, r := range rows {
+		vms, down := "?", "?"
+		if c, ok := counts[r.Name]; ok {
+			vms = fmt.Sprint(c.VMs)
+			if c.Down >= 0 {
+				down = fmt.Sprint(c.Down)
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, orDash(string(r.State)), since(r.Since), r.Address, vms, down)
+	}
+	if err := tw.Flush(); err != nil {
+		return rows, err
+	}
+	switch {
+	case rerr != nil:
+		fmt.Fprintf(s.Out, "HA VM counts unknown: %s\n", types.Explain(rerr))
+	case report.Unreadable > 0:
+		fmt.Fprintf(s.Out, "%d catalog files could not be read: each may be an HA VM (see the catalog.unreadable events)\n", report.Unreadable)
+	}
+	return rows, nil
+}
+
+// haReport runs HAReport, bounded: `vmha hosts` must answer even when no hypervisor serves the share.
+func (s Starter) haReport(ctx context.Context) (types.HAReport, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var report types.HAReport
+	run, err := s.Client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+		ID: types.HAReportID(time.Now()), TaskQueue: types.ControllerTaskQueue, WorkflowExecutionTimeout: 10 * time.Second,
+	}, types.HAReportWorkflow)
+	if err != nil {
+		return report, err
+	}
+	return report, run.Get(ctx, &report)
 }
 
 // CreateVM creates an HA VM through the CreateVM workflow and prints where it runs.

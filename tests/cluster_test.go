@@ -364,7 +364,7 @@ func (c *cluster) waitState(name string, state types.HostState, within time.Dura
 }
 
 func (c *cluster) state(name string) types.HostState {
-	rows, err := c.starter().Hosts(context.Background())
+	rows, err := c.starter().HostRows(context.Background())
 	if err != nil {
 		c.t.Fatalf("list hosts: %v", err)
 	}

@@ -51,6 +51,9 @@ func RecoverVMID(host, incident string, round int, vmUUID string) string {
 // StrayCopyID is the resolution of one VM's stray copy on one host: one at a time.
 func StrayCopyID(vmUUID, host string) string { return fmt.Sprintf("vmha-stray-%s-%s", vmUUID, host) }
 
+// HAReportID is one count of the cluster's HA VMs; many may run, each under its own ID.
+func HAReportID(at time.Time) string { return "vmha-ha-report-" + at.UTC().Format("20060102T150405.000000000Z") }
+
 // CreateVMID is the creation of a VM; names are unique, so is this ID.
 func CreateVMID(name string) string { return "vmha-create-vm-" + name }
 
@@ -80,6 +83,7 @@ const (
 	SchedulerWorkflow      = "Scheduler"
 	ApplyInventoryWorkflow = "ApplyInventory"
 	StrayCopyWorkflow      = "ResolveStrayCopy"
+	HAReportWorkflow       = "HAReport"
 )
 
 // Explain is an error for people: vmha's own sentences as they are, but a chain Temporal wrapped (an activity's

@@ -408,3 +408,17 @@ type StrayCopy struct {
 	Host  string `json:"host"`
 	Owner string `json:"owner"`
 }
+
+// HostVMs is how many HA VMs the catalog gives to one host, and how many of them are not running. Down is -1 when
+// nobody can tell (the host answers no stats, and its power is not confirmed off).
+type HostVMs struct {
+	Host string `json:"host"`
+	VMs  int    `json:"vms"`
+	Down int    `json:"down"`
+}
+
+// HAReport is the cluster's HA VMs by owner, for `vmha hosts`.
+type HAReport struct {
+	Hosts      []HostVMs `json:"hosts"`
+	Unreadable int       `json:"unreadable,omitempty"`
+}

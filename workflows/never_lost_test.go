@@ -260,3 +260,22 @@ func TestRecoverVMKeepsAVMWhoseCommitLanded(t *testing.T) {
 		t.Fatalf("outcome %+v, calls %v: a VM committed to hv2 is recovered there, not removed and tried elsewhere", out, c.calls)
 	}
 }
+
+// `vmha hosts` counts each host's HA VMs and the ones down: those of a host confirmed off, and those a healthy
+// host does not run.
+func TestHAReportCountsVMsDownPerHost(t *testing.T) {
+	c := newCluster("hv1", "hv2", "hv3")
+	c.vms = []types.VMRecord{vm("a", 1, "hv1"), vm("b", 1, "hv1"), vm("c", 1, "hv2")}
+	c.hosts[0].Stats.Running = []string{"uuid-a"}
+	c.hosts[1].State = types.HostRecoveryFailed
+	env := newEnv(t, c, defaultPolicy)
+	env.ExecuteWorkflow(HAReport)
+	var got types.HAReport
+	if err := env.GetWorkflowResult(&got); err != nil {
+		t.Fatal(err)
+	}
+	want := []types.HostVMs{{Host: "hv1", VMs: 2, Down: 1}, {Host: "hv2", VMs: 1, Down: 1}, {Host: "hv3"}}
+	if !slices.Equal(got.Hosts, want) {
+		t.Fatalf("report %+v, want %+v", got.Hosts, want)
+	}
+}

@@ -152,10 +152,12 @@ func (r *restart) release(ctx workflow.Context) error {
 // hostIsOff is true when the host's monitor has confirmed it off and it has not come back.
 func hostIsOff(ctx workflow.Context, host string) bool {
 	c, err := describeHost(ctx, host)
-	if err != nil {
-		return false
-	}
-	switch c.State {
+	return err == nil && hostIsOffState(c.State)
+}
+
+// hostIsOffState: these states are entered only once the host's power was confirmed off, and left when it is back.
+func hostIsOffState(s types.HostState) bool {
+	switch s {
 	case types.HostDead, types.HostRecovering, types.HostRecovered, types.HostRecoveryFailed:
 		return true
 	}

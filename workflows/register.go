@@ -19,6 +19,7 @@ func Register(r interface {
 		types.SchedulerWorkflow:      Scheduler,
 		types.ApplyInventoryWorkflow: ApplyInventory,
 		types.StrayCopyWorkflow:      ResolveStrayCopy,
+		types.HAReportWorkflow:       HAReport,
 	} {
 		r.RegisterWorkflowWithOptions(fn, workflow.RegisterOptions{Name: name})
 	}
