@@ -52,7 +52,9 @@ func RecoverVMID(host, incident string, round int, vmUUID string) string {
 func StrayCopyID(vmUUID, host string) string { return fmt.Sprintf("vmha-stray-%s-%s", vmUUID, host) }
 
 // HAReportID is one count of the cluster's HA VMs; many may run, each under its own ID.
-func HAReportID(at time.Time) string { return "vmha-ha-report-" + at.UTC().Format("20060102T150405.000000000Z") }
+func HAReportID(at time.Time) string {
+	return "vmha-ha-report-" + at.UTC().Format("20060102T150405.000000000Z")
+}
 
 // CreateVMID is the creation of a VM; names are unique, so is this ID.
 func CreateVMID(name string) string { return "vmha-create-vm-" + name }
