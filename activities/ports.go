@@ -128,6 +128,14 @@ type Listing struct {
 	Unreadable []types.UnreadableEntry
 }
 
+// HeartbeatReader reads the storage heartbeat a host's worker renews on the share,
+// <share>/vmha/heartbeats/<host>.json. Implemented by activities/heartbeat. Every call has a timeout, checks the
+// share's marker first (an error wrapping ErrShareNotMounted without it) and refuses a host name that is not
+// types.ValidName. A host that never wrote a heartbeat is an error wrapping ErrNotFound.
+type HeartbeatReader interface {
+	ReadHeartbeat(ctx context.Context, host string) (types.Heartbeat, error)
+}
+
 // Notifier tells users: webhook, log, metrics. Implemented by activities/notify.
 type Notifier interface {
 	Notify(ctx context.Context, e types.Event) error

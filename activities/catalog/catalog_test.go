@@ -237,7 +237,8 @@ func TestWithoutMarker(t *testing.T) {
 	}
 }
 
-// TestInit: the catalog (0700) and disks directories and the marker are made once; a second Init keeps the ID.
+// TestInit: the catalog (0700), disks (0711) and heartbeats (0700) directories and the marker are made once; a
+// second Init keeps the ID, and adds the heartbeats directory to a share prepared without it.
 func TestInit(t *testing.T) {
 	ctx := context.Background()
 	root := t.TempDir()
@@ -245,7 +246,7 @@ func TestInit(t *testing.T) {
 	if err != nil || !created || m.ID == "" || m.CreatedAt.IsZero() {
 		t.Fatalf("Init = %+v, %v, %v", m, created, err)
 	}
-	for dir, mode := range map[string]os.FileMode{CatalogDir(root): 0o700, DisksDir(root): 0o711} {
+	for dir, mode := range map[string]os.FileMode{CatalogDir(root): 0o700, DisksDir(root): 0o711, HeartbeatsDir(root): 0o700} {
 		info, err := os.Stat(dir)
 		if err != nil || !info.IsDir() || info.Mode().Perm() != mode {
 			t.Errorf("%s: %v, %v; want a directory with mode %v", dir, info, err, mode)
@@ -258,8 +259,18 @@ func TestInit(t *testing.T) {
 	if got, err := New(root, time.Second).Check(ctx); err != nil || got.ID != m.ID {
 		t.Fatalf("Check = %+v, %v", got, err)
 	}
-	if entries, _ := os.ReadDir(VMHADir(root)); len(entries) != 3 {
-		t.Errorf("vmha dir holds %v, want catalog, disks and the marker (no temp files)", entries)
+	if entries, _ := os.ReadDir(VMHADir(root)); len(entries) != 4 {
+		t.Errorf("vmha dir holds %v, want catalog, disks, heartbeats and the marker (no temp files)", entries)
+	}
+	// A share prepared before the heartbeats existed: Init again adds the directory and keeps the marker.
+	if err := os.Remove(HeartbeatsDir(root)); err != nil {
+		t.Fatal(err)
+	}
+	if again, created, err := Init(ctx, root, time.Second); err != nil || created || again.ID != m.ID {
+		t.Fatalf("Init of a share without heartbeats = %+v, %v, %v", again, created, err)
+	}
+	if info, err := os.Stat(HeartbeatsDir(root)); err != nil || !info.IsDir() || info.Mode().Perm() != 0o700 {
+		t.Errorf("heartbeats dir after a second Init: %v, %v", info, err)
 	}
 	if _, _, err := Init(ctx, filepath.Join(root, "missing"), time.Second); err == nil {
 		t.Error("Init created a missing mount point")

@@ -26,23 +26,30 @@ type Marker struct {
 	CreatedAt time.Time `json:"createdAt"`
 }
 
-// VMHADir is vmha's directory on the share; CatalogDir, DisksDir and MarkerPath are below it.
-func VMHADir(root string) string    { return filepath.Join(root, "vmha") }
-func CatalogDir(root string) string { return filepath.Join(root, "vmha", "catalog") }
-func DisksDir(root string) string   { return filepath.Join(root, "vmha", "disks") }
-func MarkerPath(root string) string { return filepath.Join(root, "vmha", MarkerFile) }
+// VMHADir is vmha's directory on the share; CatalogDir, DisksDir, HeartbeatsDir and MarkerPath are below it.
+func VMHADir(root string) string       { return filepath.Join(root, "vmha") }
+func CatalogDir(root string) string    { return filepath.Join(root, "vmha", "catalog") }
+func DisksDir(root string) string      { return filepath.Join(root, "vmha", "disks") }
+func HeartbeatsDir(root string) string { return filepath.Join(root, "vmha", "heartbeats") }
+func MarkerPath(root string) string    { return filepath.Join(root, "vmha", MarkerFile) }
 
 // Directory modes Init creates. The catalog holds domain XML with secrets: root only. The disks directory and
 // vmha's own may be traversed but not listed, so a QEMU running as another user can still open its own disk.
+// The heartbeats (one file per host, renewed by its worker, read by the controller) are root only, like the
+// catalog: the controller and every hypervisor worker run as root, and nothing else has a reason to read them, let
+// alone to forge one (a heartbeat that says "alive" or "watchdog armed" steers fencing and recovery). QEMU never
+// needs to traverse it, so 0700 rather than the disks' 0711.
 const (
-	vmhaDirMode    = 0o711
-	catalogDirMode = 0o700
-	disksDirMode   = 0o711
+	vmhaDirMode       = 0o711
+	catalogDirMode    = 0o700
+	disksDirMode      = 0o711
+	heartbeatsDirMode = 0o700
 )
 
-// Init prepares the share mounted at root (`vmha share init`): vmha's directory, the catalog and disks
-// directories, then the marker with a new random ID. It is idempotent: an existing marker is kept (created is
-// false) and returned. root itself must already exist: Init never creates a mount point.
+// Init prepares the share mounted at root (`vmha share init`): vmha's directory, the catalog, disks and
+// heartbeats directories, then the marker with a new random ID. It is idempotent: an existing marker is kept
+// (created is false) and returned, and a directory missing from a share prepared by an older vmha (heartbeats) is
+// added. root itself must already exist: Init never creates a mount point.
 func Init(ctx context.Context, root string, timeout time.Duration) (m Marker, created bool, err error) {
 	type result struct {
 		m       Marker
@@ -66,7 +73,8 @@ func initShare(root string) (Marker, bool, error) {
 	for _, d := range []struct {
 		path string
 		mode os.FileMode
-	}{{VMHADir(root), vmhaDirMode}, {CatalogDir(root), catalogDirMode}, {DisksDir(root), disksDirMode}} {
+	}{{VMHADir(root), vmhaDirMode}, {CatalogDir(root), catalogDirMode}, {DisksDir(root), disksDirMode},
+		{HeartbeatsDir(root), heartbeatsDirMode}} {
 		if err := os.Mkdir(d.path, d.mode); err != nil && !errors.Is(err, fs.ErrExist) {
 			return Marker{}, false, err
 		}
@@ -124,6 +132,11 @@ func publish(dir, path string, data []byte) error {
 	}
 	return syncDir(dir)
 }
+
+// CheckMarker reads the share's marker at root, like Dir.Check but unbounded: for callers that already run it
+// inside their own bounded call (activities.Bounded), as the heartbeat writer and reader do. Any failure wraps
+// activities.ErrShareNotMounted and says what to do.
+func CheckMarker(root string) (Marker, error) { return readMarker(root) }
 
 // readMarker reads the share's marker. Any failure wraps activities.ErrShareNotMounted with what to do.
 func readMarker(root string) (Marker, error) {
