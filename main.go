@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"os/user"
 	"strconv"
 	"strings"
 	"syscall"
@@ -41,8 +42,9 @@ Operator commands:
   vmha hosts                        list hosts and their states
   vmha create-vm --name web1 --image /share/images/debian.qcow2 --vcpus 1 --memory-mib 512
                                     create an HA VM on the host the scheduler picks
-  vmha failover --host hv1 [--fence] [--reason TEXT]
-                                    move a host's VMs away; --fence powers a running host off first (IPMI)
+  vmha failover --host hv1 [--fence] [--confirm-powered-off] [--reason TEXT]
+                                    move a host's VMs away; --fence powers a running host off first (IPMI);
+                                    --confirm-powered-off: its BMC cannot be asked and you made sure it is off
   vmha maintenance --host hv1 on|off
                                     pause or resume watching a host (nothing is recovered while paused)
   vmha recoveries [--host hv1] [--limit 20]
@@ -169,7 +171,7 @@ func operate(ctx context.Context, cmd string, args []string, s config.Settings, 
 	fs.SetOutput(out)
 	var (
 		file, host, reason, name, image, pinHosts, pinLabels, avoidHosts, avoidLabels, group string
-		fence                                                                                bool
+		fence, confirmOff                                                                    bool
 		vcpus, priority, limit                                                               int
 		memory                                                                               int64
 	)
@@ -179,6 +181,7 @@ func operate(ctx context.Context, cmd string, args []string, s config.Settings, 
 	case "failover":
 		fs.StringVar(&host, "host", "", "host to fail over (its inventory name)")
 		fs.BoolVar(&fence, "fence", false, "power the host off over IPMI first if it is on (required for a running host)")
+		fs.BoolVar(&confirmOff, "confirm-powered-off", false, "the BMC cannot be asked and you made sure the host is off (needs --reason)")
 		fs.StringVar(&reason, "reason", "", "why, for the history and the notifications")
 	case "maintenance":
 		fs.StringVar(&host, "host", "", "host to pause (on) or resume (off)")
@@ -217,7 +220,8 @@ func operate(ctx context.Context, cmd string, args []string, s config.Settings, 
 			_, err := st.Hosts(ctx)
 			return err
 		case "failover":
-			_, err := st.Failover(ctx, types.FailoverRequest{Host: host, Fence: fence, Reason: reason})
+			_, err := st.Failover(ctx, types.FailoverRequest{Host: host, Fence: fence, Reason: reason, ConfirmPoweredOff: confirmOff,
+				By: operatorName()})
 			return err
 		case "maintenance":
 			on, err := onOff(fs.Args())
@@ -257,4 +261,16 @@ func newLogger(level string, w io.Writer) *slog.Logger {
 	var l slog.Level
 	_ = l.UnmarshalText([]byte(level)) // config.Validate accepted it
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
+}
+
+// operatorName is who runs the command, as user@machine, for the history of what an operator confirmed.
+func operatorName() string {
+	name := "unknown"
+	if u, err := user.Current(); err == nil {
+		name = u.Username
+	}
+	if h, err := os.Hostname(); err == nil {
+		name += "@" + h
+	}
+	return name
 }

@@ -34,6 +34,10 @@ type ProbeSettings struct {
 	// BMCIdleInterval is how often power is read while the network answers: power only decides anything once
 	// the network fails, and then it is read on every tick.
 	BMCIdleInterval time.Duration
+	// HeartbeatStoppedAfter is how long a host's storage heartbeat counter must stay unchanged, as this controller
+	// reads it, before it counts as stopped. An armed watchdog counts as having fenced the host after its timeout
+	// plus this margin.
+	HeartbeatStoppedAfter time.Duration
 }
 
 // Controller holds the activities of the controller worker: probes, fencing, placement requests, inventory
@@ -45,6 +49,9 @@ type Controller struct {
 	Probe    ProbeSettings
 	Policy   types.Policy
 	Logger   *slog.Logger
+	// Heartbeats reads the hosts' storage heartbeats; nil where the controller does not see the share (no hung or
+	// storage-lost verdicts then).
+	Heartbeats HeartbeatReader
 }
 
 // Signal and update names shared by the workflows and the activities that reach them through the client.
@@ -67,6 +74,8 @@ type FenceNotice struct {
 	Reason string `json:"reason,omitempty"`
 	// Began is when the failover started: a death declared since then already covers it.
 	Began time.Time `json:"began,omitempty"`
+	// ConfirmedOffBy names the operator who confirmed the host is off when its BMC could not be asked.
+	ConfirmedOffBy string `json:"confirmedOffBy,omitempty"`
 }
 
 // ReleaseRequest ends a reservation: Started keeps it counted until stats sampled later include the VM.
@@ -147,6 +156,11 @@ type hostWatch struct {
 	lastPowerAt  time.Time
 	workerAlive  bool
 	workerSeenAt time.Time
+	// The storage heartbeat: the last counter read, its watchdog, and when this controller saw the counter change.
+	beat        types.Heartbeat
+	beatSeen    bool
+	beatChanged time.Time
+	beatReadErr bool
 }
 
 // resumeWatch starts from what the last watch saw: its misses and its confirmed power reading. A fresh count
@@ -165,6 +179,10 @@ func (c *Controller) resumeWatch(in WatchInput) *hostWatch {
 	}
 	w.power = in.Last.Power
 	w.workerAlive = in.Last.WorkerAlive
+	if !in.Last.BeatChangedAt.IsZero() {
+		w.beat = types.Heartbeat{Counter: in.Last.BeatCounter, Watchdog: in.Last.Watchdog}
+		w.beatSeen, w.beatChanged = true, in.Last.BeatChangedAt
+	}
 	return w
 }
 
@@ -204,8 +222,12 @@ func (w *hostWatch) probe(ctx context.Context) types.Probe {
 		if err := w.readPower(ctx); err != nil {
 			details = append(details, err.Error())
 		}
+		if err := w.readHeartbeat(ctx); err != nil {
+			details = append(details, err.Error())
+		}
 	}
-	return types.Probe{Reach: reach, Power: w.power, WorkerAlive: w.workerAlive, Detail: strings.Join(details, "; "), At: time.Now()}
+	return types.Probe{Reach: reach, Power: w.power, WorkerAlive: w.workerAlive, Heartbeat: w.verdict(), Watchdog: w.beat.Watchdog,
+		BeatCounter: w.beat.Counter, BeatChangedAt: w.beatChanged, Detail: strings.Join(details, "; "), At: time.Now()}
 }
 
 // workerDue says when to ask again whether the host's worker polls. A live worker is asked about three times per
@@ -251,6 +273,43 @@ func (w *hostWatch) readPower(ctx context.Context) error {
 		w.power, w.candidate, w.candidateN = w.candidate, "", 0
 	}
 	return err
+}
+
+// readHeartbeat reads the host's storage heartbeat and notes when its counter changes, by this controller's clock.
+// A read that fails is no evidence either way: the verdict is unknown until reads work again, so a share problem
+// of the controller's own never makes a host look hung.
+func (w *hostWatch) readHeartbeat(ctx context.Context) error {
+	if w.c.Heartbeats == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, w.c.Probe.BMCTimeout)
+	defer cancel()
+	hb, err := w.c.Heartbeats.ReadHeartbeat(ctx, w.spec.Name)
+	w.beatReadErr = err != nil
+	if err != nil {
+		return fmt.Errorf("storage heartbeat of %s: %w", w.spec.Name, err)
+	}
+	if !w.beatSeen || hb.Counter != w.beat.Counter {
+		w.beatSeen, w.beatChanged = true, time.Now()
+	}
+	w.beat = hb
+	return nil
+}
+
+// verdict judges the heartbeat: stopped once its counter has not changed for HeartbeatStoppedAfter, self-fenced
+// once it has not changed for longer than the armed watchdog it announced, plus that margin.
+func (w *hostWatch) verdict() types.HeartbeatVerdict {
+	if !w.beatSeen || w.beatReadErr || w.c.Probe.HeartbeatStoppedAfter <= 0 {
+		return types.HeartbeatUnknown
+	}
+	age := time.Since(w.beatChanged)
+	switch {
+	case w.beat.Watchdog.Armed && w.beat.Watchdog.Timeout > 0 && age >= w.beat.Watchdog.Timeout+w.c.Probe.HeartbeatStoppedAfter:
+		return types.HeartbeatSelfFenced
+	case age >= w.c.Probe.HeartbeatStoppedAfter:
+		return types.HeartbeatStopped
+	}
+	return types.HeartbeatAlive
 }
 
 // dialProbe proves the host reachable with a TCP connect under a deadline: a cut link makes connects hang.

@@ -138,8 +138,11 @@ func (s Starter) Failover(ctx context.Context, req types.FailoverRequest) (workf
 		return res, fmt.Errorf("failover of %s: %w", req.Host, err)
 	}
 	fenced := "was already off"
-	if res.Fenced {
+	switch {
+	case res.Fenced:
 		fenced = "was powered off by vmha (BMC confirmed off)"
+	case res.ConfirmedOff:
+		fenced = fmt.Sprintf("is off on the word of %s (its BMC cannot be asked)", req.By)
 	}
 	fmt.Fprintf(s.Out, "host %s %s; its monitor %s now recovers its VMs (see `vmha recoveries --host %s`)\n",
 		res.Host, fenced, res.Monitor, res.Host)

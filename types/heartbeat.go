@@ -33,4 +33,7 @@ const (
 	HeartbeatAlive HeartbeatVerdict = "alive"
 	// HeartbeatStopped: the counter has not changed for the stop threshold or longer.
 	HeartbeatStopped HeartbeatVerdict = "stopped"
+	// HeartbeatSelfFenced: stopped for longer than the armed watchdog its last heartbeat announced, plus a margin:
+	// that watchdog has powered the host off or reset it by now.
+	HeartbeatSelfFenced HeartbeatVerdict = "self-fenced"
 )

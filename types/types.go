@@ -64,8 +64,15 @@ const (
 	HostSuspect HostState = "suspect"
 	// HostIsolated: unreachable while its BMC says power on. Its VMs may still write their disks: alert, never recover.
 	HostIsolated HostState = "isolated"
-	// HostUnknown: unreachable and its BMC cannot be asked (down or refusing our credentials): alert, never recover.
+	// HostUnknown: unreachable and its BMC cannot be asked (down or refusing our credentials): alert, and again every
+	// VMHA_UNKNOWN_REMINDER, until an operator confirms the host is off (or its armed watchdog's timeout has passed).
 	HostUnknown HostState = "unknown"
+	// HostHung: unreachable, power on, and its storage heartbeat stopped: it no longer writes its disks. vmha fences
+	// it (hard power-off, confirmed by the BMC), then it is dead; or only alerts when VMHA_FENCE_HUNG is off.
+	HostHung HostState = "hung"
+	// HostStorageLost: reachable but its storage heartbeat stopped: it lost the share. An alert; fenced and
+	// recovered only when VMHA_FENCE_STORAGE_LOST is on.
+	HostStorageLost HostState = "storage-lost"
 	// HostDead: unreachable AND power off or fault, or fenced by vmha. Recovery starts.
 	HostDead HostState = "dead"
 	// HostRecovering: its HA VMs are being started elsewhere.
@@ -81,7 +88,8 @@ const (
 )
 
 // AllHostStates lists every state, for metrics and validation.
-var AllHostStates = []HostState{HostHealthy, HostSuspect, HostIsolated, HostUnknown, HostDead, HostRecovering, HostRecovered, HostRecoveryFailed, HostMaintenance}
+var AllHostStates = []HostState{HostHealthy, HostSuspect, HostIsolated, HostUnknown, HostHung, HostStorageLost, HostDead,
+	HostRecovering, HostRecovered, HostRecoveryFailed, HostMaintenance}
 
 // Reachability summarises consecutive network probe results against the configured miss thresholds.
 type Reachability string
@@ -109,6 +117,14 @@ type Probe struct {
 	Reach       Reachability `json:"reach"`
 	Power       PowerState   `json:"power"`
 	WorkerAlive bool         `json:"workerAlive"`
+	// Heartbeat is the verdict on the host's storage heartbeat; Watchdog the self-fencing guarantee its last
+	// heartbeat announced.
+	Heartbeat HeartbeatVerdict `json:"heartbeat,omitempty"`
+	Watchdog  WatchdogState    `json:"watchdog,omitempty"`
+	// BeatCounter and BeatChangedAt carry the heartbeat's last counter and when the controller saw it change to
+	// the next watch, so a verdict survives the watch's restart.
+	BeatCounter   uint64    `json:"beatCounter,omitempty"`
+	BeatChangedAt time.Time `json:"beatChangedAt,omitempty"`
 	// Detail carries the last probe errors for people; it never triggers a change on its own.
 	Detail string    `json:"detail,omitempty"`
 	At     time.Time `json:"at"`
@@ -116,7 +132,7 @@ type Probe struct {
 
 // Key is the part of a probe whose change is worth a workflow decision.
 func (p Probe) Key() string {
-	return fmt.Sprintf("%s/%s/%t", p.Reach, p.Power, p.WorkerAlive)
+	return fmt.Sprintf("%s/%s/%t/%s", p.Reach, p.Power, p.WorkerAlive, p.Heartbeat)
 }
 
 // HAPolicy is what a VM's vmha metadata element in its domain XML says.
@@ -232,6 +248,12 @@ type Policy struct {
 	OvercommitRatio     float64       `json:"overcommitRatio"`
 	HostReserveMiB      int64         `json:"hostReserveMiB"`
 	FenceTimeout        time.Duration `json:"fenceTimeout"`
+	// FenceHung fences a hung host (then recovers it); off, a hung host is only an alert.
+	FenceHung bool `json:"fenceHung"`
+	// FenceStorageLost fences and recovers a host that lost the shared storage; off (the default), only an alert.
+	FenceStorageLost bool `json:"fenceStorageLost"`
+	// UnknownReminder is how often users are told again about a host nobody can tell is off.
+	UnknownReminder time.Duration `json:"unknownReminder"`
 }
 
 // PlacementRequest asks the scheduler for a target. ReservationID makes a retried request idempotent.
@@ -342,6 +364,11 @@ type FailoverRequest struct {
 	// to report off before any VM starts elsewhere.
 	Fence  bool   `json:"fence,omitempty"`
 	Reason string `json:"reason,omitempty"`
+	// ConfirmPoweredOff is an operator's word that the host is off, for a host whose BMC cannot be asked: its VMs
+	// are then recovered. It needs a Reason and By, which stay in the history.
+	ConfirmPoweredOff bool `json:"confirmPoweredOff,omitempty"`
+	// By names who asked (the CLI fills in user@machine).
+	By string `json:"by,omitempty"`
 }
 
 // VMOutcome is how the recovery of one VM ended.

@@ -4,28 +4,42 @@ import "vmha/types"
 
 // Assess is the decision table: what a probe says about a host, before history is taken into account.
 //
-// A host is dead only when it is unreachable AND its BMC says power off or fault. Unreachable with power on is a
-// network blockage: its VMs may still be writing their disks, so starting them elsewhere would corrupt them.
-// Unreachable with a BMC that cannot be asked is unknown, for the same reason.
+// A host is dead only when it is unreachable AND its power is confirmed off: the BMC says off or fault, or its
+// storage heartbeat stopped for longer than the hardware watchdog it announced as armed (the host fenced itself).
+// Unreachable with power on is a network blockage while the host still renews its storage heartbeat (or nobody can
+// tell): its VMs may still be writing their disks, so starting them elsewhere would corrupt them. Unreachable with
+// power on and the heartbeat stopped is a hung host: it is fenced first (by the monitor), and dead only then.
 //
-//	network \ power | on        off/fault  unreachable/auth-failed
-//	up              | healthy*  suspect    suspect
-//	failing         | suspect   suspect    suspect
-//	down            | isolated  dead       unknown
-//
-// (*) healthy also needs the host's worker to poll; without it the host is suspect.
+//	network | power               | heartbeat                 | state
+//	up      | on, worker polls    | alive or unknown          | healthy
+//	up      | on                  | stopped, self-fenced      | storage-lost
+//	up      | anything else       | any                       | suspect
+//	failing | any                 | any                       | suspect
+//	down    | on                  | alive or unknown          | isolated
+//	down    | on                  | stopped, self-fenced      | hung (fence, then dead)
+//	down    | off or fault        | any                       | dead
+//	down    | unreachable/refused | self-fenced               | dead (its watchdog fenced it)
+//	down    | unreachable/refused | alive, stopped or unknown | unknown (alert until an operator confirms)
 func Assess(p types.Probe) types.HostState {
+	stopped := p.Heartbeat == types.HeartbeatStopped || p.Heartbeat == types.HeartbeatSelfFenced
 	switch p.Reach {
 	case types.ReachUp:
-		if p.Power == types.PowerOn && p.WorkerAlive {
+		switch {
+		case p.Power == types.PowerOn && stopped:
+			return types.HostStorageLost
+		case p.Power == types.PowerOn && p.WorkerAlive:
 			return types.HostHealthy
 		}
 		return types.HostSuspect
 	case types.ReachDown:
-		switch p.Power {
-		case types.PowerOn:
+		switch {
+		case p.Power == types.PowerOn && stopped:
+			return types.HostHung
+		case p.Power == types.PowerOn:
 			return types.HostIsolated
-		case types.PowerOff, types.PowerFault:
+		case p.Power == types.PowerOff || p.Power == types.PowerFault:
+			return types.HostDead
+		case p.Heartbeat == types.HeartbeatSelfFenced:
 			return types.HostDead
 		default:
 			return types.HostUnknown

@@ -7,38 +7,62 @@ import (
 	"vmha/types"
 )
 
-// TestDecisionTable covers every combination of network, power and worker liveness, and its outcome.
+// TestDecisionTable covers every combination of network, power, worker liveness and storage heartbeat, against
+// the table in the README.
 func TestDecisionTable(t *testing.T) {
 	powers := []types.PowerState{types.PowerOn, types.PowerOff, types.PowerFault, types.PowerUnreachable, types.PowerAuthFailed}
-	want := map[types.Reachability]map[types.PowerState]types.HostState{
-		types.ReachUp: {types.PowerOn: types.HostHealthy, types.PowerOff: types.HostSuspect, types.PowerFault: types.HostSuspect,
-			types.PowerUnreachable: types.HostSuspect, types.PowerAuthFailed: types.HostSuspect},
-		types.ReachFailing: {types.PowerOn: types.HostSuspect, types.PowerOff: types.HostSuspect, types.PowerFault: types.HostSuspect,
-			types.PowerUnreachable: types.HostSuspect, types.PowerAuthFailed: types.HostSuspect},
-		types.ReachDown: {types.PowerOn: types.HostIsolated, types.PowerOff: types.HostDead, types.PowerFault: types.HostDead,
-			types.PowerUnreachable: types.HostUnknown, types.PowerAuthFailed: types.HostUnknown},
+	beats := []types.HeartbeatVerdict{types.HeartbeatUnknown, types.HeartbeatAlive, types.HeartbeatStopped, types.HeartbeatSelfFenced}
+	class := func(p types.PowerState) string {
+		switch p {
+		case types.PowerOn:
+			return "on"
+		case types.PowerOff, types.PowerFault:
+			return "off"
+		}
+		return "unusable"
+	}
+	beatClass := func(h types.HeartbeatVerdict) string {
+		switch h {
+		case types.HeartbeatStopped:
+			return "stopped"
+		case types.HeartbeatSelfFenced:
+			return "self-fenced"
+		}
+		return "alive"
+	}
+	// network/power/heartbeat -> state, with "healthy" meaning healthy if the worker polls, else suspect.
+	table := map[string]types.HostState{
+		"up/on/alive": types.HostHealthy, "up/on/stopped": types.HostStorageLost, "up/on/self-fenced": types.HostStorageLost,
+		"down/on/alive": types.HostIsolated, "down/on/stopped": types.HostHung, "down/on/self-fenced": types.HostHung,
+		"down/off/alive": types.HostDead, "down/off/stopped": types.HostDead, "down/off/self-fenced": types.HostDead,
+		"down/unusable/alive": types.HostUnknown, "down/unusable/stopped": types.HostUnknown, "down/unusable/self-fenced": types.HostDead,
 	}
 	cases := 0
-	for reach, byPower := range want {
+	for _, reach := range []types.Reachability{types.ReachUp, types.ReachFailing, types.ReachDown} {
 		for _, power := range powers {
 			for _, worker := range []bool{true, false} {
-				expected := byPower[power]
-				if expected == types.HostHealthy && !worker {
-					expected = types.HostSuspect
-				}
-				name := fmt.Sprintf("network %s, power %s, worker %t", reach, power, worker)
-				t.Run(name, func(t *testing.T) {
-					got := Assess(types.Probe{Reach: reach, Power: power, WorkerAlive: worker})
-					if got != expected {
-						t.Fatalf("Assess(%s) = %s, want %s", name, got, expected)
+				for _, beat := range beats {
+					expected, ok := table[fmt.Sprintf("%s/%s/%s", reach, class(power), beatClass(beat))]
+					if !ok {
+						expected = types.HostSuspect
 					}
-				})
-				cases++
+					if expected == types.HostHealthy && !worker {
+						expected = types.HostSuspect
+					}
+					name := fmt.Sprintf("network %s, power %s, worker %t, heartbeat %q", reach, power, worker, beat)
+					t.Run(name, func(t *testing.T) {
+						got := Assess(types.Probe{Reach: reach, Power: power, WorkerAlive: worker, Heartbeat: beat})
+						if got != expected {
+							t.Fatalf("Assess(%s) = %s, want %s", name, got, expected)
+						}
+					})
+					cases++
+				}
 			}
 		}
 	}
-	if cases != 30 {
-		t.Fatalf("table has %d cases, want 3 network x 5 power x 2 worker = 30", cases)
+	if cases != 120 {
+		t.Fatalf("table has %d cases, want 3 network x 5 power x 2 worker x 4 heartbeat = 120", cases)
 	}
 }
 

@@ -2,6 +2,7 @@ package workflows
 
 import (
 	"fmt"
+	"strings"
 
 	"go.temporal.io/sdk/workflow"
 
@@ -16,6 +17,8 @@ type FailoverResult struct {
 	PowerBefore types.PowerState `json:"powerBefore"`
 	// Fenced is true when vmha powered the host off and the BMC confirmed it.
 	Fenced bool `json:"fenced"`
+	// ConfirmedOff is true when the BMC could not be asked and an operator confirmed the host is off.
+	ConfirmedOff bool `json:"confirmedOff,omitempty"`
 	// Monitor is the workflow that now runs the recovery (filter the Web UI by VmhaHost to see it).
 	Monitor string `json:"monitor"`
 }
@@ -28,6 +31,9 @@ func ManualFailover(ctx workflow.Context, req types.FailoverRequest) (FailoverRe
 	res := FailoverResult{Host: req.Host, Monitor: types.HostMonitorID(req.Host)}
 	if !types.ValidName(req.Host) {
 		return res, badInput(fmt.Errorf("host %q: not a valid host name", req.Host))
+	}
+	if req.ConfirmPoweredOff && (strings.TrimSpace(req.Reason) == "" || strings.TrimSpace(req.By) == "") {
+		return res, badInput(fmt.Errorf("confirmPoweredOff: reason %q and by %q must both be set: they stay in the history", req.Reason, req.By))
 	}
 	host, err := describeHost(ctx, req.Host)
 	if err != nil {
@@ -51,7 +57,11 @@ func ManualFailover(ctx workflow.Context, req types.FailoverRequest) (FailoverRe
 		}
 		res.Fenced = true
 	default:
-		return res, badInput(fmt.Errorf("host %s: BMC %s, so vmha cannot make sure the host is off: fix the BMC or power the host off by hand", req.Host, res.PowerBefore))
+		if !req.ConfirmPoweredOff {
+			return res, badInput(fmt.Errorf("host %s: BMC %s, so vmha cannot make sure the host is off: fix the BMC, or make sure "+
+				"the host is off and confirm it (confirmPoweredOff, with a reason)", req.Host, res.PowerBefore))
+		}
+		res.ConfirmedOff = true
 	}
 	return res, handOver(ctx, req)
 }
@@ -69,6 +79,10 @@ func fence(ctx workflow.Context, spec types.HostSpec) error {
 	if err != nil {
 		return err
 	}
+	return fenceWith(ctx, spec, policy)
+}
+
+func fenceWith(ctx workflow.Context, spec types.HostSpec, policy types.Policy) error {
 	fctx := fenceOptions(ctx, policy.FenceTimeout)
 	if err := workflow.ExecuteActivity(fctx, controller.PowerOff, spec).Get(ctx, nil); err != nil {
 		return fmt.Errorf("power off %s: %w", spec.Name, err)
@@ -83,6 +97,9 @@ func fence(ctx workflow.Context, spec types.HostSpec) error {
 func handOver(ctx workflow.Context, req types.FailoverRequest) error {
 	info := workflow.GetInfo(ctx)
 	notice := activities.FenceNotice{By: info.WorkflowExecution.ID, Reason: req.Reason, Began: info.WorkflowStartTime}
+	if req.ConfirmPoweredOff {
+		notice.ConfirmedOffBy = req.By
+	}
 	if err := workflow.SignalExternalWorkflow(ctx, types.HostMonitorID(req.Host), "", activities.SignalFenced, notice).Get(ctx, nil); err != nil {
 		return fmt.Errorf("hand %s over to its monitor: %w", req.Host, err)
 	}

@@ -25,7 +25,14 @@ func failoverEnv(state types.HostState, power types.PowerState) (*testsuite.Test
 	env.OnActivity(controller.PowerOff, mock.Anything, mock.Anything).Return(func(context.Context, types.HostSpec) error { record("power-off"); return nil })
 	env.OnActivity(controller.WaitPowerOff, mock.Anything, mock.Anything).Return(func(context.Context, types.HostSpec) error { record("confirmed-off"); return nil })
 	env.OnSignalExternalWorkflow(mock.Anything, types.HostMonitorID("hv1"), "", activities.SignalFenced, mock.Anything).Return(
-		func(_, _, _, _ string, _ interface{}) error { record("signal-fenced"); return nil })
+		func(_, _, _, _ string, arg interface{}) error {
+			if by := arg.(activities.FenceNotice).ConfirmedOffBy; by != "" {
+				record("signal-fenced(confirmed off by " + by + ")")
+				return nil
+			}
+			record("signal-fenced")
+			return nil
+		})
 	return env, &calls
 }
 
@@ -49,6 +56,38 @@ func TestManualFailover(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			env, calls := failoverEnv(c.state, c.power)
 			env.ExecuteWorkflow(ManualFailover, types.FailoverRequest{Host: "hv1", Fence: c.fence})
+			err := env.GetWorkflowError()
+			if c.wantErr == "" && err != nil || c.wantErr != "" && (err == nil || !strings.Contains(err.Error(), c.wantErr)) {
+				t.Fatalf("error %v, want %q", err, c.wantErr)
+			}
+			if got := strings.Join(*calls, ","); got != c.wantCalls {
+				t.Fatalf("calls %q, want %q", got, c.wantCalls)
+			}
+		})
+	}
+}
+
+// TestManualFailoverConfirmPoweredOff (issue 7): a host whose BMC cannot be asked is handed over only on an
+// operator's confirmation, with who and why; the BMC saying "on" always wins.
+func TestManualFailoverConfirmPoweredOff(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		power     types.PowerState
+		req       types.FailoverRequest
+		wantCalls string
+		wantErr   string
+	}{
+		{"confirmed by an operator with a reason", types.PowerUnreachable,
+			types.FailoverRequest{Host: "hv1", ConfirmPoweredOff: true, Reason: "checked the PDU", By: "alice@ops"},
+			"signal-fenced(confirmed off by alice@ops)", ""},
+		{"no reason", types.PowerUnreachable, types.FailoverRequest{Host: "hv1", ConfirmPoweredOff: true, By: "alice@ops"}, "", `reason ""`},
+		{"nobody", types.PowerAuthFailed, types.FailoverRequest{Host: "hv1", ConfirmPoweredOff: true, Reason: "x"}, "", `by ""`},
+		{"the BMC says on", types.PowerOn,
+			types.FailoverRequest{Host: "hv1", ConfirmPoweredOff: true, Reason: "checked", By: "alice@ops"}, "", "set fence=true"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			env, calls := failoverEnv(types.HostUnknown, c.power)
+			env.ExecuteWorkflow(ManualFailover, c.req)
 			err := env.GetWorkflowError()
 			if c.wantErr == "" && err != nil || c.wantErr != "" && (err == nil || !strings.Contains(err.Error(), c.wantErr)) {
 				t.Fatalf("error %v, want %q", err, c.wantErr)

@@ -60,6 +60,8 @@ type monitor struct {
 	cancelProbe workflow.CancelFunc
 	round       workflow.Future
 	retry       workflow.Future
+	// attention is the timer of the next fencing attempt of a hung host, or the next reminder about an unknown one.
+	attention workflow.Future
 }
 
 type monitorSignals struct {
@@ -89,6 +91,9 @@ func (m *monitor) step(ctx workflow.Context) {
 	}
 	if m.retry != nil {
 		sel.AddFuture(m.retry, func(workflow.Future) { m.retryDue(ctx) })
+	}
+	if m.attention != nil {
+		sel.AddFuture(m.attention, func(workflow.Future) { m.attentionDue(ctx) })
 	}
 	if tooLong(ctx, historyLimit) {
 		// Waiting to continue as new: wake up when the last notification is delivered.
@@ -146,10 +151,11 @@ func (m *monitor) observe(ctx workflow.Context, p types.Probe) {
 	}
 	state, recover := next(m.State, assessed)
 	if recover {
-		m.declareDead(ctx, fmt.Sprintf("unreachable (%s) and power %s", p.Reach, p.Power))
+		m.declareDead(ctx, deathCause(p))
 		return
 	}
 	m.transition(ctx, state, p.Detail)
+	m.attend(ctx)
 }
 
 // declareDead opens a new incident, named by the time of death so it never collides with an earlier one, and
@@ -311,14 +317,16 @@ func (m *monitor) setMaintenance(ctx workflow.Context, on bool) {
 // another round for the VMs the catalog still gives it; any other host is declared dead.
 func (m *monitor) fenced(ctx workflow.Context, n activities.FenceNotice) {
 	power, err := confirmedPower(ctx, m.Spec)
-	if err != nil || (power != types.PowerOff && power != types.PowerFault) {
-		reason := fmt.Sprintf("fenced signal from %q ignored: the BMC says power %s (%v)", n.By, power, err)
-		m.logger.Error(reason, "host", m.Spec.Name)
-		m.notify(ctx, types.Event{Kind: types.EventHostAlert, Host: m.Spec.Name, Reason: reason, At: workflow.Now(ctx),
-			WorkflowID: workflow.GetInfo(ctx).WorkflowExecution.ID})
+	off := err == nil && (power == types.PowerOff || power == types.PowerFault)
+	cause := fmt.Sprintf("fenced by %s: %s", n.By, n.Reason)
+	if !off && n.ConfirmedOffBy != "" && err == nil && bmcUnusable(power) && m.Last.Reach == types.ReachDown {
+		// Nobody can ask the BMC: an operator's word, recorded with who and why, is the evidence.
+		off, cause = true, fmt.Sprintf("confirmed powered off by %s (%s): %s", n.ConfirmedOffBy, n.By, n.Reason)
+	}
+	if !off {
+		m.alert(ctx, fmt.Sprintf("fenced signal from %q ignored: the BMC says power %s (%v) and the network is %s", n.By, power, err, m.Last.Reach))
 		return
 	}
-	cause := fmt.Sprintf("fenced by %s: %s", n.By, n.Reason)
 	switch {
 	case m.round != nil || m.State == types.HostDead || m.State == types.HostRecovering:
 	case m.State == types.HostRecovered && !m.DeclaredAt.Before(n.Began):

@@ -1,12 +1,15 @@
 package workflows
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/mock"
 	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/workflow"
 
@@ -277,5 +280,151 @@ func TestHAReportCountsVMsDownPerHost(t *testing.T) {
 	want := []types.HostVMs{{Host: "hv1", VMs: 2, Down: 1}, {Host: "hv2", VMs: 1, Down: 1}, {Host: "hv3"}}
 	if !slices.Equal(got.Hosts, want) {
 		t.Fatalf("report %+v, want %+v", got.Hosts, want)
+	}
+}
+
+// Issue 7: hung hosts, lost storage, BMCs that cannot be asked.
+
+var (
+	hungProbe        = types.Probe{Reach: types.ReachDown, Power: types.PowerOn, Heartbeat: types.HeartbeatStopped}
+	isolatedAlive    = types.Probe{Reach: types.ReachDown, Power: types.PowerOn, Heartbeat: types.HeartbeatAlive}
+	storageLostProbe = types.Probe{Reach: types.ReachUp, Power: types.PowerOn, WorkerAlive: true, Heartbeat: types.HeartbeatStopped}
+	unknownStopped   = types.Probe{Reach: types.ReachDown, Power: types.PowerUnreachable, Heartbeat: types.HeartbeatStopped}
+	selfFenced       = types.Probe{Reach: types.ReachDown, Power: types.PowerUnreachable, Heartbeat: types.HeartbeatSelfFenced,
+		Watchdog: types.WatchdogState{Armed: true, Timeout: 10 * time.Second}}
+)
+
+func fencePolicy(hung, storageLost bool) types.Policy {
+	p := defaultPolicy
+	p.FenceHung, p.FenceStorageLost, p.UnknownReminder = hung, storageLost, time.Minute
+	return p
+}
+
+// runMonitorWith is runMonitor with a policy and the fencing activities recorded as calls.
+func runMonitorWith(t *testing.T, c *cluster, policy types.Policy, setUp func(env envWithCallbacks), probes ...types.Probe) {
+	t.Helper()
+	env := newEnv(t, c, policy)
+	env.OnActivity(controller.PowerOff, mock.Anything, mock.Anything).Return(func(_ context.Context, spec types.HostSpec) error {
+		c.record("power-off " + spec.Name)
+		return nil
+	})
+	env.OnActivity(controller.WaitPowerOff, mock.Anything, mock.Anything).Return(func(_ context.Context, spec types.HostSpec) error {
+		c.record("confirmed-off " + spec.Name)
+		return nil
+	})
+	watchReturns(env, probes...)
+	if setUp != nil {
+		setUp(env)
+	}
+	retireAfter(env, time.Hour)
+	env.ExecuteWorkflow(HostMonitor, monitorInput("hv1"))
+	if err := env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestMonitorFencesAHungHostThenRecoversIt(t *testing.T) {
+	c := newCluster("hv1", "hv2")
+	c.vms = []types.VMRecord{vm("web", 1, "hv1")}
+	runMonitorWith(t, c, fencePolicy(true, false), nil, healthyProbe, hungProbe)
+	calls := strings.Join(c.callsWith(""), ",")
+	if !strings.HasPrefix(calls, "power-off hv1,confirmed-off hv1,list hv1,claim web@hv2") || !strings.Contains(calls, "commit web@hv2") {
+		t.Fatalf("calls %s: want the hung host fenced and confirmed off before its VM is claimed elsewhere", calls)
+	}
+	if chain := strings.Join(c.stateChain(), ","); chain != "healthy,hung,dead,recovering,recovered" {
+		t.Fatalf("state chain %s", chain)
+	}
+}
+
+func TestMonitorOnlyReportsAHungHostWhenFencingIsOff(t *testing.T) {
+	c := newCluster("hv1", "hv2")
+	c.vms = []types.VMRecord{vm("web", 1, "hv1")}
+	runMonitorWith(t, c, fencePolicy(false, false), nil, healthyProbe, hungProbe)
+	if got := c.callsWith(""); len(got) != 0 {
+		t.Fatalf("calls %v: a hung host with fencing off must only be reported", got)
+	}
+	if chain := strings.Join(c.stateChain(), ","); chain != "healthy,hung" {
+		t.Fatalf("state chain %s", chain)
+	}
+}
+
+// An isolated host whose heartbeat is alive still writes its disks: never fenced, never recovered (the patent).
+func TestMonitorNeverTouchesAnIsolatedHostWithALiveHeartbeat(t *testing.T) {
+	c := newCluster("hv1", "hv2")
+	c.vms = []types.VMRecord{vm("web", 1, "hv1")}
+	runMonitorWith(t, c, fencePolicy(true, true), nil, healthyProbe, isolatedAlive, isolatedAlive, healthyProbe)
+	if got := c.callsWith(""); len(got) != 0 {
+		t.Fatalf("calls %v on an isolated host whose heartbeat is alive", got)
+	}
+}
+
+func TestMonitorStorageLost(t *testing.T) {
+	for _, fenceIt := range []bool{false, true} {
+		t.Run(fmt.Sprint("fence ", fenceIt), func(t *testing.T) {
+			c := newCluster("hv1", "hv2")
+			c.vms = []types.VMRecord{vm("web", 1, "hv1")}
+			runMonitorWith(t, c, fencePolicy(true, fenceIt), nil, healthyProbe, storageLostProbe)
+			fenced := len(c.callsWith("power-off hv1")) == 1 && len(c.callsWith("commit web@hv2")) == 1
+			if fenced != fenceIt || !slices.Contains(c.stateChain(), "storage-lost") {
+				t.Fatalf("fence setting %t: calls %v, states %v", fenceIt, c.calls, c.stateChain())
+			}
+		})
+	}
+}
+
+// A host nobody can tell is off: reminded until an operator confirms it, then recovered, naming who confirmed.
+func TestMonitorUnknownHostIsRemindedUntilConfirmed(t *testing.T) {
+	c := newCluster("hv1", "hv2")
+	c.vms = []types.VMRecord{vm("web", 1, "hv1")}
+	c.power["hv1"] = types.PowerUnreachable
+	runMonitorWith(t, c, fencePolicy(true, false), func(env envWithCallbacks) {
+		env.RegisterDelayedCallback(func() {
+			if got := c.callsWith(""); len(got) != 0 {
+				t.Errorf("calls %v before anyone confirmed the host off", got)
+			}
+			env.SignalWorkflow(activities.SignalFenced, activities.FenceNotice{By: "vmha-failover-hv1", Reason: "checked the PDU",
+				ConfirmedOffBy: "alice@ops"})
+		}, 10*time.Minute)
+	}, healthyProbe, unknownStopped)
+	reminders := 0
+	var dead types.Event
+	for _, e := range c.events {
+		if e.Kind == types.EventHostAlert && strings.Contains(e.Reason, "--confirm-powered-off") {
+			reminders++
+		}
+		if e.To == types.HostDead {
+			dead = e
+		}
+	}
+	if reminders < 5 {
+		t.Fatalf("%d reminders in 9 minutes of unknown, want one a minute", reminders)
+	}
+	if !strings.Contains(dead.Reason, "confirmed powered off by alice@ops") || len(c.callsWith("commit web@hv2")) != 1 {
+		t.Fatalf("dead because %q, calls %v: want recovered on alice's word", dead.Reason, c.calls)
+	}
+}
+
+// A confirmation for a host that answers on the network is refused: only an unreachable host can be confirmed off.
+func TestMonitorRefusesAConfirmationForAReachableHost(t *testing.T) {
+	c := newCluster("hv1", "hv2")
+	c.vms = []types.VMRecord{vm("web", 1, "hv1")}
+	c.power["hv1"] = types.PowerUnreachable
+	runMonitorWith(t, c, fencePolicy(true, false), func(env envWithCallbacks) {
+		env.RegisterDelayedCallback(func() {
+			env.SignalWorkflow(activities.SignalFenced, activities.FenceNotice{By: "x", Reason: "sure", ConfirmedOffBy: "bob@ops"})
+		}, 10*time.Minute)
+	}, types.Probe{Reach: types.ReachUp, Power: types.PowerUnreachable, WorkerAlive: true})
+	if got := c.callsWith(""); len(got) != 0 {
+		t.Fatalf("calls %v after a confirmation for a reachable host", got)
+	}
+}
+
+// A host whose armed watchdog's timeout has passed fenced itself: recovered without a person.
+func TestMonitorRecoversAHostItsWatchdogFenced(t *testing.T) {
+	c := newCluster("hv1", "hv2")
+	c.vms = []types.VMRecord{vm("web", 1, "hv1")}
+	runMonitorWith(t, c, fencePolicy(true, false), nil, healthyProbe, unknownStopped, selfFenced)
+	if len(c.callsWith("commit web@hv2")) != 1 || len(c.callsWith("power-off")) != 0 {
+		t.Fatalf("calls %v: want web recovered without a fence", c.calls)
 	}
 }

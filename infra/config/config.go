@@ -42,6 +42,10 @@ type Settings struct {
 	WorkerGrace         time.Duration `envconfig:"WORKER_GRACE" default:"90s" desc:"a host worker not seen polling for this long counts as gone (>= 1m)"`
 	BMCIdleInterval     time.Duration `envconfig:"BMC_IDLE_INTERVAL" default:"2s" desc:"how often power is read while the network answers (every probe once it fails)"`
 	FenceTimeout        time.Duration `envconfig:"FENCE_TIMEOUT" default:"60s" desc:"how long to wait for the BMC to report off after a power-off"`
+	HeartbeatStoppedAfter time.Duration `envconfig:"HEARTBEAT_STOPPED_AFTER" default:"2s" desc:"a host's storage heartbeat unchanged this long (as the controller reads it) counts as stopped: unreachable + power on + stopped = hung"`
+	FenceHung             bool          `envconfig:"FENCE_HUNG" default:"true" desc:"fence a hung host over IPMI and recover its VMs (false: alert only)"`
+	FenceStorageLost      bool          `envconfig:"FENCE_STORAGE_LOST" default:"false" desc:"fence and recover a reachable host whose storage heartbeat stopped (false: alert only)"`
+	UnknownReminder       time.Duration `envconfig:"UNKNOWN_REMINDER" default:"5m" desc:"how often users are told again about a host nobody can tell is off (0: once)"`
 
 	MaxWatches int `envconfig:"MAX_WATCHES" default:"10000" desc:"hosts one controller replica can watch at once"`
 
@@ -81,6 +85,11 @@ func (s Settings) Validate() error {
 		return fmt.Errorf("%s_PROBE_TIMEOUT=%s / %s_BMC_TIMEOUT=%s: want > 0", Prefix, s.ProbeTimeout, Prefix, s.BMCTimeout)
 	case s.ProbeInterval <= 0:
 		return fmt.Errorf("%s_PROBE_INTERVAL=%s: want > 0", Prefix, s.ProbeInterval)
+	case s.HeartbeatStoppedAfter < 0 || s.HeartbeatStoppedAfter > 0 && s.HeartbeatStoppedAfter <= s.BMCIdleInterval+s.ProbeInterval:
+		return fmt.Errorf("%s_HEARTBEAT_STOPPED_AFTER=%s: want 0 (no heartbeat verdicts) or more than %s_BMC_IDLE_INTERVAL + %s_PROBE_INTERVAL (%s): "+
+			"a reachable host's heartbeat is read every BMC_IDLE_INTERVAL", Prefix, s.HeartbeatStoppedAfter, Prefix, Prefix, s.BMCIdleInterval+s.ProbeInterval)
+	case s.UnknownReminder < 0:
+		return fmt.Errorf("%s_UNKNOWN_REMINDER=%s: want >= 0", Prefix, s.UnknownReminder)
 	case s.MaxWatches < 1:
 		return fmt.Errorf("%s_MAX_WATCHES=%d: want >= 1", Prefix, s.MaxWatches)
 	case s.RecoveryConcurrency < 1:
