@@ -33,15 +33,15 @@ type Settings struct {
 	WebhookURL    string `envconfig:"WEBHOOK_URL" desc:"URL that receives every event as JSON (empty: off)"`
 	WebhookSecret string `envconfig:"WEBHOOK_SECRET" desc:"shared secret of the X-Vmha-Signature HMAC-SHA256 header"`
 
-	ProbeInterval       time.Duration `envconfig:"PROBE_INTERVAL" default:"250ms" desc:"time between two probes of a host"`
-	ProbeTimeout        time.Duration `envconfig:"PROBE_TIMEOUT" default:"300ms" desc:"TCP connect timeout of the network probe"`
-	BMCTimeout          time.Duration `envconfig:"BMC_TIMEOUT" default:"1s" desc:"timeout of one IPMI exchange (PROBE_INTERVAL + max(PROBE_TIMEOUT, 2s) + BMC_TIMEOUT must be <= 4s)"`
-	MissesBeforeSuspect int           `envconfig:"MISSES_BEFORE_SUSPECT" default:"1" desc:"consecutive network misses that make a host suspect"`
-	MissesBeforeDead    int           `envconfig:"MISSES_BEFORE_DEAD" default:"3" desc:"consecutive network misses that make a host unreachable"`
-	PowerConfirmations  int           `envconfig:"POWER_CONFIRMATIONS" default:"2" desc:"equal BMC readings in a row before a power change counts"`
-	WorkerGrace         time.Duration `envconfig:"WORKER_GRACE" default:"90s" desc:"a host worker not seen polling for this long counts as gone (>= 1m)"`
-	BMCIdleInterval     time.Duration `envconfig:"BMC_IDLE_INTERVAL" default:"2s" desc:"how often power is read while the network answers (every probe once it fails)"`
-	FenceTimeout        time.Duration `envconfig:"FENCE_TIMEOUT" default:"60s" desc:"how long to wait for the BMC to report off after a power-off"`
+	ProbeInterval         time.Duration `envconfig:"PROBE_INTERVAL" default:"250ms" desc:"time between two probes of a host"`
+	ProbeTimeout          time.Duration `envconfig:"PROBE_TIMEOUT" default:"300ms" desc:"TCP connect timeout of the network probe"`
+	BMCTimeout            time.Duration `envconfig:"BMC_TIMEOUT" default:"1s" desc:"timeout of one IPMI exchange (PROBE_INTERVAL + max(PROBE_TIMEOUT, 2s) + BMC_TIMEOUT must be <= 4s)"`
+	MissesBeforeSuspect   int           `envconfig:"MISSES_BEFORE_SUSPECT" default:"1" desc:"consecutive network misses that make a host suspect"`
+	MissesBeforeDead      int           `envconfig:"MISSES_BEFORE_DEAD" default:"3" desc:"consecutive network misses that make a host unreachable"`
+	PowerConfirmations    int           `envconfig:"POWER_CONFIRMATIONS" default:"2" desc:"equal BMC readings in a row before a power change counts"`
+	WorkerGrace           time.Duration `envconfig:"WORKER_GRACE" default:"90s" desc:"a host worker not seen polling for this long counts as gone (>= 1m)"`
+	BMCIdleInterval       time.Duration `envconfig:"BMC_IDLE_INTERVAL" default:"2s" desc:"how often power is read while the network answers (every probe once it fails)"`
+	FenceTimeout          time.Duration `envconfig:"FENCE_TIMEOUT" default:"60s" desc:"how long to wait for the BMC to report off after a power-off"`
 	HeartbeatStoppedAfter time.Duration `envconfig:"HEARTBEAT_STOPPED_AFTER" default:"2s" desc:"a host's storage heartbeat unchanged this long (as the controller reads it) counts as stopped: unreachable + power on + stopped = hung"`
 	FenceHung             bool          `envconfig:"FENCE_HUNG" default:"true" desc:"fence a hung host over IPMI and recover its VMs (false: alert only)"`
 	FenceStorageLost      bool          `envconfig:"FENCE_STORAGE_LOST" default:"false" desc:"fence and recover a reachable host whose storage heartbeat stopped (false: alert only)"`
