@@ -297,16 +297,21 @@ func (w *hostWatch) readHeartbeat(ctx context.Context) error {
 }
 
 // verdict judges the heartbeat: stopped once its counter has not changed for HeartbeatStoppedAfter, self-fenced
-// once it has not changed for longer than the armed watchdog it announced, plus that margin.
+// once it has not changed for longer than the armed watchdog it announced, plus that margin. While the network
+// answers, the heartbeat is read only every BMCIdleInterval, so the threshold grows by that much.
 func (w *hostWatch) verdict() types.HeartbeatVerdict {
-	if !w.beatSeen || w.beatReadErr || w.c.Probe.HeartbeatStoppedAfter <= 0 {
+	stoppedAfter := w.c.Probe.HeartbeatStoppedAfter
+	if !w.beatSeen || w.beatReadErr || stoppedAfter <= 0 {
 		return types.HeartbeatUnknown
+	}
+	if w.misses == 0 {
+		stoppedAfter += w.c.Probe.BMCIdleInterval
 	}
 	age := time.Since(w.beatChanged)
 	switch {
-	case w.beat.Watchdog.Armed && w.beat.Watchdog.Timeout > 0 && age >= w.beat.Watchdog.Timeout+w.c.Probe.HeartbeatStoppedAfter:
+	case w.beat.Watchdog.Armed && w.beat.Watchdog.Timeout > 0 && age >= w.beat.Watchdog.Timeout+stoppedAfter:
 		return types.HeartbeatSelfFenced
-	case age >= w.c.Probe.HeartbeatStoppedAfter:
+	case age >= stoppedAfter:
 		return types.HeartbeatStopped
 	}
 	return types.HeartbeatAlive

@@ -85,9 +85,6 @@ func (s Settings) Validate() error {
 		return fmt.Errorf("%s_PROBE_TIMEOUT=%s / %s_BMC_TIMEOUT=%s: want > 0", Prefix, s.ProbeTimeout, Prefix, s.BMCTimeout)
 	case s.ProbeInterval <= 0:
 		return fmt.Errorf("%s_PROBE_INTERVAL=%s: want > 0", Prefix, s.ProbeInterval)
-	case s.HeartbeatStoppedAfter < 0 || s.HeartbeatStoppedAfter > 0 && s.HeartbeatStoppedAfter <= s.BMCIdleInterval+s.ProbeInterval:
-		return fmt.Errorf("%s_HEARTBEAT_STOPPED_AFTER=%s: want 0 (no heartbeat verdicts) or more than %s_BMC_IDLE_INTERVAL + %s_PROBE_INTERVAL (%s): "+
-			"a reachable host's heartbeat is read every BMC_IDLE_INTERVAL", Prefix, s.HeartbeatStoppedAfter, Prefix, Prefix, s.BMCIdleInterval+s.ProbeInterval)
 	case s.UnknownReminder < 0:
 		return fmt.Errorf("%s_UNKNOWN_REMINDER=%s: want >= 0", Prefix, s.UnknownReminder)
 	case s.MaxWatches < 1:
@@ -115,6 +112,9 @@ func (s Settings) Validate() error {
 			"two BMC readings of off, a probe interval apart", Prefix, s.FenceTimeout, Prefix, Prefix, 2*s.BMCTimeout+s.ProbeInterval)
 	case s.HostReserveMiB < 0:
 		return fmt.Errorf("%s_HOST_RESERVE_MIB=%d: want >= 0", Prefix, s.HostReserveMiB)
+	case s.HeartbeatStoppedAfter < 0 || s.HeartbeatStoppedAfter > 0 && s.HeartbeatStoppedAfter <= 2*s.ProbeInterval:
+		return fmt.Errorf("%s_HEARTBEAT_STOPPED_AFTER=%s: want 0 (no heartbeat verdicts) or more than twice %s_PROBE_INTERVAL (%s): "+
+			"an unreachable host's heartbeat is read once per probe", Prefix, s.HeartbeatStoppedAfter, Prefix, 2*s.ProbeInterval)
 	case s.ShareTimeout <= 0:
 		return fmt.Errorf("%s_SHARE_TIMEOUT=%s: want > 0; without it a hung share hangs the worker's catalog calls", Prefix, s.ShareTimeout)
 	}

@@ -3,6 +3,7 @@ package config
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestLoadDefaults(t *testing.T) {
@@ -71,6 +72,33 @@ func TestValidateRefusesSettingsThatBreakTheWatch(t *testing.T) {
 				t.Fatalf("refused: %v", err)
 			case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
 				t.Fatalf("got %v, want an error naming %s", err, c.want)
+			}
+		})
+	}
+}
+
+// TestValidateHeartbeatSettings (issue 7): a stop threshold the probe cannot measure, or a negative reminder, is
+// refused naming the variable.
+func TestValidateHeartbeatSettings(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		set  func(*Settings)
+		want string
+	}{
+		{"threshold under two probes", func(s *Settings) { s.HeartbeatStoppedAfter = 400 * time.Millisecond }, "VMHA_HEARTBEAT_STOPPED_AFTER=400ms"},
+		{"negative threshold", func(s *Settings) { s.HeartbeatStoppedAfter = -time.Second }, "VMHA_HEARTBEAT_STOPPED_AFTER=-1s"},
+		{"negative reminder", func(s *Settings) { s.UnknownReminder = -time.Minute }, "VMHA_UNKNOWN_REMINDER=-1m0s"},
+		{"verdicts off", func(s *Settings) { s.HeartbeatStoppedAfter = 0 }, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s, err := Load()
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.set(&s)
+			err = s.Validate()
+			if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
+				t.Fatalf("Validate = %v, want %q", err, c.want)
 			}
 		})
 	}
