@@ -324,7 +324,11 @@ func (m *monitor) fenced(ctx workflow.Context, n activities.FenceNotice) {
 		off, cause = true, fmt.Sprintf("confirmed powered off by %s (%s): %s", n.ConfirmedOffBy, n.By, n.Reason)
 	}
 	if !off {
-		m.alert(ctx, fmt.Sprintf("fenced signal from %q ignored: the BMC says power %s (%v) and the network is %s", n.By, power, err, m.Last.Reach))
+		bmcSays := fmt.Sprintf("the BMC says power %s", power)
+		if err != nil {
+			bmcSays = fmt.Sprintf("the BMC could not confirm the power (%v)", err)
+		}
+		m.alert(ctx, fmt.Sprintf("fenced signal from %q ignored: %s and the network is %s", n.By, bmcSays, m.Last.Reach))
 		return
 	}
 	switch {

@@ -136,6 +136,14 @@ func TestMonitorFencedSignalIsCheckedWithTheBMC(t *testing.T) {
 	if !slices.Contains(c.eventKinds(), string(types.EventHostAlert)) {
 		t.Fatalf("events %v: want a host.alert", c.eventKinds())
 	}
+	// The lab's scenario 13e showed "the BMC says power on (<nil>)": the alert says what the BMC said, no Go nil.
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range c.events {
+		if e.Kind == types.EventHostAlert && (strings.Contains(e.Reason, "<nil>") || !strings.Contains(e.Reason, "the BMC says power on")) {
+			t.Fatalf("host.alert reason %q", e.Reason)
+		}
+	}
 }
 
 // Item 1: a manual failover (fenced signal) of a recovered host whose catalog still gives it VMs recovers them.
