@@ -4,6 +4,7 @@ package config
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/kelseyhightower/envconfig"
@@ -59,6 +60,10 @@ type Settings struct {
 	QEMUConf     string        `envconfig:"QEMU_CONF" default:"/etc/libvirt/qemu.conf" desc:"the qemu.conf libvirt uses, read at start to report whether disk leases (lock_manager) are on"`
 	SharePath    string        `envconfig:"SHARE_PATH" default:"/var/lib/vmha/share" desc:"the shared storage, mounted at this path on every host"`
 	ShareTimeout time.Duration `envconfig:"SHARE_TIMEOUT" default:"5s" desc:"timeout of every filesystem call on the share (a hung NFS mount must not hang the worker)"`
+	// Storage heartbeat and self-fencing watchdog of the hypervisor worker (activities/heartbeat, activities/watchdog).
+	HeartbeatInterval time.Duration `envconfig:"HEARTBEAT_INTERVAL" default:"500ms" desc:"how often the worker renews its storage heartbeat (<share>/vmha/heartbeats/<host>.json) and, after each successful renewal, pets the watchdog"`
+	WatchdogDevice    string        `envconfig:"WATCHDOG_DEVICE" desc:"self-fencing watchdog: empty for none (the heartbeat says armed=false), /dev/watchdog for the Linux device, file:PATH for the lab's simulated one"`
+	WatchdogTimeout   time.Duration `envconfig:"WATCHDOG_TIMEOUT" default:"10s" desc:"the watchdog powers the host off or resets it this long after the last successful heartbeat renewal (>= 3 x HEARTBEAT_INTERVAL; whole seconds on a Linux device, rounded up)"`
 
 	LogLevel string `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
 }
@@ -117,6 +122,18 @@ func (s Settings) Validate() error {
 			"an unreachable host's heartbeat is read once per probe", Prefix, s.HeartbeatStoppedAfter, Prefix, 2*s.ProbeInterval)
 	case s.ShareTimeout <= 0:
 		return fmt.Errorf("%s_SHARE_TIMEOUT=%s: want > 0; without it a hung share hangs the worker's catalog calls", Prefix, s.ShareTimeout)
+	case s.HeartbeatInterval <= 0:
+		return fmt.Errorf("%s_HEARTBEAT_INTERVAL=%s: want > 0", Prefix, s.HeartbeatInterval)
+	case s.WatchdogDevice == "file:":
+		return fmt.Errorf("%s_WATCHDOG_DEVICE=%q: want file:PATH, the lab watchdog's file", Prefix, s.WatchdogDevice)
+	case s.WatchdogDevice != "" && s.WatchdogTimeout <= 0:
+		return fmt.Errorf("%s_WATCHDOG_TIMEOUT=%s: want > 0 with %s_WATCHDOG_DEVICE=%q", Prefix, s.WatchdogTimeout, Prefix, s.WatchdogDevice)
+	case s.WatchdogDevice != "" && !strings.HasPrefix(s.WatchdogDevice, "file:") && s.WatchdogTimeout < time.Second:
+		return fmt.Errorf("%s_WATCHDOG_TIMEOUT=%s: want >= 1s with the Linux device %s_WATCHDOG_DEVICE=%q (it counts whole seconds)",
+			Prefix, s.WatchdogTimeout, Prefix, s.WatchdogDevice)
+	case s.WatchdogDevice != "" && 3*s.HeartbeatInterval > s.WatchdogTimeout:
+		return fmt.Errorf("%s_HEARTBEAT_INTERVAL=%s x 3 > %s_WATCHDOG_TIMEOUT=%s: want at least three renewals per watchdog timeout, "+
+			"or a single late renewal resets a healthy host", Prefix, s.HeartbeatInterval, Prefix, s.WatchdogTimeout)
 	}
 	return nil
 }

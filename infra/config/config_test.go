@@ -103,3 +103,47 @@ func TestValidateHeartbeatSettings(t *testing.T) {
 		})
 	}
 }
+
+// TestValidateHeartbeatAndWatchdog: the storage heartbeat and watchdog settings of the hypervisor worker; each
+// refusal names the variables and values, the values just inside each limit are accepted.
+func TestValidateHeartbeatAndWatchdog(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		set  map[string]string
+		want string // empty: accepted
+	}{
+		{"defaults: no watchdog", nil, ""},
+		{"interval zero", map[string]string{"VMHA_HEARTBEAT_INTERVAL": "0s"}, "VMHA_HEARTBEAT_INTERVAL=0s"},
+		{"interval negative", map[string]string{"VMHA_HEARTBEAT_INTERVAL": "-1s"}, "VMHA_HEARTBEAT_INTERVAL=-1s"},
+		{"slow interval without a watchdog", map[string]string{"VMHA_HEARTBEAT_INTERVAL": "1m"}, ""},
+		{"linux watchdog, defaults", map[string]string{"VMHA_WATCHDOG_DEVICE": "/dev/watchdog"}, ""},
+		{"lab watchdog, defaults", map[string]string{"VMHA_WATCHDOG_DEVICE": "file:/run/vmha/hv1.watchdog"}, ""},
+		{"lab watchdog without a path", map[string]string{"VMHA_WATCHDOG_DEVICE": "file:"}, `VMHA_WATCHDOG_DEVICE="file:"`},
+		{"watchdog timeout zero", map[string]string{"VMHA_WATCHDOG_DEVICE": "/dev/watchdog", "VMHA_WATCHDOG_TIMEOUT": "0s"}, "VMHA_WATCHDOG_TIMEOUT=0s"},
+		{"linux watchdog under a second", map[string]string{"VMHA_WATCHDOG_DEVICE": "/dev/watchdog", "VMHA_WATCHDOG_TIMEOUT": "900ms",
+			"VMHA_HEARTBEAT_INTERVAL": "100ms"}, "VMHA_WATCHDOG_TIMEOUT=900ms"},
+		{"lab watchdog under a second", map[string]string{"VMHA_WATCHDOG_DEVICE": "file:/x", "VMHA_WATCHDOG_TIMEOUT": "900ms",
+			"VMHA_HEARTBEAT_INTERVAL": "300ms"}, ""},
+		{"three renewals per timeout", map[string]string{"VMHA_WATCHDOG_DEVICE": "/dev/watchdog", "VMHA_WATCHDOG_TIMEOUT": "3s",
+			"VMHA_HEARTBEAT_INTERVAL": "1s"}, ""},
+		{"fewer than three renewals per timeout", map[string]string{"VMHA_WATCHDOG_DEVICE": "/dev/watchdog", "VMHA_WATCHDOG_TIMEOUT": "3s",
+			"VMHA_HEARTBEAT_INTERVAL": "1001ms"}, "VMHA_HEARTBEAT_INTERVAL=1.001s x 3 > VMHA_WATCHDOG_TIMEOUT=3s"},
+		{"no watchdog: the timeout does not matter", map[string]string{"VMHA_WATCHDOG_TIMEOUT": "0s"}, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			for k, v := range c.set {
+				t.Setenv(k, v)
+			}
+			s, err := Load()
+			switch {
+			case c.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+				t.Fatalf("got %v, want an error naming %s", err, c.want)
+			}
+			if c.set == nil && (s.HeartbeatInterval != 500*time.Millisecond || s.WatchdogTimeout != 10*time.Second || s.WatchdogDevice != "") {
+				t.Errorf("defaults: interval %s, watchdog %q timeout %s", s.HeartbeatInterval, s.WatchdogDevice, s.WatchdogTimeout)
+			}
+		})
+	}
+}
