@@ -52,7 +52,12 @@ type Writer struct {
 	Timeout time.Duration
 	// Watchdog, armed by the caller, is petted after each successful renewal. Nil: none (Armed=false).
 	Watchdog watchdog.Watchdog
-	Logger   *slog.Logger
+	// Arm, if set, is called once by Run, right after the first successful renewal, and its result becomes
+	// Watchdog (nil: arming failed, run without). Arming only once the share answers keeps a host that boots
+	// without its share (a failed nofail mount, an NFS server down) out of a reset loop, and costs nothing: a
+	// heartbeat says "armed" only once the watchdog is, and a worker that died armed left its watchdog running.
+	Arm    func() watchdog.Watchdog
+	Logger *slog.Logger
 
 	// busy is set while a renewal runs in the filesystem, including one Bounded gave up on.
 	busy atomic.Bool
@@ -209,6 +214,11 @@ func (w *Writer) step(ctx context.Context) {
 		w.logger().Info("storage heartbeat renewed again", "counter", hb.Counter, "was", w.failing)
 	}
 	w.renewed, w.failing = true, ""
+	if w.Arm != nil {
+		w.Watchdog, w.Arm = w.Arm(), nil
+		// The heartbeat just written says "not armed"; the next one says armed. Arm started the timer.
+		return
+	}
 	if w.Watchdog == nil || !hb.Watchdog.Armed {
 		return
 	}

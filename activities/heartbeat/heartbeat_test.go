@@ -14,8 +14,11 @@ import (
 
 	"vmha/activities"
 	"vmha/activities/catalog"
+	"vmha/activities/watchdog"
 	"vmha/types"
 )
+
+type watchdogIface = watchdog.Watchdog
 
 // fakeWatchdog records what the writer does with it.
 type fakeWatchdog struct {
@@ -375,5 +378,55 @@ func TestReader(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(catalog.VMHADir(root), "x.json")); err == nil {
 		t.Error("a bad host name escaped the heartbeats directory")
+	}
+}
+
+// TestArmAfterFirstRenewal: with Arm set, nothing is armed while the share is missing; the first successful
+// renewal arms the watchdog, and the following heartbeats say so and pet it.
+func TestArmAfterFirstRenewal(t *testing.T) {
+	root := share(t)
+	marker := catalog.MarkerPath(root)
+	if err := os.Rename(marker, marker+".away"); err != nil {
+		t.Fatal(err)
+	}
+	wd := &fakeWatchdog{}
+	var mu sync.Mutex
+	arms := 0
+	w := &Writer{Root: root, Host: "hv1", Interval: 10 * time.Millisecond, Timeout: time.Second,
+		Logger: slog.New(slog.NewTextHandler(&logBuffer{}, nil)),
+		Arm: func() watchdogIface {
+			mu.Lock()
+			defer mu.Unlock()
+			arms++
+			_ = wd.Arm(3 * time.Second)
+			return wd
+		}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		w.Run(ctx)
+	}()
+	time.Sleep(100 * time.Millisecond)
+	mu.Lock()
+	if arms != 0 {
+		t.Fatalf("armed %d times without the share", arms)
+	}
+	mu.Unlock()
+	if err := os.Rename(marker+".away", marker); err != nil {
+		t.Fatal(err)
+	}
+	r := NewReader(root, time.Second)
+	waitFor(t, "an armed heartbeat", func() bool {
+		hb, err := r.ReadHeartbeat(context.Background(), "hv1")
+		return err == nil && hb.Watchdog.Armed && hb.Watchdog.Timeout == 3*time.Second
+	})
+	waitFor(t, "pets", func() bool { p, _, _ := wd.counts(); return p >= 2 })
+	cancel()
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	if _, disarms, _ := wd.counts(); arms != 1 || disarms != 1 {
+		t.Fatalf("%d arms, %d disarms; want one each", arms, disarms)
 	}
 }
