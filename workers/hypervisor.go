@@ -15,6 +15,7 @@ import (
 
 	"vmha/activities"
 	"vmha/activities/catalog"
+	"vmha/activities/heartbeat"
 	"vmha/activities/hypervisor"
 	"vmha/infra/config"
 	"vmha/types"
@@ -52,12 +53,13 @@ func RunHypervisor(ctx context.Context, s config.Settings, c client.Client, logg
 
 // HostWorkers is one hypervisor's workers: its own task queue with the host activities (interceptors apply
 // there), the share queue served only while the share's marker is visible (ShareSupervisor), and the keeper of
-// its catalog entries (see KeepCatalog).
+// its catalog entries (see KeepCatalog), and the storage heartbeat with its watchdog (see HostHeartbeat).
 type HostWorkers struct {
-	Own    worker.Worker
-	Share  *ShareSupervisor
-	Keeper *activities.Keeper
-	logger *slog.Logger
+	Own       worker.Worker
+	Share     *ShareSupervisor
+	Keeper    *activities.Keeper
+	Heartbeat *heartbeat.Writer
+	logger    *slog.Logger
 
 	cancel context.CancelFunc
 	done   sync.WaitGroup
@@ -96,18 +98,23 @@ func HypervisorWorkers(c client.Client, s config.Settings, hv activities.Hypervi
 		Logger:   logger,
 		Share:    s.SharePath,
 	}
-	return &HostWorkers{Own: own, Share: share, Keeper: keeper, logger: logger}
+	return &HostWorkers{Own: own, Share: share, Keeper: keeper, Heartbeat: HostHeartbeat(s, logger), logger: logger}
 }
 
 // Start starts the host's own worker and checks the share once (starting the share worker if its marker is
-// visible), then supervises the share and runs the keeper in the background until ctx ends or Stop.
+// visible), then supervises the share, runs the keeper and renews the storage heartbeat in the background until
+// ctx ends or Stop.
 func (h *HostWorkers) Start(ctx context.Context) error {
 	if err := h.Own.Start(); err != nil {
 		return fmt.Errorf("start worker: %w", err)
 	}
 	ctx, h.cancel = context.WithCancel(ctx)
 	h.Share.Step(ctx)
-	h.done.Add(2)
+	h.done.Add(3)
+	go func() {
+		defer h.done.Done()
+		h.Heartbeat.Run(ctx)
+	}()
 	go func() {
 		defer h.done.Done()
 		h.Share.Run(ctx)
@@ -119,7 +126,8 @@ func (h *HostWorkers) Start(ctx context.Context) error {
 	return nil
 }
 
-// Stop stops the share supervision, the keeper and both workers, and waits for them.
+// Stop stops the share supervision, the keeper, the heartbeat (disarming the watchdog once the last heartbeat
+// says so) and both workers, and waits for them.
 func (h *HostWorkers) Stop() {
 	if h.cancel == nil {
 		return
