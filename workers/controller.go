@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,6 +21,8 @@ import (
 
 	"vmha/activities"
 	"vmha/activities/bmc"
+	"vmha/activities/catalog"
+	"vmha/activities/heartbeat"
 	"vmha/activities/notify"
 	"vmha/infra/config"
 	"vmha/types"
@@ -74,15 +77,20 @@ func NewController(s config.Settings, c client.Client, power activities.PowerCon
 			MissesBeforeSuspect: s.MissesBeforeSuspect,
 			MissesBeforeDead:    s.MissesBeforeDead,
 			PowerConfirmations:  s.PowerConfirmations,
-			WorkerGrace:         s.WorkerGrace,
-			BMCIdleInterval:     s.BMCIdleInterval,
+			WorkerGrace:           s.WorkerGrace,
+			BMCIdleInterval:       s.BMCIdleInterval,
+			HeartbeatStoppedAfter: s.HeartbeatStoppedAfter,
 		},
 		Policy: types.Policy{
 			RecoveryConcurrency: s.RecoveryConcurrency,
 			OvercommitRatio:     s.OvercommitRatio,
 			HostReserveMiB:      s.HostReserveMiB,
 			FenceTimeout:        s.FenceTimeout,
+			FenceHung:           s.FenceHung,
+			FenceStorageLost:    s.FenceStorageLost,
+			UnknownReminder:     s.UnknownReminder,
 		},
+		Heartbeats: heartbeatReader(s, logger),
 	}
 }
 
@@ -118,4 +126,19 @@ func run(ctx context.Context, ws ...worker.Worker) error {
 		w.Stop()
 	}
 	return nil
+}
+
+// heartbeatReader reads the hosts' storage heartbeats from this controller's own mount of the share. Without one
+// (VMHA_SHARE_PATH not mounted here) every verdict is "unknown": no hung or storage-lost host is ever detected, so
+// the controller says so.
+func heartbeatReader(s config.Settings, logger *slog.Logger) activities.HeartbeatReader {
+	if s.HeartbeatStoppedAfter <= 0 {
+		logger.Warn("storage heartbeat verdicts off (VMHA_HEARTBEAT_STOPPED_AFTER=0): hung hosts are not detected")
+		return nil
+	}
+	if _, err := os.Stat(catalog.MarkerPath(s.SharePath)); err != nil {
+		logger.Warn("the share is not visible to this controller: hung and storage-lost hosts are detected only once it is",
+			"share", s.SharePath, "error", err)
+	}
+	return heartbeat.NewReader(s.SharePath, s.BMCTimeout)
 }
