@@ -143,6 +143,59 @@ func (l *Lab) Virsh(ctx context.Context, host string, args ...string) (string, e
 	return l.run(ctx, append([]string{"virsh", host}, args...)...)
 }
 
+// HideShare bind-mounts an empty directory over the share in the host's mount namespace: the host then sees an
+// empty share directory, as after an NFS mount that failed at boot (a `nofail` mount). ShowShare undoes it.
+func (l *Lab) HideShare(ctx context.Context, host string) error {
+	_, err := l.run(ctx, "hide-share", host)
+	return err
+}
+
+// ShowShare removes HideShare's mount: the host sees the share again.
+func (l *Lab) ShowShare(ctx context.Context, host string) error {
+	_, err := l.run(ctx, "show-share", host)
+	return err
+}
+
+// Shadow bind-mounts a private copy of file (under Dir) over it in the host's mount namespace: a QEMU there opens
+// another inode at the same path, so QEMU's own image lock does not see another host's QEMU, while virtlockd's
+// lease (keyed by the path, kept on the share) does. Unshadow undoes it.
+func (l *Lab) Shadow(ctx context.Context, host, file string) error {
+	_, err := l.run(ctx, "shadow", host, file)
+	return err
+}
+
+// Unshadow removes Shadow's mount and copy.
+func (l *Lab) Unshadow(ctx context.Context, host, file string) error {
+	_, err := l.run(ctx, "unshadow", host, file)
+	return err
+}
+
+// HoldWorker arms the host's libvirt hook: the next time the domain named vm has started there, the host's vmha
+// worker is SIGKILLed and kept down until ReleaseWorker (or a power cycle). The activity that started the domain
+// never answers, and nothing more can run on that host's queue.
+func (l *Lab) HoldWorker(ctx context.Context, host, vm string) error {
+	_, err := l.run(ctx, "hold-worker", host, vm)
+	return err
+}
+
+// ReleaseWorker disarms HoldWorker and lets the host's worker start again.
+func (l *Lab) ReleaseWorker(ctx context.Context, host string) error {
+	_, err := l.run(ctx, "release-worker", host)
+	return err
+}
+
+// Ready is true while the host is powered and its libvirtd answered since its last boot.
+func (l *Lab) Ready(host string) bool {
+	_, err := os.Stat(filepath.Join(l.Dir, host, "ready"))
+	return err == nil
+}
+
+// LocalURI is a libvirt URI for the host's libvirtd through its unix socket, which answers even while the host is
+// cut off.
+func (l *Lab) LocalURI(host string) string {
+	return "qemu:///system?socket=" + filepath.Join(l.Dir, host, "run", "libvirt-sock")
+}
+
 // Status returns lab.sh status: one line per host with power, link, libvirtd, worker, BMC and domains.
 func (l *Lab) Status(ctx context.Context) (string, error) {
 	return l.run(ctx, "status")

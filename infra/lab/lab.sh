@@ -17,6 +17,14 @@
 #   cut HOST | restore HOST  take the host's link down / up; the host keeps running
 #   kill-worker HOST       SIGKILL the host's vmha worker (its restart loop starts it again)
 #   virsh HOST ARGS...     virsh -c qemu+tcp://ADDRESS/system ARGS...
+#   hide-share HOST | show-share HOST  bind-mount an empty directory over the share in the host's mount namespace
+#                          (a failed `nofail` NFS mount), or remove it again
+#   shadow HOST FILE | unshadow HOST FILE  bind-mount a private copy of FILE over FILE in the host's mount
+#                          namespace (QEMU's own image lock then sees another file; virtlockd's lease, keyed by the
+#                          path, is still the same), or remove it again
+#   hold-worker HOST VM    the next time VM's QEMU has started on HOST (libvirt's "started" hook), SIGKILL the host's
+#                          vmha worker and keep it down (an activity's outcome lost between start and commit)
+#   release-worker HOST    let the host's worker start again (a power cycle releases it too)
 #   domains                "HOST<TAB>DOMAIN<TAB>STATE" for every domain of every powered host ("HOST" alone: none)
 #   inventory              print a vmha inventory (YAML) of the lab
 #   bmc-port HOST | address HOST | password-file HOST
@@ -217,6 +225,20 @@ write_host_config() {
 	cat >"$hd/etc/virtlockd.conf" <<-'EOF'
 		log_outputs = "3:stderr"
 	EOF
+	# libvirt's qemu hook (libvirtd looks for it once, at start): does nothing unless hold-worker armed it.
+	mkdir -p "$hd/etc/hooks"
+	cat >"$hd/etc/hooks/qemu" <<-EOF
+		#!/bin/bash
+		# lab.sh hold-worker: called by libvirtd as "qemu NAME OPERATION SUB-OPERATION -", the domain XML on stdin.
+		cat >/dev/null
+		[[ \$2 == started && -f $hd/hold-worker-on && \$(cat $hd/hold-worker-on) == "\$1" ]] || exit 0
+		rm -f $hd/hold-worker-on
+		touch $hd/worker.hold
+		pid=\$(cat $hd/worker.pid 2>/dev/null) && kill -KILL "\$pid" 2>/dev/null
+		echo "lab hook: \$1 started: worker (pid \$pid) killed and held \$(date -Is)" >>$hd/worker.log
+		exit 0
+	EOF
+	chmod 755 "$hd/etc/hooks/qemu"
 }
 
 # lockspace_dir: virtlockd's lease files, on the share like the disks they guard.
@@ -300,7 +322,7 @@ boot() {
 	hd=$(host_dir "$k") ns=$(netns_of "$k")
 	host_on "$k" && return 0
 	kill_netns_procs "$k"
-	rm -f "$hd/ready" "$hd/failed" "$hd/worker.pid" "$hd/power.pid"
+	rm -f "$hd/ready" "$hd/failed" "$hd/worker.pid" "$hd/power.pid" "$hd/worker.hold" "$hd/hold-worker-on"
 	echo "=== boot $(date -Is)" >>"$hd/boot.log"
 	setsid ip netns exec "$ns" unshare --mount --pid --uts --fork --mount-proc --propagation private --kill-child \
 		tini -- "$SELF" _init "hv$k" </dev/null >>"$hd/boot.log" 2>&1 8>&- 9>&- &
@@ -412,6 +434,8 @@ cmd_init() {
 	export VMHA_TEMPORAL_ADDRESS=${VMHA_TEMPORAL_ADDRESS:-$NET_PREFIX.1:7233} VMHA_NAMESPACE=${VMHA_NAMESPACE:-vmha}
 	# A supervisor in miniature: a crashed worker comes back after a second.
 	while :; do
+		# lab.sh hold-worker keeps the worker down until release-worker.
+		while [[ -e $hd/worker.hold ]]; do sleep 0.1; done
 		echo "=== lab: starting $VMHA_BIN hypervisor $(date -Is)" >>"$hd/worker.log"
 		"$VMHA_BIN" hypervisor </dev/null >>"$hd/worker.log" 2>&1 &
 		echo $! >"$hd/worker.pid"
@@ -684,6 +708,79 @@ cmd_kill_worker() {
 	note "$1: killed worker pid $pid"
 }
 
+# in_host_mnt K CMD...: run CMD in the host's mount namespace (that of its init).
+in_host_mnt() {
+	local k=$1 pid
+	shift
+	host_on "$k" || die "hv$k: powered off"
+	pid=$(cat "$(host_dir "$k")/power.pid")
+	# -p too: the host's /proc is its PID namespace's, and umount reads /proc/self/mountinfo.
+	nsenter -t "$pid" -m -p -- "$@"
+}
+
+# lab_mount_at K PATH: the host has a mount of ours at PATH (mountinfo's mount point field).
+lab_mount_at() {
+	local pid
+	pid=$(cat "$(host_dir "$1")/power.pid")
+	awk -v p="$2" '$5 == p {found=1} END {exit !found}' "/proc/$pid/mountinfo"
+}
+
+cmd_hide_share() {
+	local k hd share
+	k=$(host_index "$1")
+	hd=$(host_dir "$k") share=$LAB_DIR/share
+	mkdir -p "$hd/empty-share"
+	lab_mount_at "$k" "$share" && die "$1: the share is already hidden"
+	in_host_mnt "$k" mount --bind "$hd/empty-share" "$share"
+	note "$1: share hidden (an empty directory over $share)"
+}
+
+cmd_show_share() {
+	local k share
+	k=$(host_index "$1")
+	share=$LAB_DIR/share
+	lab_mount_at "$k" "$share" || { note "$1: share not hidden"; return 0; }
+	in_host_mnt "$k" umount "$share"
+	note "$1: share visible again"
+}
+
+cmd_shadow() {
+	local k hd file copy
+	k=$(host_index "$1")
+	file=$(readlink -f "$2")
+	[[ -f $file && $file == "$LAB_DIR/"* ]] || die "shadow: $2: want a file under $LAB_DIR"
+	hd=$(host_dir "$k")
+	mkdir -p "$hd/shadow"
+	copy=$hd/shadow/$(basename "$file")
+	cp --sparse=always "$file" "$copy"
+	in_host_mnt "$k" mount --bind "$copy" "$file"
+	note "$1: $file shadowed by a copy"
+}
+
+cmd_unshadow() {
+	local k hd file
+	k=$(host_index "$1")
+	file=$(readlink -f "$2")
+	hd=$(host_dir "$k")
+	if host_on "$k" && lab_mount_at "$k" "$file"; then in_host_mnt "$k" umount "$file"; fi
+	rm -f "$hd/shadow/$(basename "$file")"
+}
+
+cmd_hold_worker() {
+	local k hd
+	k=$(host_index "$1")
+	hd=$(host_dir "$k")
+	[[ $2 =~ ^[A-Za-z0-9_.-]+$ ]] || die "hold-worker: VM name '$2'"
+	echo "$2" >"$hd/hold-worker-on"
+}
+
+cmd_release_worker() {
+	local k hd
+	k=$(host_index "$1")
+	hd=$(host_dir "$k")
+	rm -f "$hd/hold-worker-on" "$hd/worker.hold"
+}
+
 cmd_inventory() {
 	local n k
 	n=$(lab_size)
@@ -726,6 +823,12 @@ main() {
 		exec virsh -c "qemu+tcp://$(host_addr "$k")/system" "$@"
 		;;
 	domains) cmd_domains ;;
+	hide-share) (($# == 1)) || die "usage: hide-share HOST"; cmd_hide_share "$1" ;;
+	show-share) (($# == 1)) || die "usage: show-share HOST"; cmd_show_share "$1" ;;
+	shadow) (($# == 2)) || die "usage: shadow HOST FILE"; cmd_shadow "$1" "$2" ;;
+	unshadow) (($# == 2)) || die "usage: unshadow HOST FILE"; cmd_unshadow "$1" "$2" ;;
+	hold-worker) (($# == 2)) || die "usage: hold-worker HOST VM"; cmd_hold_worker "$1" "$2" ;;
+	release-worker) (($# == 1)) || die "usage: release-worker HOST"; cmd_release_worker "$1" ;;
 	inventory) cmd_inventory ;;
 	bmc-port) bmc_port "$(host_index "${1:-}")" ;;
 	address) host_addr "$(host_index "${1:-}")" ;;

@@ -51,19 +51,33 @@ type world struct {
 	controller *exec.Cmd
 	hooks      *webhook
 	inventory  types.Inventory
+	copies     copyWatch
 }
 
 func TestLab(t *testing.T) {
 	w := setUp(t)
 	var x string
-	t.Run("1_power_loss", func(t *testing.T) { x = w.powerLoss(t, "vm1") })
-	t.Run("4_old_host_comes_back", func(t *testing.T) { w.oldHostComesBack(t, x, "vm1") })
-	t.Run("2_network_blockage", func(t *testing.T) { w.networkBlockage(t, "vm1", 60*time.Second) })
-	t.Run("3_bmc_unreachable_or_wrong_password", func(t *testing.T) { w.bmcUnusable(t) })
-	t.Run("5_manual_failover_with_temporal_cli", func(t *testing.T) { w.manualFailover(t, "vm1") })
-	t.Run("6_controller_killed_mid_recovery", func(t *testing.T) { w.controllerKilled(t, "vm1") })
-	t.Run("7_two_hosts_off_at_once", func(t *testing.T) { w.twoHostsOff(t) })
-	t.Run("8_web_ui_lists_the_recovery", func(t *testing.T) { w.webUI(t, x) })
+	w.scenario(t, "1_power_loss", func(t *testing.T) { x = w.powerLoss(t, "vm1") })
+	w.scenario(t, "4_old_host_comes_back", func(t *testing.T) { w.oldHostComesBack(t, x, "vm1") })
+	w.scenario(t, "2_network_blockage", func(t *testing.T) { w.networkBlockage(t, "vm1", 60*time.Second) })
+	w.scenario(t, "3_bmc_unreachable_or_wrong_password", func(t *testing.T) { w.bmcUnusable(t) })
+	w.scenario(t, "5_manual_failover_with_temporal_cli", func(t *testing.T) { w.manualFailover(t, "vm1") })
+	w.scenario(t, "6_controller_killed_mid_recovery", func(t *testing.T) { w.controllerKilled(t, "vm1") })
+	w.scenario(t, "7_two_hosts_off_at_once", func(t *testing.T) { w.twoHostsOff(t) })
+	w.scenario(t, "8_web_ui_lists_the_recovery", func(t *testing.T) { w.webUI(t, x) })
+	// Issue 13: never lost.
+	w.scenario(t, "13a_share_unmounted_on_a_survivor", w.shareUnmountedOnSurvivor)
+	w.scenario(t, "13b_unreadable_catalog_files", w.catalogGarbage)
+	w.scenario(t, "13c_no_capacity_then_capacity_raised", w.noCapacity)
+	w.scenario(t, "13d_retired_and_reapplied_host", w.retiredAndReapplied)
+	w.scenario(t, "13e_fenced_signal_to_a_healthy_host", w.fencedSignalToHealthyHost)
+	// Issue 6: never twice.
+	w.scenario(t, "6a_virsh_opt_in", w.virshOptIn)
+	w.scenario(t, "6b_virsh_autostart", w.virshAutostart)
+	w.scenario(t, "6c_live_migration", w.liveMigration)
+	w.scenario(t, "6d_lost_start_and_failed_cleanup", w.lostStartNoSecondCopy)
+	w.scenario(t, "6e_disk_lease_refuses_a_second_start", w.leaseRefusesSecondStart)
+	w.scenario(t, "6f_planted_qemu_commandline", w.plantedCommandline)
 }
 
 // TestBenchLab repeats the power-loss scenario VMHA_BENCH_LAB times and prints min / median / max seconds,
@@ -365,6 +379,7 @@ func (w *world) eventually(t *testing.T, d time.Duration, what string, f func() 
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {
+		w.checkCopies(t)
 		err := f()
 		if err == nil {
 			return
@@ -577,13 +592,7 @@ func (w *world) bmcUnusable(t *testing.T) {
 
 // 5. Manual failover with the plain Temporal CLI: the running host is fenced and its VM moves.
 func (w *world) manualFailover(t *testing.T, vm string) {
-	cli := os.Getenv("VMHA_TEMPORAL_CLI")
-	if cli == "" {
-		cli = "../../bin/tools/temporal"
-	}
-	if _, err := os.Stat(cli); err != nil {
-		t.Skipf("Temporal CLI %s missing (make installs it)", cli)
-	}
+	cli := temporalCLI(t)
 	x, err := w.where(t, vm)
 	if err != nil {
 		t.Fatal(err)
