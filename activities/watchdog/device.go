@@ -106,10 +106,14 @@ func (d *Device) Arm(timeout time.Duration) error {
 	if got <= 0 {
 		got = seconds
 	}
-	d.timeout = time.Duration(got) * time.Second
 	if _, err := d.f.Write([]byte("\n")); err != nil {
-		return fmt.Errorf("watchdog %s: first keepalive: %w", d.Path, err)
+		// A caller that sees Arm fail runs without the watchdog and never pets it: stop it.
+		_, werr := d.f.Write([]byte("V"))
+		cerr := d.f.Close()
+		d.f, d.timeout = nil, 0
+		return errors.Join(fmt.Errorf("watchdog %s: first keepalive: %w", d.Path, err), werr, cerr)
 	}
+	d.timeout = time.Duration(got) * time.Second
 	return nil
 }
 

@@ -152,7 +152,12 @@ func (w *File) Arm(timeout time.Duration) error {
 		w.f = f
 	}
 	if err := w.write(Command{Op: OpArm, Timeout: timeout}); err != nil {
-		return err
+		// A caller that sees Arm fail runs without the watchdog and never pets it: stop it (if the lab got
+		// anything of an earlier arm) and close.
+		_ = w.write(Command{Op: OpDisarm})
+		cerr := w.f.Close()
+		w.f, w.timeout = nil, 0
+		return errors.Join(err, cerr)
 	}
 	w.timeout = timeout
 	return nil

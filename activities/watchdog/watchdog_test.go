@@ -306,3 +306,20 @@ func TestDeviceIoctlRefused(t *testing.T) {
 		t.Error("armed after a refused ioctl")
 	}
 }
+
+// TestArmFailsClean: when the first write fails (/dev/full refuses every write), Arm fails and leaves nothing
+// armed or open, since its caller will never pet it.
+func TestArmFailsClean(t *testing.T) {
+	if _, err := os.Stat("/dev/full"); err != nil {
+		t.Skip("no /dev/full")
+	}
+	d := NewDevice("/dev/full")
+	d.setTimeout = func(_ *os.File, s int) (int, error) { return s, nil }
+	if err := d.Arm(10 * time.Second); err == nil || d.State().Armed || d.f != nil {
+		t.Errorf("Device.Arm on /dev/full: %v, state %+v", err, d.State())
+	}
+	f := NewFile("/dev/full")
+	if err := f.Arm(10 * time.Second); err == nil || f.State().Armed || f.f != nil {
+		t.Errorf("File.Arm on /dev/full: %v, state %+v", err, f.State())
+	}
+}
