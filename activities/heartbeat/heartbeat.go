@@ -251,6 +251,11 @@ func (w *Writer) stop() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	// The renewal the stop interrupted (Bounded stops waiting when ctx ends) may still be finishing: let it, within
+	// the same timeout, rather than fail the last heartbeat with ErrHung.
+	for w.busy.Load() && ctx.Err() == nil {
+		time.Sleep(time.Millisecond)
+	}
 	if _, err := w.renew(ctx, types.WatchdogState{Device: st.Device}); err != nil {
 		aerr := w.Watchdog.Abandon()
 		w.logger().Error("stopping: could not write the last heartbeat (watchdog off), so the watchdog stays armed: "+

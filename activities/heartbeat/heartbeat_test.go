@@ -430,3 +430,29 @@ func TestArmAfterFirstRenewal(t *testing.T) {
 		t.Fatalf("%d arms, %d disarms; want one each", arms, disarms)
 	}
 }
+
+// TestStopWaitsForRenewalInFlight: a stop that interrupts a renewal lets it finish (within the share timeout)
+// before the last heartbeat, then disarms; a renewal still hung at the timeout leaves the watchdog running.
+func TestStopWaitsForRenewalInFlight(t *testing.T) {
+	root := share(t)
+	for _, c := range []struct {
+		name         string
+		hangFor      time.Duration
+		wantDisarmed bool
+	}{{"finishes", 50 * time.Millisecond, true}, {"hangs", time.Hour, false}} {
+		t.Run(c.name, func(t *testing.T) {
+			wd := &fakeWatchdog{}
+			_ = wd.Arm(time.Second)
+			w := &Writer{Root: root, Host: "hv1", Timeout: 200 * time.Millisecond, Watchdog: wd,
+				Logger: slog.New(slog.NewTextHandler(&logBuffer{}, nil))}
+			w.busy.Store(true)
+			release := time.AfterFunc(c.hangFor, func() { w.busy.Store(false) })
+			defer release.Stop()
+			w.stop()
+			_, disarms, abandons := wd.counts()
+			if c.wantDisarmed != (disarms == 1 && abandons == 0) || disarms+abandons != 1 {
+				t.Fatalf("%d disarms, %d abandons; want disarmed=%v", disarms, abandons, c.wantDisarmed)
+			}
+		})
+	}
+}
