@@ -8,11 +8,16 @@ VMHA         := $(BIN)/vmha
 TEMPORAL_CLI := $(BIN)/tools/temporal
 # The Temporal CLI gets its own bin dir and module graph: adding it to our go.mod breaks its build.
 TEMPORAL_CLI_VERSION := v1.5.1
+# Static analysis tools, installed like the CLI: outside our module graph.
+STATICCHECK   := $(BIN)/tools/staticcheck
+WORKFLOWCHECK := $(BIN)/tools/workflowcheck
+STATICCHECK_VERSION   := v0.8.2
+WORKFLOWCHECK_VERSION := v0.6.0
 
 export VMHA_BIN := $(VMHA)
 export VMHA_TEMPORAL_CLI := $(TEMPORAL_CLI)
 
-.PHONY: run stop test deps build bench bench-lab lab-down
+.PHONY: run stop test lint deps build bench bench-lab lab-down
 
 ## run: install what is missing, build, start a 3-host lab, the embedded Temporal + Web UI + controller, create a VM
 run: build $(TEMPORAL_CLI)
@@ -22,9 +27,22 @@ run: build $(TEMPORAL_CLI)
 stop:
 	infra/demo.sh stop
 
-## test: every test: unit, activities against libvirt's test driver and a real BMC, embedded Temporal, lab scenarios
-test: build $(TEMPORAL_CLI)
+## test: static analysis, then every test: unit, activities against libvirt's test driver and a real BMC, embedded
+## Temporal, lab scenarios
+test: lint build $(TEMPORAL_CLI)
 	go test -count=1 -timeout 28m ./...
+
+## lint: go vet, staticcheck, and Temporal's determinism checker over the workflows
+lint: deps $(STATICCHECK) $(WORKFLOWCHECK)
+	go vet ./...
+	$(STATICCHECK) ./...
+	$(WORKFLOWCHECK) ./workflows/...
+
+$(STATICCHECK):
+	GOFLAGS= GOBIN=$(BIN)/tools go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+$(WORKFLOWCHECK):
+	GOFLAGS= GOBIN=$(BIN)/tools go install go.temporal.io/sdk/contrib/tools/workflowcheck@$(WORKFLOWCHECK_VERSION)
 
 deps:
 	infra/deps.sh

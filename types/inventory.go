@@ -3,9 +3,11 @@ package types
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/url"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -120,7 +122,8 @@ func (h HostSpec) Validate() error {
 	if (h.BMC.PasswordEnv == "") == (h.BMC.PasswordFile == "") {
 		bad("host %s: bmc.passwordEnv %q / bmc.passwordFile %q: set exactly one", h.Name, h.BMC.PasswordEnv, h.BMC.PasswordFile)
 	}
-	for k, v := range h.Labels {
+	for _, k := range slices.Sorted(maps.Keys(h.Labels)) {
+		v := h.Labels[k]
 		if k == "" || strings.ContainsAny(k+v, "= ") {
 			bad("host %s: label %q=%q: keys and values may not be empty or hold '=' or spaces", h.Name, k, v)
 		}

@@ -3,6 +3,8 @@ package workflows
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 
@@ -23,6 +25,8 @@ import (
 // error says which hosts were left as changed, so nothing is silently left half-applied.
 func ApplyInventory(ctx workflow.Context, inv types.Inventory) (types.ApplyResult, error) {
 	var res types.ApplyResult
+	// Validate reads the labels map in sorted order: deterministic.
+	//workflowcheck:ignore
 	if err := inv.Validate(); err != nil {
 		return res, badInput(err)
 	}
@@ -39,6 +43,8 @@ func ApplyInventory(ctx workflow.Context, inv types.Inventory) (types.ApplyResul
 		old, known := running[spec.Name]
 		delete(running, spec.Name)
 		switch {
+		// reflect.DeepEqual of two values is deterministic.
+		//workflowcheck:ignore
 		case known && old.Equal(spec):
 			res.Unchanged = append(res.Unchanged, spec.Name)
 			continue
@@ -50,7 +56,7 @@ func ApplyInventory(ctx workflow.Context, inv types.Inventory) (types.ApplyResul
 			changes = append(changes, undoStep{spec: spec})
 		}
 	}
-	retire := sortedKeys(running)
+	retire := slices.Sorted(maps.Keys(running)) //workflowcheck:ignore
 	if len(retire) > 0 {
 		if err := checkNoVMsOwned(ctx, retire); err != nil {
 			return types.ApplyResult{}, err
@@ -162,13 +168,4 @@ func monitoredHosts(ctx workflow.Context) (map[string]types.HostSpec, error) {
 		specs[h.Spec.Name] = h.Spec
 	}
 	return specs, nil
-}
-
-func sortedKeys(m map[string]types.HostSpec) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

@@ -3,7 +3,8 @@ package workflows
 import (
 	"errors"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -220,7 +221,8 @@ func (p placer) run(ctx workflow.Context, attempt func(workflow.Context, string)
 			continue
 		}
 		if placement.Host == "" {
-			return attempts{Count: n - 1}, noTarget(placement.Rejected, failures)
+			// The map is read in sorted order: deterministic.
+			return attempts{Count: n - 1}, noTarget(placement.Rejected, failures) //workflowcheck:ignore
 		}
 		err = attempt(ctx, placement.Host)
 		if err == nil {
@@ -291,14 +293,10 @@ func hasType(err error, typ string) bool {
 	return errors.As(err, &appErr) && appErr.Type() == typ
 }
 
+// noTarget names why each host was rejected, in host order.
 func noTarget(rejected map[string]string, failures []string) error {
-	hosts := make([]string, 0, len(rejected))
-	for h := range rejected {
-		hosts = append(hosts, h)
-	}
-	sort.Strings(hosts)
-	reasons := make([]string, 0, len(hosts)+len(failures))
-	for _, h := range hosts {
+	reasons := make([]string, 0, len(rejected)+len(failures))
+	for _, h := range slices.Sorted(maps.Keys(rejected)) {
 		reasons = append(reasons, fmt.Sprintf("%s: %s", h, rejected[h]))
 	}
 	reasons = append(reasons, failures...)
