@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -42,8 +43,11 @@ func TestLabLifecycle(t *testing.T) {
 
 	workerOut := t.TempDir()
 	fakeWorker := filepath.Join(t.TempDir(), "vmha")
-	// Stands in for the vmha binary: records its arguments and environment, then runs until killed.
-	writeFile(t, fakeWorker, 0o755, "#!/bin/sh\n(echo \"args=$*\"; env) > \"$VMHA_TEST_OUT/$VMHA_HOST_NAME.$$.env\"\nexec sleep 1000\n")
+	// Stands in for the vmha binary: `share init` (lab.sh up) writes the marker and returns; the worker records its
+	// arguments and environment, then runs until killed.
+	writeFile(t, fakeWorker, 0o755, "#!/bin/sh\n"+
+		"if [ \"$1\" = share ]; then mkdir -p \"$VMHA_SHARE_PATH/vmha\" && echo '{}' >\"$VMHA_SHARE_PATH/vmha/share.json\"; exit; fi\n"+
+		"(echo \"args=$*\"; env) > \"$VMHA_TEST_OUT/$VMHA_HOST_NAME.$$.env\"\nexec sleep 1000\n")
 
 	start := time.Now()
 	l, err := Up(ctx, Options{N: 2, VMHABin: fakeWorker, Env: []string{"VMHA_TEST_OUT=" + workerOut}})
@@ -135,6 +139,54 @@ func TestLabLifecycle(t *testing.T) {
 	}
 	if err := dialLibvirt(l, "hv2"); err != nil {
 		t.Errorf("restored hv2: %v", err)
+	}
+
+	// The share hidden on one host (an empty directory over it in that host's mount namespace), then shown again;
+	// a file shadowed by a private copy on one host, then unshadowed. /proc/PID/root sees the host's mounts.
+	inHost := func(host, path string) string {
+		pid, err := os.ReadFile(filepath.Join(l.Dir, host, "power.pid"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return filepath.Join("/proc", strings.TrimSpace(string(pid)), "root", path)
+	}
+	base := filepath.Join(l.Dir, "share", "images", "tiny.qcow2")
+	if err := l.HideShare(ctx, "hv2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(inHost("hv2", base)); err == nil {
+		t.Error("hv2 sees the share after hide-share")
+	}
+	if _, err := os.Stat(inHost("hv1", base)); err != nil {
+		t.Errorf("hv1 lost the share when hv2's was hidden: %v", err)
+	}
+	if err := l.HideShare(ctx, "hv2"); err == nil {
+		t.Error("hide-share twice: no error")
+	}
+	if err := l.ShowShare(ctx, "hv2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(inHost("hv2", base)); err != nil {
+		t.Errorf("hv2 does not see the share after show-share: %v", err)
+	}
+	inode := func(path string) uint64 {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Sys().(*syscall.Stat_t).Ino
+	}
+	if err := l.Shadow(ctx, "hv1", disk); err != nil {
+		t.Fatal(err)
+	}
+	if inode(inHost("hv1", disk)) == inode(disk) || inode(inHost("hv2", disk)) != inode(disk) {
+		t.Error("shadow: hv1 should see a copy of the disk at its path, hv2 the disk itself")
+	}
+	if err := l.Unshadow(ctx, "hv1", disk); err != nil {
+		t.Fatal(err)
+	}
+	if inode(inHost("hv1", disk)) != inode(disk) {
+		t.Error("unshadow: hv1 still sees the copy")
 	}
 
 	// Workers: started with the lab's environment, restarted after a crash.
