@@ -773,6 +773,16 @@ func (w *world) liveMigration(t *testing.T) {
 			}
 			return nil
 		})
+		if undefineSource {
+			// The source's keeper saw the VM undefined there: its entry must stay (the grace before an undefined
+			// VM is forgotten is 15 s), now owned by the new host.
+			w.hold(t, 17*time.Second, "mig stays HA, owned by "+b, func() error {
+				if e, ok := w.catalogLookup(uuid); !ok || e.Owner != b || !e.Policy.Enabled {
+					return fmt.Errorf("catalog entry %+v (exists %t)", e.VMRecord, ok)
+				}
+				return nil
+			})
+		}
 		recs := len(w.recoveriesOfVM(t, uuid))
 		// The old host dies: nothing moves.
 		w.powerOff(t, a)
@@ -787,6 +797,17 @@ func (w *world) liveMigration(t *testing.T) {
 			t.Fatalf("a recovery of mig ran when its old host %s died", a)
 		}
 		w.powerOnAll(t)
+		// A leftover definition on the old host (--persistent alone) is dropped when it comes back.
+		w.eventually(t, 15*time.Second, "no definition of mig left on "+a, func() error {
+			states, err := w.lab.DomainStates(context.Background())
+			if err != nil {
+				return err
+			}
+			if s, ok := states[a]["mig"]; ok {
+				return fmt.Errorf("defined on %s (%s)", a, s)
+			}
+			return nil
+		})
 		// The new host dies: the VM comes back once.
 		w.powerOff(t, b)
 		at := w.waitRunningOff(t, 60*time.Second, []string{"mig"}, b)
@@ -859,9 +880,18 @@ func (w *world) lostStartNoSecondCopy(t *testing.T) {
 		t.Logf("vm.recovery.failed %s: %s", e.VM, e.Reason)
 	}
 	w.waitState(t, 10*time.Second, x, types.HostRecoveryFailed)
-	w.hold(t, 10*time.Second, vm+" on "+target+" only", func() error {
-		if h := w.running(t)[vm]; h != target {
-			return fmt.Errorf("%s runs on %q", vm, h)
+	w.hold(t, 10*time.Second, vm+" on "+target+" only, defined nowhere else", func() error {
+		states, err := w.lab.DomainStates(context.Background())
+		if err != nil {
+			return err
+		}
+		for h, doms := range states {
+			if s, ok := doms[vm]; ok && h != target {
+				return fmt.Errorf("%s defined on %s too (%s)", vm, h, s)
+			}
+		}
+		if s := states[target][vm]; s != "running" {
+			return fmt.Errorf("%s is %q on %s", vm, s, target)
 		}
 		return nil
 	})
