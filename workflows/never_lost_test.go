@@ -436,3 +436,25 @@ func TestMonitorRecoversAHostItsWatchdogFenced(t *testing.T) {
 		t.Fatalf("calls %v: want web recovered without a fence", c.calls)
 	}
 }
+
+// A claim left by an attempt whose VM does run on its target (its worker came back) is committed there: recovered
+// with no second start and no outage.
+func TestRecoverVMCommitsAClaimedCopyThatRuns(t *testing.T) {
+	c := newCluster("hv1", "hv2", "hv3")
+	db := vm("db", 5, "hv1")
+	db.Owner, db.Generation, db.Phase, db.ClaimedFrom = "hv2", db.Generation+1, types.PhaseStarting, "hv1"
+	c.vms = []types.VMRecord{db}
+	c.runs["db@hv2"] = true
+	env := newEnv(t, c, defaultPolicy)
+	env.ExecuteWorkflow(RecoverVM, RecoverVMInput{FailedHost: "hv1", Incident: "i1", Round: 2, VM: db, Candidates: c.hosts, Policy: defaultPolicy})
+	var out types.VMOutcome
+	if err := env.GetWorkflowResult(&out); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(c.callsWith(""), ","); got != "commit db@hv2" || !out.Recovered || out.Target != "hv2" {
+		t.Fatalf("calls %s, outcome %+v: want the running copy on hv2 committed and nothing else", got, out)
+	}
+	if c.vms[0].Phase != types.PhaseOwned || c.vms[0].Owner != "hv2" {
+		t.Fatalf("catalog %+v", c.vms[0])
+	}
+}

@@ -50,9 +50,11 @@ func RecoverVM(ctx workflow.Context, in RecoverVMInput) (types.VMOutcome, error)
 
 	outcome := types.VMOutcome{VM: in.VM.Name, UUID: in.VM.UUID}
 	r := &restart{from: in.FailedHost, tok: in.VM.Token()}
-	err := r.settle(ctx, in.VM)
+	settledOn, err := r.settle(ctx, in.VM)
 	switch {
 	case err != nil:
+	case settledOn != "":
+		outcome.Target, outcome.Attempts = settledOn, 1
 	case in.OnOwner:
 		outcome.Target, outcome.Attempts = in.FailedHost, 1
 		if err = r.attempt(ctx, in.FailedHost); err != nil {
@@ -90,19 +92,29 @@ type restart struct {
 }
 
 // settle ends a claim that an earlier attempt on another host left (its clean-up failed, or the round was cut
-// short): that host's copy is removed, unless the host is confirmed off, and the VM goes back to the failed host.
-func (r *restart) settle(ctx workflow.Context, vm types.VMRecord) error {
+// short). If that host answers that the VM runs there, the claim is committed: the VM is recovered where it runs,
+// with no second start. Otherwise its copy is removed, unless the host is confirmed off, and the VM goes back to the
+// failed host. It returns the host the VM was committed to, if it was.
+func (r *restart) settle(ctx workflow.Context, vm types.VMRecord) (string, error) {
 	if vm.Phase != types.PhaseStarting || vm.Owner == r.from {
-		return nil
+		return "", nil
 	}
-	r.claim = &types.Ownership{UUID: vm.UUID, Owner: vm.Owner, Generation: vm.Generation}
-	if !hostIsOff(ctx, vm.Owner) {
-		if err := removeFrom(ctx, vm.Owner, *r.claim); err != nil {
-			return fmt.Errorf("an earlier attempt on %s left a claim whose copy could not be removed (%s): not started elsewhere",
-				vm.Owner, types.Explain(err))
+	holder := vm.Owner
+	r.claim = &types.Ownership{UUID: vm.UUID, Owner: holder, Generation: vm.Generation}
+	if runs, err := runsOn(ctx, holder, vm.UUID); err == nil && runs {
+		err := workflow.ExecuteActivity(hostOptions(ctx, holder), onHost.CommitOwnership, *r.claim).Get(ctx, nil)
+		if err == nil {
+			return holder, nil
+		}
+		workflow.GetLogger(ctx).Warn("commit of a running claimed copy failed: removing it instead", "vm", vm.Name, "host", holder, "error", err)
+	}
+	if !hostIsOff(ctx, holder) {
+		if err := removeFrom(ctx, holder, *r.claim); err != nil {
+			return "", fmt.Errorf("an earlier attempt on %s left a claim whose copy could not be removed (%s): not started elsewhere",
+				holder, types.Explain(err))
 		}
 	}
-	return r.release(ctx)
+	return "", r.release(ctx)
 }
 
 // attempt claims the VM for host, defines it there from the catalog, starts it, confirms it runs and commits.

@@ -38,10 +38,12 @@ type cluster struct {
 	unreadable []types.UnreadableEntry
 	// notifyDelay is how long each notification takes to deliver (a slow webhook).
 	notifyDelay time.Duration
+	// runs says which VMs run where ("name@host"), for DomainState.
+	runs map[string]bool
 }
 
 func newCluster(hosts ...string) *cluster {
-	c := &cluster{failOn: map[string]string{}, power: map[string]types.PowerState{}}
+	c := &cluster{failOn: map[string]string{}, power: map[string]types.PowerState{}, runs: map[string]bool{}}
 	for i, h := range hosts {
 		c.hosts = append(c.hosts, types.Candidate{
 			Spec:  types.HostSpec{Name: h, Address: fmt.Sprintf("10.0.0.%d", i+1)},
@@ -285,6 +287,16 @@ func newEnv(t *testing.T, c *cluster, policy types.Policy) *testsuite.TestWorkfl
 			return err
 		}
 		return c.step(ctx, "start", tok.UUID)
+	})
+	env.OnActivity(onHost.DomainState, mock.Anything, mock.Anything).Return(func(ctx context.Context, uuid string) (types.DomainState, error) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for _, vm := range c.vms {
+			if vm.UUID == uuid && c.runs[vm.Name+"@"+hostOf(ctx)] {
+				return types.DomainRunning, nil
+			}
+		}
+		return types.DomainNotFound, nil
 	})
 	env.OnActivity(onHost.WaitRunning, mock.Anything, mock.Anything).Return(func(ctx context.Context, uuid string) error {
 		return c.step(ctx, "running", uuid)
