@@ -458,3 +458,28 @@ func TestRecoverVMCommitsAClaimedCopyThatRuns(t *testing.T) {
 		t.Fatalf("catalog %+v", c.vms[0])
 	}
 }
+
+// ResolveStrayCopy (issue 6): a stray copy is destroyed once the owner's copy is seen running, never while it is the
+// only running copy.
+func TestResolveStrayCopy(t *testing.T) {
+	for _, ownerRuns := range []bool{true, false} {
+		t.Run(fmt.Sprint("owner runs ", ownerRuns), func(t *testing.T) {
+			c := newCluster("hv1", "hv2")
+			c.vms = []types.VMRecord{vm("db", 1, "hv2")}
+			c.runs["db@hv1"], c.runs["db@hv2"] = true, ownerRuns
+			env := newEnv(t, c, defaultPolicy)
+			env.OnActivity(onHost.DestroyStray, mock.Anything, mock.Anything).Return(func(ctx context.Context, s types.StrayCopy) error {
+				c.record("destroy-stray " + s.VM + "@" + hostOf(ctx))
+				return nil
+			})
+			env.ExecuteWorkflow(ResolveStrayCopy, types.StrayCopy{VM: "db", UUID: "uuid-db", Host: "hv1", Owner: "hv2"})
+			if err := env.GetWorkflowError(); err != nil {
+				t.Fatal(err)
+			}
+			destroyed := len(c.callsWith("destroy-stray db@hv1")) == 1
+			if destroyed != ownerRuns || !slices.Contains(c.eventKinds(), string(types.EventHostAlert)) {
+				t.Fatalf("owner runs %t: calls %v, events %v", ownerRuns, c.calls, c.eventKinds())
+			}
+		})
+	}
+}
