@@ -17,10 +17,11 @@ WORKFLOWCHECK_VERSION := v0.6.0
 export VMHA_BIN := $(VMHA)
 export VMHA_TEMPORAL_CLI := $(TEMPORAL_CLI)
 
-.PHONY: run stop test lint deps build bench bench-lab lab-down
+.PHONY: run stop test lint deps deps-test alerts build bench bench-lab lab-down
 
 ## run: install what is missing, build, start a 3-host lab, the embedded Temporal + Web UI + controller, create a VM
-run: build $(TEMPORAL_CLI)
+## (the demo needs no Temporal CLI: only the tests build it)
+run: build
 	infra/demo.sh start
 
 ## stop: stop what `make run` started (server, workers, lab)
@@ -29,7 +30,7 @@ stop:
 
 ## test: static analysis, then every test: unit, activities against libvirt's test driver and a real BMC, embedded
 ## Temporal, lab scenarios
-test: lint build $(TEMPORAL_CLI)
+test: lint alerts build $(TEMPORAL_CLI)
 	go test -count=1 -timeout 28m ./...
 
 ## lint: go vet, staticcheck, and Temporal's determinism checker over the workflows
@@ -44,13 +45,26 @@ $(STATICCHECK):
 $(WORKFLOWCHECK):
 	GOFLAGS= GOBIN=$(BIN)/tools go install go.temporal.io/sdk/contrib/tools/workflowcheck@$(WORKFLOWCHECK_VERSION)
 
+## deps: the Debian packages running needs; deps-test adds those only the tests need (chromium, prometheus)
 deps:
-	infra/deps.sh
+	infra/deps.sh run
+
+deps-test: deps
+	infra/deps.sh test
+
+## alerts: promtool checks infra/monitoring's alert rules and runs their unit tests
+alerts: deps-test
+	promtool check rules infra/monitoring/vmha-alerts.yml
+	promtool test rules infra/monitoring/vmha-alerts.test.yml
 
 build: deps
+	@[[ -x $(VMHA) ]] || echo "build: compiling bin/vmha; the first build compiles Temporal's server and its Web UI," \
+		"about 5 minutes on 2 cores (later builds take seconds)" >&2
 	go build -o $(VMHA) .
 
 $(TEMPORAL_CLI):
+	@echo "build: compiling the Temporal CLI for the tests ($(TEMPORAL_CLI)); it has its own copy of Temporal's" \
+		"server to compile, a few minutes the first time" >&2
 	GOFLAGS= GOBIN=$(BIN)/tools go install github.com/temporalio/cli/cmd/temporal@$(TEMPORAL_CLI_VERSION)
 
 ## bench: steady-state history per host and 50-VM recovery time (libvirt test driver); table in docs/benchmark.md
