@@ -93,6 +93,8 @@ type MonitorInput struct {
 	Maintenance bool            `json:"maintenance,omitempty"`
 	// TroubleSince is when the host left healthy: the start of detection time.
 	TroubleSince time.Time `json:"troubleSince,omitempty"`
+	// Reason is why the host entered its state, in words.
+	Reason string `json:"reason,omitempty"`
 
 	// The current (or last) incident: its ID (types.IncidentID), when and why the host was declared dead, and
 	// the last recovery round started for it.
@@ -431,6 +433,7 @@ func (c *Controller) LoadPolicy(context.Context) (types.Policy, error) {
 // the update ID, so a retried activity gets the first answer back instead of a second reservation.
 func (c *Controller) Place(ctx context.Context, req types.PlacementRequest) (types.Placement, error) {
 	start := c.Client.NewWithStartWorkflowOperation(client.StartWorkflowOptions{
+		StaticSummary:            "Place every VM vmha starts, one at a time, with the reservations still counted",
 		ID:                       types.SchedulerWorkflowID,
 		TaskQueue:                types.ControllerTaskQueue,
 		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
@@ -554,6 +557,7 @@ func (c *Controller) CheckSecrets(_ context.Context, hosts []types.HostSpec) err
 // UpsertMonitor starts a host's monitor, or hands the running one its new spec.
 func (c *Controller) UpsertMonitor(ctx context.Context, spec types.HostSpec) error {
 	opts := client.StartWorkflowOptions{
+		StaticSummary:         fmt.Sprintf("Watch %s (%s, BMC %s) and recover its HA VMs when it dies", spec.Name, spec.Address, spec.BMC.Address),
 		ID:                    types.HostMonitorID(spec.Name),
 		TaskQueue:             types.ControllerTaskQueue,
 		Memo:                  map[string]interface{}{MemoSpec: spec},

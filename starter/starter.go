@@ -33,7 +33,7 @@ type Starter struct {
 // Apply makes the running monitors match the inventory and prints what changed.
 func (s Starter) Apply(ctx context.Context, inv types.Inventory) (types.ApplyResult, error) {
 	var res types.ApplyResult
-	if err := s.execute(ctx, types.ApplyInventoryID, types.ApplyInventoryWorkflow, inv, &res); err != nil {
+	if err := s.execute(ctx, types.ApplyInventoryID, types.ApplyInventoryWorkflow, fmt.Sprintf("Apply an inventory of %d hosts", len(inv.Hosts)), inv, &res); err != nil {
 		return res, fmt.Errorf("apply inventory (is another apply running?): %w", err)
 	}
 	fmt.Fprintf(s.Out, "added: %s\nupdated: %s\nunchanged: %s\nremoved: %s\n",
@@ -111,6 +111,7 @@ func (s Starter) haReport(ctx context.Context) (types.HAReport, error) {
 	var report types.HAReport
 	run, err := s.Client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID: types.HAReportID(time.Now()), TaskQueue: types.ControllerTaskQueue, WorkflowExecutionTimeout: 10 * time.Second,
+		StaticSummary: "Count the HA VMs per host and the ones down (vmha hosts)",
 	}, types.HAReportWorkflow)
 	if err != nil {
 		return report, err
@@ -124,7 +125,8 @@ func (s Starter) CreateVM(ctx context.Context, req types.CreateVMRequest) (types
 	if err := req.Validate(); err != nil {
 		return rec, err
 	}
-	if err := s.execute(ctx, types.CreateVMID(req.Name), types.CreateVMWorkflow, req, &rec); err != nil {
+	if err := s.execute(ctx, types.CreateVMID(req.Name), types.CreateVMWorkflow,
+		fmt.Sprintf("Create HA VM %s (%d vCPU, %d MiB) from %s", req.Name, req.VCPUs, req.MemoryMiB, req.Image), req, &rec); err != nil {
 		return rec, fmt.Errorf("create %s: %w", req.Name, err)
 	}
 	fmt.Fprintf(s.Out, "VM %s (uuid %s) runs on %s, generation %d\n", rec.Name, rec.UUID, rec.Owner, rec.Generation)
@@ -134,7 +136,8 @@ func (s Starter) CreateVM(ctx context.Context, req types.CreateVMRequest) (types
 // Failover fails a host over through the ManualFailover workflow; fence powers a running host off first.
 func (s Starter) Failover(ctx context.Context, req types.FailoverRequest) (workflows.FailoverResult, error) {
 	var res workflows.FailoverResult
-	if err := s.execute(ctx, types.ManualFailoverID(req.Host), types.ManualFailoverWorkflow, req, &res); err != nil {
+	summary := fmt.Sprintf("Fail %s over on %s's word: %s", req.Host, orDash(req.By), orDash(req.Reason))
+	if err := s.execute(ctx, types.ManualFailoverID(req.Host), types.ManualFailoverWorkflow, summary, req, &res); err != nil {
 		return res, fmt.Errorf("failover of %s: %w", req.Host, err)
 	}
 	fenced := "was already off"
@@ -151,8 +154,9 @@ func (s Starter) Failover(ctx context.Context, req types.FailoverRequest) (workf
 
 // execute starts a workflow under its one ID (refused while another run of it is open, so two operators cannot
 // race) and waits for its result.
-func (s Starter) execute(ctx context.Context, id, workflowType string, in, out interface{}) error {
+func (s Starter) execute(ctx context.Context, id, workflowType, summary string, in, out interface{}) error {
 	run, err := s.Client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+		StaticSummary:                            summary,
 		ID:                                       id,
 		TaskQueue:                                types.ControllerTaskQueue,
 		WorkflowIDConflictPolicy:                 enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,

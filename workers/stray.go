@@ -17,6 +17,7 @@ type strayReporter struct{ c client.Client }
 
 func (r strayReporter) ReportStray(ctx context.Context, s types.StrayCopy) error {
 	_, err := r.c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+		StaticSummary:            fmt.Sprintf("%s runs on %s, but the catalog gives it to %s", s.VM, s.Host, s.Owner),
 		ID:                       types.StrayCopyID(s.UUID, s.Host),
 		TaskQueue:                types.ControllerTaskQueue,
 		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,

@@ -47,7 +47,7 @@ func CreateVM(ctx workflow.Context, req types.CreateVMRequest) (types.VMRecord, 
 // nameIsFree refuses a name the catalog already holds: names key disks and workflow IDs.
 func nameIsFree(ctx workflow.Context, name string) error {
 	var listing types.VMListing
-	if err := workflow.ExecuteActivity(shareOptions(ctx), onShare.ListVMs, "").Get(ctx, &listing); err != nil {
+	if err := workflow.ExecuteActivity(says(shareOptions(ctx), "is the name %s free in the catalog?", name), onShare.ListVMs, "").Get(ctx, &listing); err != nil {
 		return fmt.Errorf("list VMs: %w", err)
 	}
 	for _, vm := range listing.VMs {
@@ -70,13 +70,13 @@ func newUUID(ctx workflow.Context) string {
 func createOn(ctx workflow.Context, host string, in activities.CreateDomainInput) (types.VMRecord, error) {
 	hctx := hostOptions(ctx, host)
 	var rec types.VMRecord
-	if err := workflow.ExecuteActivity(hctx, onHost.CreateDomain, in).Get(ctx, &rec); err != nil {
+	if err := workflow.ExecuteActivity(says(hctx, "make the disk of %s, record it and define it on %s", in.Request.Name, host), onHost.CreateDomain, in).Get(ctx, &rec); err != nil {
 		return rec, fmt.Errorf("define on %s: %w", host, err)
 	}
-	if err := startAndConfirm(ctx, host, rec.Token()); err != nil {
+	if err := startAndConfirm(ctx, host, in.Request.Name, rec.Token()); err != nil {
 		return rec, err
 	}
-	if err := workflow.ExecuteActivity(hctx, onHost.CommitOwnership, rec.Token()).Get(ctx, &rec); err != nil {
+	if err := workflow.ExecuteActivity(says(hctx, "%s runs on %s: commit it there", in.Request.Name, host), onHost.CommitOwnership, rec.Token()).Get(ctx, &rec); err != nil {
 		return rec, fmt.Errorf("commit ownership to %s: %w", host, err)
 	}
 	return rec, nil
@@ -84,7 +84,7 @@ func createOn(ctx workflow.Context, host string, in activities.CreateDomainInput
 
 // discardFrom removes a VM whose creation failed on a host, with its catalog entry, so the next host starts clean.
 func discardFrom(ctx workflow.Context, host, uuid string) error {
-	if err := workflow.ExecuteActivity(hostOptions(ctx, host), onHost.DiscardNew, uuid).Get(ctx, nil); err != nil {
+	if err := workflow.ExecuteActivity(says(hostOptions(ctx, host), "discard the failed creation on %s", host), onHost.DiscardNew, uuid).Get(ctx, nil); err != nil {
 		workflow.GetLogger(ctx).Error("compensation failed: half-created VM left on host", "host", host, "vm", uuid, "error", err)
 		return err
 	}

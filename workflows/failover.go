@@ -69,7 +69,7 @@ func ManualFailover(ctx workflow.Context, req types.FailoverRequest) (FailoverRe
 // describeHost finds the host's monitor: only inventoried hosts can fail over.
 func describeHost(ctx workflow.Context, host string) (types.Candidate, error) {
 	var c types.Candidate
-	err := workflow.ExecuteActivity(controllerOptions(ctx), controller.DescribeHost, host).Get(ctx, &c)
+	err := workflow.ExecuteActivity(says(controllerOptions(ctx), "how is %s?", host), controller.DescribeHost, host).Get(ctx, &c)
 	return c, err
 }
 
@@ -84,10 +84,10 @@ func fence(ctx workflow.Context, spec types.HostSpec) error {
 
 func fenceWith(ctx workflow.Context, spec types.HostSpec, policy types.Policy) error {
 	fctx := fenceOptions(ctx, policy.FenceTimeout)
-	if err := workflow.ExecuteActivity(fctx, controller.PowerOff, spec).Get(ctx, nil); err != nil {
+	if err := workflow.ExecuteActivity(says(fctx, "fence %s: hard power-off through its BMC", spec.Name), controller.PowerOff, spec).Get(ctx, nil); err != nil {
 		return fmt.Errorf("power off %s: %w", spec.Name, err)
 	}
-	if err := workflow.ExecuteActivity(fctx, controller.WaitPowerOff, spec).Get(ctx, nil); err != nil {
+	if err := workflow.ExecuteActivity(says(fctx, "wait until %s's BMC says off", spec.Name), controller.WaitPowerOff, spec).Get(ctx, nil); err != nil {
 		return fmt.Errorf("confirm %s is off: %w", spec.Name, err)
 	}
 	return nil

@@ -87,3 +87,59 @@ func deathCause(p types.Probe) string {
 func bmcUnusable(p types.PowerState) bool {
 	return p == types.PowerUnreachable || p == types.PowerAuthFailed
 }
+
+// story is the monitor's current details in the Web UI: what vmha sees of the host now, and what it does about it,
+// in the words of the decision table.
+func (m *monitor) story() string {
+	p := m.Last
+	seen := "nothing yet"
+	if p.Reach != "" {
+		worker := "its vmha worker polls"
+		if !p.WorkerAlive {
+			worker = "its vmha worker is not seen"
+		}
+		beat := "storage heartbeat " + string(p.Heartbeat)
+		if p.Heartbeat == types.HeartbeatUnknown {
+			beat = "storage heartbeat not known"
+		}
+		seen = fmt.Sprintf("network %s, BMC says power %s, %s, %s", p.Reach, p.Power, beat, worker)
+	}
+	s := fmt.Sprintf("%s is %s since %s.\n\nWhat vmha sees: %s.\n\nWhat vmha does: %s", m.Spec.Name, m.State,
+		m.Since.UTC().Format(time.RFC3339), seen, whatVmhaDoes(m.State))
+	if m.Reason != "" {
+		s += "\n\nWhy: " + m.Reason
+	}
+	if m.Incident != "" {
+		s += fmt.Sprintf("\n\nLast incident: %s (round %d), cause: %s", m.Incident, m.Round, m.Cause)
+	}
+	return s
+}
+
+// whatVmhaDoes is the action of each state, as the README's decision table says it.
+func whatVmhaDoes(s types.HostState) string {
+	switch s {
+	case types.HostHealthy:
+		return "watches it; it can take recovered VMs."
+	case types.HostSuspect:
+		return "watches closer; nothing moves yet."
+	case types.HostIsolated:
+		return "nothing: unreachable but powered on and still writing its storage heartbeat, so its VMs may still run; starting them elsewhere would corrupt their disks."
+	case types.HostUnknown:
+		return "nothing until someone confirms it is off (vmha failover --confirm-powered-off), or its armed watchdog's timeout has passed: its BMC cannot be asked."
+	case types.HostHung:
+		return "fences it (hard power-off, confirmed by the BMC), then recovers its VMs elsewhere; with VMHA_FENCE_HUNG=false only this alert."
+	case types.HostStorageLost:
+		return "alerts: it lost the shared storage; fenced and recovered only with VMHA_FENCE_STORAGE_LOST=true."
+	case types.HostDead:
+		return "recovers its HA VMs elsewhere: its power is confirmed off."
+	case types.HostRecovering:
+		return "runs a recovery round (see its HostRecovery child)."
+	case types.HostRecovered:
+		return "nothing more: every HA VM it had runs elsewhere; it takes VMs again once healthy."
+	case types.HostRecoveryFailed:
+		return "retries the VMs left behind every 5 to 30 s while the host stays off, and restarts them on it once it is healthy again."
+	case types.HostMaintenance:
+		return "nothing: an operator paused it."
+	}
+	return "nothing yet."
+}

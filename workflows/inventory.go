@@ -30,7 +30,7 @@ func ApplyInventory(ctx workflow.Context, inv types.Inventory) (types.ApplyResul
 	if err := inv.Validate(); err != nil {
 		return res, badInput(err)
 	}
-	if err := workflow.ExecuteActivity(controllerOptions(ctx), controller.CheckSecrets, inv.Hosts).Get(ctx, nil); err != nil {
+	if err := workflow.ExecuteActivity(says(controllerOptions(ctx), "can the controller read every BMC secret?"), controller.CheckSecrets, inv.Hosts).Get(ctx, nil); err != nil {
 		return res, err
 	}
 	running, err := monitoredHosts(ctx)

@@ -112,7 +112,7 @@ func (m *monitor) startWatch(ctx workflow.Context) {
 	}
 	watchCtx, cancel := workflow.WithCancel(ctx)
 	m.cancelProbe = cancel
-	m.probe = workflow.ExecuteActivity(watchOptions(watchCtx), controller.WatchHost, activities.WatchInput{
+	m.probe = workflow.ExecuteActivity(says(watchOptions(watchCtx), "watch %s (network, BMC, storage heartbeat) until something changes", m.Spec.Name), controller.WatchHost, activities.WatchInput{
 		Spec: m.Spec, Last: m.Last, WatchFor: watchFor,
 	})
 }
@@ -174,7 +174,12 @@ func (m *monitor) startRound(ctx workflow.Context, onOwner bool, reason string) 
 	m.retry = nil
 	id := types.HostRecoveryID(m.Spec.Name, m.Incident, m.Round)
 	m.transition(ctx, types.HostRecovering, fmt.Sprintf("round %d (%s): %s", m.Round, id, reason))
-	m.round = workflow.ExecuteChildWorkflow(childOptions(ctx, id, m.Spec.Name), HostRecovery, HostRecoveryInput{
+	where := "elsewhere"
+	if onOwner {
+		where = "on " + m.Spec.Name + " itself"
+	}
+	summary := fmt.Sprintf("Recover %s's HA VMs %s: round %d of the incident of %s", m.Spec.Name, where, m.Round, m.DeclaredAt.UTC().Format(time.RFC3339))
+	m.round = workflow.ExecuteChildWorkflow(childOptions(ctx, id, m.Spec.Name, summary, "Why: "+reason+"\n\nCause of death: "+m.Cause), HostRecovery, HostRecoveryInput{
 		Host: m.Spec.Name, Incident: m.Incident, Round: m.Round, Cause: m.Cause, DeclaredAt: m.DeclaredAt,
 		OnOwner: onOwner,
 	})
@@ -247,7 +252,8 @@ func (m *monitor) transition(ctx workflow.Context, to types.HostState, reason st
 	if to == types.HostDead && !m.TroubleSince.IsZero() {
 		event.Seconds = now.Sub(m.TroubleSince).Seconds()
 	}
-	m.State, m.Since = to, now
+	m.State, m.Since, m.Reason = to, now, reason
+	workflow.SetCurrentDetails(ctx, m.story())
 	if err := workflow.UpsertTypedSearchAttributes(ctx,
 		types.HostStateAttr.ValueSet(string(to)), types.HostStateSinceAttr.ValueSet(now)); err != nil {
 		m.logger.Error("upsert search attributes", "host", m.Spec.Name, "error", err)
@@ -261,7 +267,7 @@ func (m *monitor) transition(ctx workflow.Context, to types.HostState, reason st
 
 // notify sends an event without waiting for it: a slow webhook never pauses the watch.
 func (m *monitor) notify(ctx workflow.Context, e types.Event) {
-	m.notifications = append(pending(m.notifications), workflow.ExecuteActivity(notifyOptions(ctx), controller.Notify, e))
+	m.notifications = append(pending(m.notifications), notify(ctx, e, e.Kind, e.Reason))
 }
 
 func (m *monitor) addSignalHandlers(ctx workflow.Context, sel workflow.Selector) {
@@ -394,6 +400,6 @@ func leftBehindReasons(res types.RecoveryResult) string {
 // confirmedPower asks the BMC until readings agree (any "on" wins at once), as a fence decision needs.
 func confirmedPower(ctx workflow.Context, spec types.HostSpec) (types.PowerState, error) {
 	var state types.PowerState
-	err := workflow.ExecuteActivity(controllerOptions(ctx), controller.PowerStatus, spec).Get(ctx, &state)
+	err := workflow.ExecuteActivity(says(controllerOptions(ctx), "ask %s's BMC until its answers agree", spec.Name), controller.PowerStatus, spec).Get(ctx, &state)
 	return state, err
 }

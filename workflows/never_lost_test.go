@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/mock"
+	sdkpb "go.temporal.io/api/sdk/v1"
 	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/workflow"
 
@@ -481,5 +482,36 @@ func TestResolveStrayCopy(t *testing.T) {
 				t.Fatalf("owner runs %t: calls %v, events %v", ownerRuns, c.calls, c.eventKinds())
 			}
 		})
+	}
+}
+
+// Issue 12: the monitor tells in the Web UI (its current details) what it sees and what it does about it.
+func TestMonitorTellsWhatItSeesAndDoes(t *testing.T) {
+	c := newCluster("hv1", "hv2")
+	env := newEnv(t, c, fencePolicy(false, false))
+	watchReturns(env, healthyProbe, hungProbe)
+	var story string
+	env.RegisterDelayedCallback(func() {
+		v, err := env.QueryWorkflow("__temporal_workflow_metadata")
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		var md sdkpb.WorkflowMetadata
+		if err := v.Get(&md); err != nil {
+			t.Error(err)
+			return
+		}
+		story = md.GetCurrentDetails()
+	}, 5*time.Minute)
+	retireAfter(env, time.Hour)
+	env.ExecuteWorkflow(HostMonitor, monitorInput("hv1"))
+	if err := env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"hv1 is hung since", "network down, BMC says power on, storage heartbeat stopped", "fences it"} {
+		if !strings.Contains(story, want) {
+			t.Fatalf("current details %q: want %q", story, want)
+		}
 	}
 }

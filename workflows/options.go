@@ -4,6 +4,7 @@
 package workflows
 
 import (
+	"fmt"
 	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
@@ -20,6 +21,14 @@ var (
 	onHost     *activities.Host
 	onShare    *activities.Share
 )
+
+// says names an activity call in plain words for the Web UI's timeline (Temporal's user metadata): which host,
+// which VM, what for.
+func says(ctx workflow.Context, format string, args ...any) workflow.Context {
+	o := workflow.GetActivityOptions(ctx)
+	o.Summary = fmt.Sprintf(format, args...)
+	return workflow.WithActivityOptions(ctx, o)
+}
 
 // watchFor bounds a steady watch: a healthy host costs six history events per watchFor (docs/benchmark.md).
 const watchFor = time.Hour
@@ -140,9 +149,11 @@ func shareOptions(ctx workflow.Context) workflow.Context {
 
 // childOptions: one child per ID, refused if that ID ever ran, which makes a recovery at-most-once per incident.
 // Children outlive a parent that is terminated or continues as new.
-func childOptions(ctx workflow.Context, id, host string) workflow.Context {
+func childOptions(ctx workflow.Context, id, host, summary, details string) workflow.Context {
 	return workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
 		WorkflowID:            id,
+		StaticSummary:         summary,
+		StaticDetails:         details,
 		TaskQueue:             types.ControllerTaskQueue,
 		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
 		ParentClosePolicy:     enumspb.PARENT_CLOSE_POLICY_ABANDON,

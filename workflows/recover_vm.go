@@ -49,7 +49,7 @@ func RecoverVM(ctx workflow.Context, in RecoverVMInput) (types.VMOutcome, error)
 	started := notify(ctx, event, types.EventRecoveryStarted, "")
 
 	outcome := types.VMOutcome{VM: in.VM.Name, UUID: in.VM.UUID}
-	r := &restart{from: in.FailedHost, tok: in.VM.Token()}
+	r := &restart{vm: in.VM.Name, from: in.FailedHost, tok: in.VM.Token()}
 	settledOn, err := r.settle(ctx, in.VM)
 	switch {
 	case err != nil:
@@ -86,6 +86,7 @@ func RecoverVM(ctx workflow.Context, in RecoverVMInput) (types.VMOutcome, error)
 // restart is one VM's way through the ownership protocol: the version it is recovered from, and the claim of the
 // attempt in progress.
 type restart struct {
+	vm    string
 	from  string
 	tok   types.Ownership
 	claim *types.Ownership
@@ -102,7 +103,8 @@ func (r *restart) settle(ctx workflow.Context, vm types.VMRecord) (string, error
 	holder := vm.Owner
 	r.claim = &types.Ownership{UUID: vm.UUID, Owner: holder, Generation: vm.Generation}
 	if runs, err := runsOn(ctx, holder, vm.UUID); err == nil && runs {
-		err := workflow.ExecuteActivity(hostOptions(ctx, holder), onHost.CommitOwnership, *r.claim).Get(ctx, nil)
+		err := workflow.ExecuteActivity(says(hostOptions(ctx, holder), "%s runs on %s: commit the claim an earlier attempt left", vm.Name, holder),
+			onHost.CommitOwnership, *r.claim).Get(ctx, nil)
 		if err == nil {
 			return holder, nil
 		}
@@ -122,16 +124,17 @@ func (r *restart) attempt(ctx workflow.Context, host string) error {
 	hctx := hostOptions(ctx, host)
 	// Until the claim answers, it may have landed: a clean-up must treat it as taken.
 	r.claim = &types.Ownership{UUID: r.tok.UUID, Owner: host, Generation: r.tok.Generation + 1}
-	if err := workflow.ExecuteActivity(hctx, onHost.Claim, r.tok).Get(ctx, nil); err != nil {
+	if err := workflow.ExecuteActivity(says(hctx, "claim %s for %s (from %s, generation %d)", r.vm, host, r.tok.Owner, r.tok.Generation),
+		onHost.Claim, r.tok).Get(ctx, nil); err != nil {
 		return fmt.Errorf("claim on %s: %w", host, err)
 	}
-	if err := workflow.ExecuteActivity(hctx, onHost.DefineFromCatalog, *r.claim).Get(ctx, nil); err != nil {
+	if err := workflow.ExecuteActivity(says(hctx, "define %s on %s from the catalog", r.vm, host), onHost.DefineFromCatalog, *r.claim).Get(ctx, nil); err != nil {
 		return fmt.Errorf("define on %s: %w", host, err)
 	}
-	if err := startAndConfirm(ctx, host, *r.claim); err != nil {
+	if err := startAndConfirm(ctx, host, r.vm, *r.claim); err != nil {
 		return err
 	}
-	if err := workflow.ExecuteActivity(hctx, onHost.CommitOwnership, *r.claim).Get(ctx, nil); err != nil {
+	if err := workflow.ExecuteActivity(says(hctx, "%s runs on %s: commit it there", r.vm, host), onHost.CommitOwnership, *r.claim).Get(ctx, nil); err != nil {
 		return fmt.Errorf("commit ownership to %s: %w", host, err)
 	}
 	return nil
@@ -155,7 +158,8 @@ func (r *restart) release(ctx workflow.Context) error {
 		return nil
 	}
 	var back types.Ownership
-	if err := workflow.ExecuteActivity(shareOptions(ctx), onShare.ReleaseClaim, *r.claim, r.from).Get(ctx, &back); err != nil {
+	if err := workflow.ExecuteActivity(says(shareOptions(ctx), "give %s back to %s: %s's claim is settled", r.vm, r.from, r.claim.Owner),
+		onShare.ReleaseClaim, *r.claim, r.from).Get(ctx, &back); err != nil {
 		return fmt.Errorf("release the claim of %s back to %s: %w", r.claim.Owner, r.from, err)
 	}
 	r.tok, r.claim = back, nil
@@ -179,12 +183,12 @@ func hostIsOffState(s types.HostState) bool {
 
 // startAndConfirm starts a defined VM on host and waits until libvirt reports it running: a started domain that
 // QEMU quits right after is not a recovered VM.
-func startAndConfirm(ctx workflow.Context, host string, tok types.Ownership) error {
+func startAndConfirm(ctx workflow.Context, host, vm string, tok types.Ownership) error {
 	hctx := hostOptions(ctx, host)
-	if err := workflow.ExecuteActivity(hctx, onHost.StartDomain, tok).Get(ctx, nil); err != nil {
+	if err := workflow.ExecuteActivity(says(hctx, "start %s on %s", vm, host), onHost.StartDomain, tok).Get(ctx, nil); err != nil {
 		return fmt.Errorf("start on %s: %w", host, err)
 	}
-	if err := workflow.ExecuteActivity(hctx, onHost.WaitRunning, tok.UUID).Get(ctx, nil); err != nil {
+	if err := workflow.ExecuteActivity(says(hctx, "confirm %s runs on %s", vm, host), onHost.WaitRunning, tok.UUID).Get(ctx, nil); err != nil {
 		return fmt.Errorf("confirm running on %s: %w", host, err)
 	}
 	return nil
@@ -267,7 +271,8 @@ func (p placer) place(ctx workflow.Context, resID string, exclude []string) (typ
 	req := types.PlacementRequest{ReservationID: resID, VM: p.vm, FailedHost: p.failedHost, Exclude: exclude,
 		Candidates: p.candidates, Policy: p.policy}
 	var placement types.Placement
-	if err := workflow.ExecuteActivity(controllerOptions(ctx), controller.Place, req).Get(ctx, &placement); err != nil {
+	if err := workflow.ExecuteActivity(says(controllerOptions(ctx), "choose a host for %s (%d MiB, %d vCPU)", p.vm.Name, p.vm.MemoryMiB, p.vm.VCPUs),
+		controller.Place, req).Get(ctx, &placement); err != nil {
 		return placement, fmt.Errorf("place %s: %w", p.vm.Name, err)
 	}
 	return placement, nil
@@ -276,7 +281,7 @@ func (p placer) place(ctx workflow.Context, resID string, exclude []string) (typ
 // release returns a reservation; a failure only delays reuse of that capacity until the scheduler expires it.
 func (p placer) release(ctx workflow.Context, resID string, started bool) {
 	req := activities.ReleaseRequest{ReservationID: resID, Started: started}
-	if err := workflow.ExecuteActivity(controllerOptions(ctx), controller.Release, req).Get(ctx, nil); err != nil {
+	if err := workflow.ExecuteActivity(says(controllerOptions(ctx), "end the reservation %s", resID), controller.Release, req).Get(ctx, nil); err != nil {
 		workflow.GetLogger(ctx).Warn("release reservation", "reservation", resID, "error", err)
 	}
 }
@@ -284,7 +289,7 @@ func (p placer) release(ctx workflow.Context, resID string, started bool) {
 // removeFrom removes a half-recovered VM from a target. Its failure is reported to the caller: the VM may be
 // running there.
 func removeFrom(ctx workflow.Context, host string, tok types.Ownership) error {
-	if err := workflow.ExecuteActivity(hostOptions(ctx, host), onHost.RemoveDomain, tok).Get(ctx, nil); err != nil {
+	if err := workflow.ExecuteActivity(says(hostOptions(ctx, host), "remove the failed attempt's copy from %s", host), onHost.RemoveDomain, tok).Get(ctx, nil); err != nil {
 		if !isCommitted(err) {
 			workflow.GetLogger(ctx).Error("compensation failed: a copy may remain on the target", "target", host, "vm", tok.UUID, "error", err)
 		}
@@ -327,5 +332,5 @@ func awaitAll(ctx workflow.Context, fs ...workflow.Future) {
 // notify sends an event without waiting: users hear about it at once and the recovery does not wait for them.
 func notify(ctx workflow.Context, e types.Event, kind types.EventKind, reason string) workflow.Future {
 	e.Kind, e.Reason, e.At = kind, reason, workflow.Now(ctx)
-	return workflow.ExecuteActivity(notifyOptions(ctx), controller.Notify, e)
+	return workflow.ExecuteActivity(says(notifyOptions(ctx), "tell users: %s %s %s %s", e.Kind, e.Host, e.VM, e.Reason), controller.Notify, e)
 }

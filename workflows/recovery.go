@@ -52,14 +52,14 @@ func HostRecovery(ctx workflow.Context, in HostRecoveryInput) (types.RecoveryRes
 // loadPolicy reads the controller's recovery and placement settings once; history keeps them for replays.
 func loadPolicy(ctx workflow.Context) (types.Policy, error) {
 	var p types.Policy
-	err := workflow.ExecuteActivity(controllerOptions(ctx), controller.LoadPolicy).Get(ctx, &p)
+	err := workflow.ExecuteActivity(says(controllerOptions(ctx), "read the recovery settings"), controller.LoadPolicy).Get(ctx, &p)
 	return p, err
 }
 
 // haVMsOf lists the HA VMs the catalog gives to the host, highest priority first.
 func haVMsOf(ctx workflow.Context, host string) (types.VMListing, error) {
 	var listing types.VMListing
-	if err := workflow.ExecuteActivity(shareOptions(ctx), onShare.ListVMs, host).Get(ctx, &listing); err != nil {
+	if err := workflow.ExecuteActivity(says(shareOptions(ctx), "list the HA VMs the catalog gives to %s", host), onShare.ListVMs, host).Get(ctx, &listing); err != nil {
 		return listing, fmt.Errorf("list HA VMs of %s: %w", host, err)
 	}
 	types.SortByPriority(listing.VMs)
@@ -80,13 +80,13 @@ func reportUnreadable(ctx workflow.Context, host string, files []types.Unreadabl
 // A host that does not answer within seconds simply has no stats, which keeps it out of placement.
 func clusterSnapshot(ctx workflow.Context, failed string) ([]types.Candidate, error) {
 	var hosts []types.Candidate
-	if err := workflow.ExecuteActivity(controllerOptions(ctx), controller.ListHosts).Get(ctx, &hosts); err != nil {
+	if err := workflow.ExecuteActivity(says(controllerOptions(ctx), "list the hosts and their states"), controller.ListHosts).Get(ctx, &hosts); err != nil {
 		return nil, fmt.Errorf("list hosts: %w", err)
 	}
 	stats := make([]workflow.Future, len(hosts))
 	for i, h := range hosts {
 		if h.Spec.Name != failed && h.State == types.HostHealthy {
-			stats[i] = workflow.ExecuteActivity(statsOptions(ctx, h.Spec.Name), onHost.HostStats)
+			stats[i] = workflow.ExecuteActivity(says(statsOptions(ctx, h.Spec.Name), "load and free memory of %s", h.Spec.Name), onHost.HostStats)
 		}
 	}
 	for i, f := range stats {
@@ -111,7 +111,8 @@ func recoverAll(ctx workflow.Context, in HostRecoveryInput, vms []types.VMRecord
 			next++
 			running++
 			id := types.RecoverVMID(in.Host, in.Incident, in.Round, vm.UUID)
-			child := workflow.ExecuteChildWorkflow(childOptions(ctx, id, in.Host), RecoverVM, RecoverVMInput{
+			summary := fmt.Sprintf("Recover %s (%d MiB, priority %d) of %s", vm.Name, vm.MemoryMiB, vm.Policy.Priority, in.Host)
+			child := workflow.ExecuteChildWorkflow(childOptions(ctx, id, in.Host, summary, "VM "+vm.UUID+", catalog generation "+fmt.Sprint(vm.Generation)), RecoverVM, RecoverVMInput{
 				FailedHost: in.Host, Incident: in.Incident, Round: in.Round, VM: vm, Candidates: candidates,
 				Policy: policy, OnOwner: in.OnOwner,
 			})

@@ -15,7 +15,7 @@ import (
 // other host cannot tell.
 func HAReport(ctx workflow.Context) (types.HAReport, error) {
 	var listing types.VMListing
-	if err := workflow.ExecuteActivity(shareOptions(ctx), onShare.ListVMs, "").Get(ctx, &listing); err != nil {
+	if err := workflow.ExecuteActivity(says(shareOptions(ctx), "list every HA VM of the catalog"), onShare.ListVMs, "").Get(ctx, &listing); err != nil {
 		return types.HAReport{}, fmt.Errorf("list HA VMs: %w", err)
 	}
 	hosts, err := clusterSnapshot(ctx, "")

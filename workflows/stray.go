@@ -44,7 +44,7 @@ func ResolveStrayCopy(ctx workflow.Context, s types.StrayCopy) (string, error) {
 // runsOn asks a host whether the VM runs there. A host that does not answer within seconds is no answer.
 func runsOn(ctx workflow.Context, host, uuid string) (bool, error) {
 	var state types.DomainState
-	if err := workflow.ExecuteActivity(statsOptions(ctx, host), onHost.DomainState, uuid).Get(ctx, &state); err != nil {
+	if err := workflow.ExecuteActivity(says(statsOptions(ctx, host), "does %s run the VM?", host), onHost.DomainState, uuid).Get(ctx, &state); err != nil {
 		return false, err
 	}
 	return state == types.DomainRunning || state == types.DomainMigrating, nil
@@ -52,7 +52,7 @@ func runsOn(ctx workflow.Context, host, uuid string) (bool, error) {
 
 // destroyStray ends the stray copy on its host and says so at error level.
 func destroyStray(ctx workflow.Context, s types.StrayCopy, alert types.Event) (string, error) {
-	if err := workflow.ExecuteActivity(hostOptions(ctx, s.Host), onHost.DestroyStray, s).Get(ctx, nil); err != nil {
+	if err := workflow.ExecuteActivity(says(hostOptions(ctx, s.Host), "destroy the stray copy of %s on %s: it runs on its owner %s", s.VM, s.Host, s.Owner), onHost.DestroyStray, s).Get(ctx, nil); err != nil {
 		return "", fmt.Errorf("destroy stray copy of %s on %s: %w", s.VM, s.Host, err)
 	}
 	msg := fmt.Sprintf("%s ran on %s and on its owner %s: the copy on %s was destroyed", s.VM, s.Host, s.Owner, s.Host)
