@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"gopkg.in/yaml.v3"
 
 	"vmha/activities/notify"
@@ -25,7 +24,7 @@ import (
 
 // family is one metric family vmha exports: its type and label names.
 type family struct {
-	kind   dto.MetricType
+	kind   string // COUNTER, GAUGE, HISTOGRAM...
 	labels map[string]bool
 }
 
@@ -56,7 +55,7 @@ func exported(t *testing.T) map[string]family {
 	}
 	out := map[string]family{}
 	for _, mf := range mfs {
-		f := family{kind: mf.GetType(), labels: map[string]bool{"job": true, "instance": true}}
+		f := family{kind: mf.GetType().String(), labels: map[string]bool{"job": true, "instance": true}}
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
 				f.labels[l.GetName()] = true
@@ -91,7 +90,7 @@ func checkExpr(expr string, fams map[string]family) []string {
 		if !ok {
 			for _, suffix := range []string{"_bucket", "_count", "_sum"} {
 				base, cut := strings.CutSuffix(name, suffix)
-				if bf, found := fams[base]; cut && found && bf.kind == dto.MetricType_HISTOGRAM {
+				if bf, found := fams[base]; cut && found && bf.kind == "HISTOGRAM" {
 					ok, labels = true, withLe(bf.labels, suffix == "_bucket")
 				}
 			}
