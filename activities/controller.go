@@ -387,7 +387,7 @@ func (c *Controller) PowerStatus(ctx context.Context, spec types.HostSpec) (type
 func (c *Controller) PowerOff(ctx context.Context, spec types.HostSpec) error {
 	password, err := BMCPassword(spec.Name, spec.BMC)
 	if err != nil {
-		return temporal.NewNonRetryableApplicationError(err.Error(), "BMCSecret", err)
+		return temporal.NewNonRetryableApplicationError(err.Error(), types.ErrTypeBMCSecret, err)
 	}
 	if err := c.Power.PowerOff(ctx, spec.BMC, password); err != nil {
 		return fmt.Errorf("fence %s: %w", spec.Name, err)
@@ -502,11 +502,11 @@ func (c *Controller) ListHosts(ctx context.Context) ([]types.Candidate, error) {
 func (c *Controller) DescribeHost(ctx context.Context, host string) (types.Candidate, error) {
 	resp, err := c.Client.DescribeWorkflowExecution(ctx, types.HostMonitorID(host), "")
 	if err != nil {
-		return types.Candidate{}, temporal.NewNonRetryableApplicationError(fmt.Sprintf("host %q: no monitor (is it in the inventory?): %v", host, err), "UnknownHost", err)
+		return types.Candidate{}, temporal.NewNonRetryableApplicationError(fmt.Sprintf("host %q: no monitor (is it in the inventory?): %v", host, err), types.ErrTypeUnknownHost, err)
 	}
 	info := resp.GetWorkflowExecutionInfo()
 	if info.GetStatus() != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
-		return types.Candidate{}, temporal.NewNonRetryableApplicationError(fmt.Sprintf("host %q: monitor is %s", host, info.GetStatus()), "UnknownHost", nil)
+		return types.Candidate{}, temporal.NewNonRetryableApplicationError(fmt.Sprintf("host %q: monitor is %s", host, info.GetStatus()), types.ErrTypeUnknownHost, nil)
 	}
 	h, err := MonitoredHost(info)
 	return h.Candidate, err
@@ -549,7 +549,7 @@ func (c *Controller) CheckSecrets(_ context.Context, hosts []types.HostSpec) err
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		return temporal.NewNonRetryableApplicationError(err.Error(), "BMCSecret", nil)
+		return temporal.NewNonRetryableApplicationError(err.Error(), types.ErrTypeBMCSecret, nil)
 	}
 	return nil
 }

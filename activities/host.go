@@ -78,7 +78,7 @@ func (h *Host) DefineFromCatalog(ctx context.Context, tok types.Ownership) error
 		return err
 	}
 	if err := domainxml.CheckTrusted(e.XML, e.UUID); err != nil {
-		return temporal.NewNonRetryableApplicationError(fmt.Sprintf("catalog entry of %s refused: %v", e.Name, err), "DomainXML", err)
+		return temporal.NewNonRetryableApplicationError(fmt.Sprintf("catalog entry of %s refused: %v", e.Name, err), types.ErrTypeDomainXML, err)
 	}
 	if _, err := h.Hypervisor.Define(ctx, e.XML); err != nil {
 		return fmt.Errorf("define %s on %s: %w", e.Name, h.Name, err)
@@ -144,7 +144,7 @@ func (h *Host) RemoveDomain(ctx context.Context, tok types.Ownership) error {
 	}
 	if err == nil && e.Token() == tok && tok.Owner == h.Name && e.Phase == types.PhaseOwned {
 		return temporal.NewNonRetryableApplicationError(
-			fmt.Sprintf("%s is committed to %s at generation %d: not removed", e.Name, h.Name, tok.Generation), ErrCommitted, nil)
+			fmt.Sprintf("%s is committed to %s at generation %d: not removed", e.Name, h.Name, tok.Generation), types.ErrTypeCommitted, nil)
 	}
 	if err := h.Hypervisor.Destroy(ctx, tok.UUID); err != nil {
 		return fmt.Errorf("destroy %s on %s: %w", tok.UUID, h.Name, err)
@@ -226,7 +226,7 @@ func (h *Host) CreateDomain(ctx context.Context, in CreateDomainInput) (types.VM
 		return struct{}{}, makeOverlay(ctx, in.Request.Image, disk)
 	})
 	if err != nil {
-		return types.VMRecord{}, temporal.NewNonRetryableApplicationError(err.Error(), "Disk", err)
+		return types.VMRecord{}, temporal.NewNonRetryableApplicationError(err.Error(), types.ErrTypeDisk, err)
 	}
 	policy := in.Request.Policy
 	policy.Enabled = true
@@ -235,7 +235,7 @@ func (h *Host) CreateDomain(ctx context.Context, in CreateDomainInput) (types.VM
 		DiskPath: disk, DiskFormat: "qcow2", Policy: policy, DomainType: h.DomainType,
 	})
 	if err != nil {
-		return types.VMRecord{}, temporal.NewNonRetryableApplicationError(err.Error(), "DomainXML", err)
+		return types.VMRecord{}, temporal.NewNonRetryableApplicationError(err.Error(), types.ErrTypeDomainXML, err)
 	}
 	var rec types.VMRecord
 	// The entry comes first: the catalog knows of the VM before any host could run it.
@@ -337,6 +337,7 @@ type Share struct {
 // it could not read: such a file may be any host's VM, so it is reported whatever the owner asked for.
 // On a host without the share's marker it fails (ErrShareNotMounted) rather than list an empty local directory.
 func (s *Share) ListVMs(ctx context.Context, owner string) (types.VMListing, error) {
+	defer keepAlive(ctx)()
 	l, err := s.Catalog.List(ctx)
 	if err != nil {
 		return types.VMListing{}, fmt.Errorf("list catalog: %w", err)
@@ -355,6 +356,7 @@ func (s *Share) ListVMs(ctx context.Context, owner string) (types.VMListing, err
 // ReleaseClaim gives a VM back to the host it was claimed from, one generation later, once the claimant's copy was
 // removed: the next target can then claim it. A retry finds it released.
 func (s *Share) ReleaseClaim(ctx context.Context, claim types.Ownership, from string) (types.Ownership, error) {
+	defer keepAlive(ctx)()
 	released := types.Ownership{UUID: claim.UUID, Owner: from, Generation: claim.Generation + 1}
 	_, err := s.Catalog.Update(ctx, claim.UUID, func(e *CatalogEntry, exists bool) (Change, error) {
 		switch {
@@ -374,15 +376,8 @@ func (s *Share) ReleaseClaim(ctx context.Context, claim types.Ownership, from st
 	return released, nil
 }
 
-// ErrCommitted is the error type of a compensation refused because the VM is committed where it runs.
-const ErrCommitted = "Committed"
-
-// ErrMoved is the error type of a token the catalog no longer matches: the VM changed hands, and acting on the old
-// version could start a second copy. Never retried.
-const ErrMoved = "CatalogMoved"
-
 func moved(uuid, why string) error {
-	return temporal.NewNonRetryableApplicationError(fmt.Sprintf("%s: %s", uuid, why), ErrMoved, nil)
+	return temporal.NewNonRetryableApplicationError(fmt.Sprintf("%s: %s", uuid, why), types.ErrTypeMoved, nil)
 }
 
 func movedFrom(r types.VMRecord, tok types.Ownership) error {

@@ -91,8 +91,8 @@ func TestClaimIsCompareAndSwap(t *testing.T) {
 	if again, err := hv1.Claim(ctx, from); err != nil || again != claim {
 		t.Fatalf("retried claim = %+v, %v; want the same claim", again, err)
 	}
-	if _, err := hv2.Claim(ctx, from); errType(err) != activities.ErrMoved {
-		t.Fatalf("second host's claim of the same version: %v, want %s", err, activities.ErrMoved)
+	if _, err := hv2.Claim(ctx, from); errType(err) != types.ErrTypeMoved {
+		t.Fatalf("second host's claim of the same version: %v, want %s", err, types.ErrTypeMoved)
 	}
 	e, _ := cat.Get(ctx, ownedUUID)
 	if e.Owner != "hv1" || e.Phase != types.PhaseStarting || e.ClaimedFrom != "hv0" {
@@ -117,11 +117,11 @@ func TestHostStepsRefuseAStaleToken(t *testing.T) {
 	if _, err := hv2.Claim(ctx, released); err != nil {
 		t.Fatal(err)
 	}
-	if err := hv1.DefineFromCatalog(ctx, stale); errType(err) != activities.ErrMoved {
-		t.Fatalf("define with a stale token: %v, want %s", err, activities.ErrMoved)
+	if err := hv1.DefineFromCatalog(ctx, stale); errType(err) != types.ErrTypeMoved {
+		t.Fatalf("define with a stale token: %v, want %s", err, types.ErrTypeMoved)
 	}
-	if err := hv1.StartDomain(ctx, stale); errType(err) != activities.ErrMoved {
-		t.Fatalf("start with a stale token: %v, want %s", err, activities.ErrMoved)
+	if err := hv1.StartDomain(ctx, stale); errType(err) != types.ErrTypeMoved {
+		t.Fatalf("start with a stale token: %v, want %s", err, types.ErrTypeMoved)
 	}
 	if state, _ := hv1.Hypervisor.State(ctx, ownedUUID); state != types.DomainNotFound {
 		t.Fatalf("domain state %s on hv1 after stale steps, want not defined", state)
@@ -167,8 +167,8 @@ func TestRemoveDomainKeepsACommittedVM(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := hv1.RemoveDomain(ctx, claim); errType(err) != activities.ErrCommitted {
-		t.Fatalf("remove after commit: %v, want %s", err, activities.ErrCommitted)
+	if err := hv1.RemoveDomain(ctx, claim); errType(err) != types.ErrTypeCommitted {
+		t.Fatalf("remove after commit: %v, want %s", err, types.ErrTypeCommitted)
 	}
 	if state, _ := hv1.Hypervisor.State(ctx, ownedUUID); state != types.DomainRunning {
 		t.Fatalf("committed VM is %s after the refused removal, want running", state)
@@ -200,8 +200,8 @@ func TestCreateDomainRefusesAVMHeldElsewhere(t *testing.T) {
 	if _, err := hv1.CommitOwnership(ctx, rec.Token()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := hv2.CreateDomain(ctx, in); errType(err) != activities.ErrMoved {
-		t.Fatalf("creation retried on hv2 over hv1's VM: %v, want %s", err, activities.ErrMoved)
+	if _, err := hv2.CreateDomain(ctx, in); errType(err) != types.ErrTypeMoved {
+		t.Fatalf("creation retried on hv2 over hv1's VM: %v, want %s", err, types.ErrTypeMoved)
 	}
 	if e, _ := cat.Get(ctx, ownedUUID); e.Owner != "hv1" || e.Generation != 1 {
 		t.Fatalf("entry %+v: hv1's VM was taken over", e.VMRecord)

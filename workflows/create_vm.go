@@ -93,5 +93,5 @@ func discardFrom(ctx workflow.Context, host, uuid string) error {
 
 // badInput is an error no retry can fix; it names the field and the value.
 func badInput(err error) error {
-	return temporal.NewNonRetryableApplicationError(err.Error(), "BadInput", nil)
+	return temporal.NewNonRetryableApplicationError(err.Error(), types.ErrTypeBadInput, nil)
 }

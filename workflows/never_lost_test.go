@@ -413,6 +413,31 @@ func TestMonitorUnknownHostIsRemindedUntilConfirmed(t *testing.T) {
 	}
 }
 
+// An unknown host whose probes keep changing (heartbeat alive, then stopped, ...) is still reminded every
+// UnknownReminder: a probe that leaves the state as it is does not re-arm the reminder (lab scenario i7_4).
+func TestMonitorUnknownReminderNotPostponedByProbes(t *testing.T) {
+	c := newCluster("hv1", "hv2")
+	c.power["hv1"] = types.PowerUnreachable
+	policy := fencePolicy(true, false)
+	policy.UnknownReminder = 90 * time.Second
+	unknownAlive := types.Probe{Reach: types.ReachDown, Power: types.PowerUnreachable, Heartbeat: types.HeartbeatAlive}
+	probes := []types.Probe{healthyProbe}
+	for i := 0; i < 70; i++ {
+		probes = append(probes, unknownAlive, unknownStopped)
+	}
+	runMonitorWith(t, c, policy, nil, probes...)
+	reminders := 0
+	for _, e := range c.events {
+		if e.Kind == types.EventHostAlert && strings.Contains(e.Reason, "still unknown") {
+			reminders++
+		}
+	}
+	// 59 minutes of unknown, a probe every minute, a reminder every 90 s.
+	if reminders < 30 {
+		t.Fatalf("%d reminders in an hour of unknown with a probe a minute, want one every 90 s", reminders)
+	}
+}
+
 // A confirmation for a host that answers on the network is refused: only an unreachable host can be confirmed off.
 func TestMonitorRefusesAConfirmationForAReachableHost(t *testing.T) {
 	c := newCluster("hv1", "hv2")

@@ -34,7 +34,7 @@ func says(ctx workflow.Context, format string, args ...any) workflow.Context {
 const watchFor = time.Hour
 
 // Non-retryable error types raised by activities and workflows.
-var nonRetryable = []string{"CatalogMoved", "Disk", "DomainXML", "BMCSecret", "UnknownHost", "BadInput"}
+var nonRetryable = types.NonRetryableErrorTypes
 
 // watchOptions: the watch heartbeats every tick, so a dead controller is noticed within HeartbeatTimeout and the
 // watch moves to another replica; it is retried forever because a host must never go unwatched.
@@ -132,12 +132,15 @@ func statsOptions(ctx workflow.Context, host string) workflow.Context {
 }
 
 // shareOptions: catalog reads may be served by any live host; a hung share times out inside the activity,
-// and a few retries land on other hosts.
+// and a few retries land on other hosts. The activities heartbeat while they run, so a task handed to a hung
+// host's pending poll (its worker frozen, its connection still open) is retried elsewhere after ShareHeartbeat,
+// not after the whole StartToCloseTimeout.
 func shareOptions(ctx workflow.Context) workflow.Context {
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		TaskQueue:              types.ShareTaskQueue,
 		ScheduleToStartTimeout: 30 * time.Second,
 		StartToCloseTimeout:    30 * time.Second,
+		HeartbeatTimeout:       ShareHeartbeat,
 		RetryPolicy: &temporal.RetryPolicy{
 			InitialInterval:    200 * time.Millisecond,
 			BackoffCoefficient: 2,
@@ -146,6 +149,9 @@ func shareOptions(ctx workflow.Context) workflow.Context {
 		},
 	})
 }
+
+// ShareHeartbeat is the heartbeat timeout of the share queue's activities.
+const ShareHeartbeat = 2 * time.Second
 
 // childOptions: one child per ID, refused if that ID ever ran, which makes a recovery at-most-once per incident.
 // Children outlive a parent that is terminated or continues as new.

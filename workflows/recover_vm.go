@@ -201,7 +201,7 @@ type placer struct {
 	candidates        []types.Candidate
 	policy            types.Policy
 	reservationPrefix string
-	// undo removes what a failed attempt left on a target (the compensation). ErrCommitted means the attempt
+	// undo removes what a failed attempt left on a target (the compensation). An error of type Committed means the attempt
 	// succeeded after all.
 	undo func(ctx workflow.Context, host string) error
 }
@@ -300,10 +300,10 @@ func removeFrom(ctx workflow.Context, host string, tok types.Ownership) error {
 
 // isMoved is the catalog telling that the VM was already recovered or changed hands: trying elsewhere would
 // start a second copy.
-func isMoved(err error) bool { return hasType(err, activities.ErrMoved) }
+func isMoved(err error) bool { return hasType(err, types.ErrTypeMoved) }
 
 // isCommitted is a compensation refused because the VM is committed to its target: the attempt worked.
-func isCommitted(err error) bool { return hasType(err, activities.ErrCommitted) }
+func isCommitted(err error) bool { return hasType(err, types.ErrTypeCommitted) }
 
 func hasType(err error, typ string) bool {
 	var appErr *temporal.ApplicationError

@@ -129,14 +129,14 @@ func (c *cluster) change(uuid string, f func(vm *types.VMRecord) error) error {
 			return f(&c.vms[i])
 		}
 	}
-	return temporal.NewNonRetryableApplicationError("no such VM "+uuid, activities.ErrMoved, nil)
+	return temporal.NewNonRetryableApplicationError("no such VM "+uuid, types.ErrTypeMoved, nil)
 }
 
 // holds checks a host step's token against the fake catalog.
 func (c *cluster) holds(tok types.Ownership) error {
 	return c.change(tok.UUID, func(vm *types.VMRecord) error {
 		if vm.Token() != tok {
-			return temporal.NewNonRetryableApplicationError(fmt.Sprintf("token %+v, catalog %+v", tok, vm.Token()), activities.ErrMoved, nil)
+			return temporal.NewNonRetryableApplicationError(fmt.Sprintf("token %+v, catalog %+v", tok, vm.Token()), types.ErrTypeMoved, nil)
 		}
 		return nil
 	})
@@ -164,9 +164,9 @@ func (c *cluster) step(ctx context.Context, step, uuid string) error {
 	if msg, ok := c.failOn[step+"@"+host]; ok {
 		switch msg {
 		case "moved":
-			return temporal.NewNonRetryableApplicationError("catalog moved", activities.ErrMoved, nil)
+			return temporal.NewNonRetryableApplicationError("catalog moved", types.ErrTypeMoved, nil)
 		case "committed":
-			return temporal.NewNonRetryableApplicationError("committed here", activities.ErrCommitted, nil)
+			return temporal.NewNonRetryableApplicationError("committed here", types.ErrTypeCommitted, nil)
 		}
 		return temporal.NewApplicationError(msg, "Test")
 	}
@@ -270,7 +270,7 @@ func newEnv(t *testing.T, c *cluster, policy types.Policy) *testsuite.TestWorkfl
 			case vm.Token() == claim && vm.Phase == types.PhaseStarting:
 				return nil
 			case vm.Token() != from:
-				return temporal.NewNonRetryableApplicationError("claim: catalog moved", activities.ErrMoved, nil)
+				return temporal.NewNonRetryableApplicationError("claim: catalog moved", types.ErrTypeMoved, nil)
 			}
 			vm.Owner, vm.Generation, vm.Phase, vm.ClaimedFrom = claim.Owner, claim.Generation, types.PhaseStarting, from.Owner
 			return nil
@@ -311,7 +311,7 @@ func newEnv(t *testing.T, c *cluster, policy types.Policy) *testsuite.TestWorkfl
 		var out types.VMRecord
 		return out, c.change(tok.UUID, func(vm *types.VMRecord) error {
 			if vm.Token() != tok {
-				return temporal.NewNonRetryableApplicationError("commit: catalog moved", activities.ErrMoved, nil)
+				return temporal.NewNonRetryableApplicationError("commit: catalog moved", types.ErrTypeMoved, nil)
 			}
 			vm.Phase, vm.ClaimedFrom = types.PhaseOwned, ""
 			out = *vm
@@ -326,7 +326,7 @@ func newEnv(t *testing.T, c *cluster, policy types.Policy) *testsuite.TestWorkfl
 			case vm.Token() == back && vm.Phase == types.PhaseOwned:
 				return nil
 			case vm.Token() != claim || vm.Phase != types.PhaseStarting:
-				return temporal.NewNonRetryableApplicationError("release: catalog moved", activities.ErrMoved, nil)
+				return temporal.NewNonRetryableApplicationError("release: catalog moved", types.ErrTypeMoved, nil)
 			}
 			vm.Owner, vm.Generation, vm.Phase, vm.ClaimedFrom = from, back.Generation, types.PhaseOwned, ""
 			return nil
