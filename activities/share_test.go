@@ -12,8 +12,13 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/converter"
+	"go.temporal.io/sdk/testsuite"
 
 	"vmha/activities"
 	"vmha/activities/catalog"
@@ -155,5 +160,32 @@ func TestKeeperSaysMissingShareOnce(t *testing.T) {
 	k.Resync(ctx)
 	if !strings.Contains(logs.String(), "share visible again") {
 		t.Errorf("no word of the share's return:\n%s", logs.String())
+	}
+}
+
+// slowCatalog answers List after a delay, like a large catalog on NFS.
+type slowCatalog struct {
+	activities.Catalog
+	delay time.Duration
+}
+
+func (c slowCatalog) List(ctx context.Context) (activities.Listing, error) {
+	time.Sleep(c.delay)
+	return activities.Listing{}, nil
+}
+
+// TestShareActivitiesHeartbeat (lab scenario i7_1): a share activity heartbeats while it runs, so that a task a
+// hung host's frozen worker was handed times out after the short heartbeat timeout and is retried elsewhere.
+func TestShareActivitiesHeartbeat(t *testing.T) {
+	var suite testsuite.WorkflowTestSuite
+	env := suite.NewTestActivityEnvironment()
+	var beats atomic.Int32
+	env.SetOnActivityHeartbeatListener(func(*activity.Info, converter.EncodedValues) { beats.Add(1) })
+	env.RegisterActivity(&activities.Share{Catalog: slowCatalog{delay: 1200 * time.Millisecond}})
+	if _, err := env.ExecuteActivity("ListVMs", "hv1"); err != nil {
+		t.Fatal(err)
+	}
+	if beats.Load() == 0 {
+		t.Fatal("ListVMs ran 1.2 s without a heartbeat")
 	}
 }
