@@ -154,8 +154,14 @@ func (m *monitor) observe(ctx workflow.Context, p types.Probe) {
 		m.declareDead(ctx, deathCause(p))
 		return
 	}
+	// A probe that leaves the state as it is keeps the pending reminder or fencing retry: re-arming it at every
+	// probe would postpone an unknown host's reminders for as long as its probes keep changing (lab scenario i7_4:
+	// one reminder in 11 s with VMHA_UNKNOWN_REMINDER=5s, the heartbeat verdict's change having re-armed it).
+	changed := state != m.State
 	m.transition(ctx, state, p.Detail)
-	m.attend(ctx)
+	if changed || m.attention == nil {
+		m.attend(ctx)
+	}
 }
 
 // declareDead opens a new incident, named by the time of death so it never collides with an earlier one, and
