@@ -17,6 +17,8 @@ export VMHA_TEMPORAL_ADDRESS=${VMHA_TEMPORAL_ADDRESS:-10.250.0.1:7233}
 export VMHA_NAMESPACE=${VMHA_NAMESPACE:-vmha}
 export VMHA_DATA_DIR=${VMHA_DATA_DIR:-$STATE/data}
 export VMHA_UI_PORT=${VMHA_UI_PORT:-8233}
+# The controller reads the hosts' storage heartbeats from the share (hung-host detection).
+export VMHA_SHARE_PATH=${VMHA_SHARE_PATH:-$VMHA_LAB_DIR/share}
 readonly VM=${VMHA_DEMO_VM:-demo}
 
 die() { echo "demo: $*" >&2; exit 1; }
