@@ -35,6 +35,8 @@ func HostMonitor(ctx workflow.Context, in activities.MonitorInput) error {
 		return err
 	}
 	m.signals = newMonitorSignals(ctx)
+	// A run continued as new picks up the pending fence retry or reminder the last run's timer held.
+	m.attend(ctx)
 	for !m.retired {
 		if tooLong(ctx, historyLimit) && m.idle() {
 			m.drainSignals(ctx)

@@ -540,3 +540,20 @@ func TestMonitorTellsWhatItSeesAndDoes(t *testing.T) {
 		}
 	}
 }
+
+// A monitor continued as new while its host is unknown keeps reminding, though its watch has nothing new to say.
+func TestMonitorKeepsRemindingAfterContinueAsNew(t *testing.T) {
+	c := newCluster("hv1", "hv2")
+	env := newEnv(t, c, fencePolicy(true, false))
+	env.OnActivity(controller.WatchHost, mock.Anything, mock.Anything).Return(unknownStopped, nil).After(2 * time.Hour)
+	retireAfter(env, 30*time.Minute)
+	in := monitorInput("hv1")
+	in.State, in.Last = types.HostUnknown, unknownStopped
+	env.ExecuteWorkflow(HostMonitor, in)
+	if err := env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(c.callsWith("")) + strings.Count(strings.Join(c.eventKinds(), ","), string(types.EventHostAlert)); n < 20 {
+		t.Fatalf("%d reminders in 30 minutes at one a minute", n)
+	}
+}
