@@ -184,10 +184,89 @@ func (l *Lab) ReleaseWorker(ctx context.Context, host string) error {
 	return err
 }
 
-// Ready is true while the host is powered and its libvirtd answered since its last boot.
+// Ready is true while the host is powered, its libvirtd answered since its last boot, and it is not hung (a hung
+// host's libvirtd is frozen: a call to it would never return).
 func (l *Lab) Ready(host string) bool {
 	_, err := os.Stat(filepath.Join(l.Dir, host, "ready"))
+	return err == nil && !l.Hung(host)
+}
+
+// Hung is true from Hang until Thaw or the host's power-off.
+func (l *Lab) Hung(host string) bool {
+	_, err := os.Stat(filepath.Join(l.Dir, host, "hung"))
 	return err == nil
+}
+
+// PoweredOn is true while the host's init (its "power") runs, hung or not.
+func (l *Lab) PoweredOn(host string) bool {
+	b, err := os.ReadFile(filepath.Join(l.Dir, host, "power.pid"))
+	if err != nil {
+		return false
+	}
+	comm, err := os.ReadFile(filepath.Join("/proc", strings.TrimSpace(string(b)), "comm"))
+	return err == nil && strings.TrimSpace(string(comm)) == "tini"
+}
+
+// Hang freezes every process of the host (SIGSTOP: libvirtd, every QEMU, virtlockd, the vmha worker) and takes its
+// link down, as a kernel hang would; its BMC still says on, and a power-off kills it for real. It returns the
+// instant the freeze completed.
+func (l *Lab) Hang(ctx context.Context, host string) (time.Time, error) {
+	out, err := l.run(ctx, "hang", host)
+	if err != nil {
+		return time.Time{}, err
+	}
+	us, err := strconv.ParseInt(strings.TrimSpace(out), 10, 64)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("lab.sh hang %s: instant %q: %w", host, out, err)
+	}
+	return time.UnixMicro(us), nil
+}
+
+// Thaw continues a hung host and brings its link up; a host powered off meanwhile stays off.
+func (l *Lab) Thaw(ctx context.Context, host string) error {
+	_, err := l.run(ctx, "thaw", host)
+	return err
+}
+
+// BMCOff kills the host's BMC (ipmi_sim): it no longer answers. The host's power does not change.
+func (l *Lab) BMCOff(ctx context.Context, host string) error {
+	_, err := l.run(ctx, "bmc-off", host)
+	return err
+}
+
+// BMCOn starts the host's BMC again and returns once it answers.
+func (l *Lab) BMCOn(ctx context.Context, host string) error {
+	_, err := l.run(ctx, "bmc-on", host)
+	return err
+}
+
+// PullPlug takes the power from the host and its BMC together (one supply): nobody can ask whether it is off.
+func (l *Lab) PullPlug(ctx context.Context, host string) error {
+	_, err := l.run(ctx, "pull-plug", host)
+	return err
+}
+
+// StorageCut makes the host lose the share while its network works (HideShare); StorageRestore undoes it.
+func (l *Lab) StorageCut(ctx context.Context, host string) error {
+	_, err := l.run(ctx, "storage-cut", host)
+	return err
+}
+
+// StorageRestore gives the host its share back.
+func (l *Lab) StorageRestore(ctx context.Context, host string) error {
+	_, err := l.run(ctx, "storage-restore", host)
+	return err
+}
+
+// Watchdog makes the host's worker arm the host's lab watchdog with timeout (on), or not (off), from the worker's
+// next start (a boot, or KillWorker).
+func (l *Lab) Watchdog(ctx context.Context, host string, on bool, timeout time.Duration) error {
+	if !on {
+		_, err := l.run(ctx, "watchdog", host, "off")
+		return err
+	}
+	_, err := l.run(ctx, "watchdog", host, "on", timeout.String())
+	return err
 }
 
 // LocalURI is a libvirt URI for the host's libvirtd through its unix socket, which answers even while the host is

@@ -25,6 +25,20 @@
 #   hold-worker HOST VM    the next time VM's QEMU has started on HOST (libvirt's "started" hook), SIGKILL the host's
 #                          vmha worker and keep it down (an activity's outcome lost between start and commit)
 #   release-worker HOST    let the host's worker start again (a power cycle releases it too)
+#   hang HOST              freeze the whole host (SIGSTOP every process of its PID namespace: libvirtd, QEMU,
+#                          virtlockd, the worker) and take its link down; its BMC still says on. Prints the instant
+#                          of the freeze (microseconds since the epoch). A power-off kills a hung host for real.
+#   thaw HOST              continue a hung host and bring its link up (nothing to do once it was powered off)
+#   bmc-off HOST | bmc-on HOST  the host's BMC (ipmi_sim) dies / comes back; the host's power does not change
+#   pull-plug HOST         the host and its BMC lose power together (one supply): bmc-off, then the host halts
+#   storage-cut HOST | storage-restore HOST  the host loses the share while its network works (hide-share /
+#                          show-share)
+#   watchdog HOST on [TIMEOUT] | watchdog HOST off  the host's worker arms (or not) the host's lab watchdog, with
+#                          VMHA_WATCHDOG_TIMEOUT=TIMEOUT (default 4s), from its next start (boot or kill-worker).
+#                          Every host has a watchdog: a process outside the host (hardware, like its BMC) reading
+#                          the FIFO hvK/watchdog (VMHA_WATCHDOG_DEVICE=file:...), which powers the host off through
+#                          the chassis path when not petted in time. `VMHA_LAB_WATCHDOG=TIMEOUT lab.sh up` arms it
+#                          on every host; by default no worker arms it.
 #   domains                "HOST<TAB>DOMAIN<TAB>STATE" for every domain of every powered host ("HOST" alone: none)
 #   inventory              print a vmha inventory (YAML) of the lab
 #   bmc-port HOST | address HOST | password-file HOST
@@ -299,6 +313,49 @@ ensure_bmc() {
 	echo $! >"$bd/ipmi_sim.pid"
 }
 
+# ---------- the lab's hardware watchdog (one process per host, outside the host) ----------
+
+watchdog_bin() { echo "$LAB_DIR/bin/lab-watchdog"; }
+watchdog_fifo() { echo "$(host_dir "$1")/watchdog"; }
+
+# ensure_watchdog_bin: build infra/lab/watchdog once per lab (or use $VMHA_LAB_WATCHDOG_BIN). Without Go there is
+# no watchdog: a worker told to arm it then runs without (its heartbeat says so).
+ensure_watchdog_bin() {
+	local bin src go
+	bin=$(watchdog_bin)
+	[[ -x $bin ]] && return 0
+	mkdir -p "$LAB_DIR/bin"
+	if [[ -n ${VMHA_LAB_WATCHDOG_BIN:-} ]]; then
+		cp "$VMHA_LAB_WATCHDOG_BIN" "$bin"
+		return 0
+	fi
+	src=$(dirname "$SELF")/watchdog
+	go=$(command -v go || echo /usr/local/go/bin/go)
+	if [[ ! -d $src || ! -x $go ]]; then
+		note "no Go toolchain or no $src: the lab has no watchdogs"
+		return 0
+	fi
+	(cd "$src" && GOTOOLCHAIN=${GOTOOLCHAIN:-local} "$go" build -o "$bin.tmp" .) >&2 || die "build the lab watchdog ($src) failed"
+	mv "$bin.tmp" "$bin"
+}
+
+watchdog_running() { # watchdog_running K: prints the watchdog's PID
+	local pid
+	pid=$(cat "$(host_dir "$1")/watchdog.pid" 2>/dev/null) || return 1
+	alive "$pid" && [[ $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) == *"-fifo $(watchdog_fifo "$1") "* ]] && echo "$pid"
+}
+
+ensure_watchdog() {
+	local k=$1 hd fifo
+	hd=$(host_dir "$k") fifo=$(watchdog_fifo "$k")
+	[[ -x $(watchdog_bin) ]] || return 0
+	[[ -p $fifo ]] || { rm -f "$fifo"; mkfifo -m 0600 "$fifo"; }
+	watchdog_running "$k" >/dev/null && return 0
+	setsid "$(watchdog_bin)" -host "hv$k" -fifo "$fifo" -boot "$hd/power.pid" -lab-sh "$SELF" \
+		</dev/null >>"$hd/watchdog.log" 2>&1 8>&- 9>&- &
+	echo $! >"$hd/watchdog.pid"
+}
+
 ipmi() { # ipmi K ARGS...: ipmitool against the host's BMC
 	local k=$1
 	shift
@@ -322,7 +379,7 @@ boot() {
 	hd=$(host_dir "$k") ns=$(netns_of "$k")
 	host_on "$k" && return 0
 	kill_netns_procs "$k"
-	rm -f "$hd/ready" "$hd/failed" "$hd/worker.pid" "$hd/power.pid" "$hd/worker.hold" "$hd/hold-worker-on"
+	rm -f "$hd/ready" "$hd/failed" "$hd/worker.pid" "$hd/power.pid" "$hd/worker.hold" "$hd/hold-worker-on" "$hd/hung"
 	echo "=== boot $(date -Is)" >>"$hd/boot.log"
 	setsid ip netns exec "$ns" unshare --mount --pid --uts --fork --mount-proc --propagation private --kill-child \
 		tini -- "$SELF" _init "hv$k" </dev/null >>"$hd/boot.log" 2>&1 8>&- 9>&- &
@@ -369,7 +426,7 @@ halt() {
 	local left
 	left=$(netns_pids "$(netns_of "$k")")
 	[[ -z $left ]] || die "hv$k: still running after power off: $left"
-	rm -f "$hd/ready" "$hd/worker.pid" "$hd/power.pid"
+	rm -f "$hd/ready" "$hd/worker.pid" "$hd/power.pid" "$hd/hung"
 }
 
 # wait_ready K: until the host's libvirtd answers (its init writes "ready"), or fail with its logs.
@@ -436,7 +493,14 @@ cmd_init() {
 	while :; do
 		# lab.sh hold-worker keeps the worker down until release-worker.
 		while [[ -e $hd/worker.hold ]]; do sleep 0.1; done
-		echo "=== lab: starting $VMHA_BIN hypervisor $(date -Is)" >>"$hd/worker.log"
+		# lab.sh watchdog HOST on|off: read at every start.
+		if [[ -s $hd/watchdog.on && -p $hd/watchdog ]]; then
+			export VMHA_WATCHDOG_DEVICE=file:$hd/watchdog VMHA_WATCHDOG_TIMEOUT
+			VMHA_WATCHDOG_TIMEOUT=$(cat "$hd/watchdog.on")
+		else
+			unset VMHA_WATCHDOG_DEVICE VMHA_WATCHDOG_TIMEOUT
+		fi
+		echo "=== lab: starting $VMHA_BIN hypervisor (watchdog ${VMHA_WATCHDOG_DEVICE:-none} ${VMHA_WATCHDOG_TIMEOUT:-}) $(date -Is)" >>"$hd/worker.log"
 		"$VMHA_BIN" hypervisor </dev/null >>"$hd/worker.log" 2>&1 &
 		echo $! >"$hd/worker.pid"
 		rc=0
@@ -528,12 +592,18 @@ cmd_up() {
 	[[ -d $LAB_DIR/share/vmha ]] || install -d -m 0711 "$LAB_DIR/share/vmha"
 	install -d -m 0700 "$(lockspace_dir)"
 	ensure_bridge
+	ensure_watchdog_bin
 	for ((k = 1; k <= n; k++)); do
 		ensure_host_net "$k"
 		write_host_config "$k"
 		ensure_secret "$k"
 		write_bmc_config "$k"
+		rm -f "$(host_dir "$k")/bmc/off"
 		ensure_bmc "$k"
+		ensure_watchdog "$k"
+		if [[ -n ${VMHA_LAB_WATCHDOG:-} ]]; then
+			set_watchdog "$k" on "$VMHA_LAB_WATCHDOG"
+		fi
 	done
 	for ((k = 1; k <= n; k++)); do
 		with_host_lock "$k" boot "$k"
@@ -585,6 +655,10 @@ cmd_down() {
 			kill -TERM "$pid" 2>/dev/null || true
 			bmcpids+=("$pid")
 		fi
+		if pid=$(watchdog_running "$k"); then
+			kill -TERM "$pid" 2>/dev/null || true
+			bmcpids+=("$pid")
+		fi
 		[[ -d $(host_dir "$k") ]] && with_host_lock "$k" halt "$k" || kill_netns_procs "$k"
 	done
 	if ((${#bmcpids[@]})); then
@@ -605,7 +679,7 @@ cmd_down() {
 	if ((keep == 0)); then
 		rm -rf "$LAB_DIR"
 	else
-		rm -f "$LAB_DIR"/hv*/{ready,failed,power.pid,worker.pid,unshare.pid,bmc/ipmi_sim.pid}
+		rm -f "$LAB_DIR"/hv*/{ready,failed,power.pid,worker.pid,unshare.pid,hung,watchdog.pid,bmc/ipmi_sim.pid,bmc/off}
 	fi
 	note "down: done ($(elapsed "$start"))"
 }
@@ -619,7 +693,9 @@ cmd_status() {
 		host_on "$k" && power=on
 		link=down
 		[[ $(ip -o link show "$(veth_of "$k")" 2>/dev/null) =~ \<([A-Z_]+,)*UP[,\>] ]] && link=up
-		if [[ $power == on ]]; then
+		if [[ $power == on && -e $hd/hung ]]; then
+			power=on,hung lv=frozen worker=frozen
+		elif [[ $power == on ]]; then
 			if timeout -k 2 5 virsh -q -c "$(local_uri "$k")" uri >/dev/null 2>&1; then lv=up; else lv=down; fi
 			worker=none
 			if wpid=$(cat "$hd/worker.pid" 2>/dev/null); then
@@ -630,8 +706,10 @@ cmd_status() {
 					domains="?"
 			fi
 		fi
-		printf 'hv%d power=%s link=%s libvirtd=%s worker=%s bmc=%s domains=%s\n' "$k" "$power" "$link" "$lv" "$worker" \
-			"$(bmc_running "$k" >/dev/null && echo "up(127.0.0.1:$(bmc_port "$k"))" || echo down)" "${domains:--}"
+		printf 'hv%d power=%s link=%s libvirtd=%s worker=%s bmc=%s watchdog=%s domains=%s\n' "$k" "$power" "$link" "$lv" "$worker" \
+			"$(bmc_running "$k" >/dev/null && echo "up(127.0.0.1:$(bmc_port "$k"))" || echo down)" \
+			"$(if ! watchdog_running "$k" >/dev/null; then echo none; elif [[ -s $hd/watchdog.on ]]; then echo "on($(cat "$hd/watchdog.on"))"; else echo off; fi)" \
+			"${domains:--}"
 	done
 }
 
@@ -648,7 +726,7 @@ cmd_domains() {
 	local n k
 	n=$(lab_size)
 	for ((k = 1; k <= n; k++)); do
-		host_on "$k" && [[ -e $(host_dir "$k")/ready ]] || continue
+		host_on "$k" && [[ -e $(host_dir "$k")/ready && ! -e $(host_dir "$k")/hung ]] || continue
 		local out
 		out=$(host_domains "$k") || die "hv$k: virsh list --all failed"
 		if [[ -n $out ]]; then echo "$out"; else echo "hv$k"; fi
@@ -781,6 +859,111 @@ cmd_release_worker() {
 	rm -f "$hd/hold-worker-on" "$hd/worker.hold"
 }
 
+# host_procs K: the host's processes (root-namespace PIDs): those in the PID namespace of its init.
+host_procs() {
+	local k=$1 init ns p
+	init=$(cat "$(host_dir "$k")/power.pid")
+	ns=$(readlink "/proc/$init/ns/pid") || return 0
+	for p in $(netns_pids "$(netns_of "$k")"); do
+		[[ $(readlink "/proc/$p/ns/pid" 2>/dev/null) == "$ns" ]] && echo "$p"
+	done
+	return 0
+}
+
+proc_state() { local stat; { read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 1; stat=${stat##*) }; echo "${stat:0:1}"; }
+
+# cmd_hang HOST: every process of the host stops at once (SIGSTOP, which SIGKILL still ends: a power-off kills a
+# hung host for real; the cgroup freezer would not let it die until thawed), and its link goes down.
+cmd_hang() {
+	local k hd p left i frozen
+	k=$(host_index "$1")
+	hd=$(host_dir "$k")
+	host_on "$k" || die "$1: powered off"
+	[[ -e $hd/hung ]] && die "$1: already hung"
+	# Readers of the host's libvirtd (lab.sh domains, a test's copy watcher) skip a hung host: give a call in
+	# flight time to finish before libvirtd freezes.
+	touch "$hd/hung"
+	sleep 0.3
+	for ((i = 0; i < 100; i++)); do
+		left=0
+		for p in $(host_procs "$k"); do
+			[[ $(proc_state "$p") == [TtZX] ]] && continue
+			kill -STOP "$p" 2>/dev/null || true
+			left=1
+		done
+		((left == 0)) && break
+		sleep 0.005
+	done
+	((left == 0)) || die "$1: processes keep running: $(host_procs "$k" | tr '\n' ' ')"
+	ip link set "$(veth_of "$k")" down
+	frozen=$(now)
+	note "$1: hung ($(host_procs "$k" | wc -l) processes stopped, link down)"
+	echo "$frozen"
+}
+
+cmd_thaw() {
+	local k hd p
+	k=$(host_index "$1")
+	hd=$(host_dir "$k")
+	if ! host_on "$k"; then
+		rm -f "$hd/hung"
+		note "$1: powered off: nothing to thaw"
+		return 0
+	fi
+	[[ -e $hd/hung ]] || { note "$1: not hung"; return 0; }
+	for p in $(host_procs "$k"); do kill -CONT "$p" 2>/dev/null || true; done
+	ip link set "$(veth_of "$k")" up
+	wait_link "$k"
+	rm -f "$hd/hung"
+	note "$1: thawed"
+}
+
+cmd_bmc_off() {
+	local k pid
+	k=$(host_index "$1")
+	touch "$(host_dir "$k")/bmc/off"
+	if pid=$(bmc_running "$k"); then
+		kill -KILL "$pid"
+		wait_gone 5 "$pid" || die "$1: ipmi_sim $pid survives SIGKILL"
+	fi
+	note "$1: BMC off"
+}
+
+cmd_bmc_on() {
+	local k out deadline
+	k=$(host_index "$1")
+	rm -f "$(host_dir "$k")/bmc/off"
+	ensure_bmc "$k"
+	deadline=$(($(now) + 5000000))
+	until out=$(ipmi "$k" -N 1 -R 1 chassis power status 2>&1); do
+		(($(now) < deadline)) || die "$1: BMC does not answer after bmc-on: $out"
+		sleep 0.05
+	done
+	note "$1: BMC on ($out)"
+}
+
+cmd_pull_plug() {
+	local k
+	k=$(host_index "$1")
+	cmd_bmc_off "$1"
+	with_host_lock "$k" halt "$k"
+	ip link set "$(veth_of "$k")" down
+	note "$1: host and BMC without power"
+}
+
+set_watchdog() { # set_watchdog K on [TIMEOUT] | off
+	local hd
+	hd=$(host_dir "$1")
+	case $2 in
+	on)
+		[[ ${3:-4s} =~ ^[0-9]+(\.[0-9]+)?(ms|s|m)$ ]] || die "watchdog: timeout '${3:-}': want a Go duration like 4s"
+		echo "${3:-4s}" >"$hd/watchdog.on"
+		;;
+	off) rm -f "$hd/watchdog.on" ;;
+	*) die "watchdog: want on or off" ;;
+	esac
+}
+
 cmd_inventory() {
 	local n k
 	n=$(lab_size)
@@ -829,6 +1012,17 @@ main() {
 	unshadow) (($# == 2)) || die "usage: unshadow HOST FILE"; cmd_unshadow "$1" "$2" ;;
 	hold-worker) (($# == 2)) || die "usage: hold-worker HOST VM"; cmd_hold_worker "$1" "$2" ;;
 	release-worker) (($# == 1)) || die "usage: release-worker HOST"; cmd_release_worker "$1" ;;
+	hang) (($# == 1)) || die "usage: hang HOST"; cmd_hang "$1" ;;
+	thaw) (($# == 1)) || die "usage: thaw HOST"; cmd_thaw "$1" ;;
+	bmc-off) (($# == 1)) || die "usage: bmc-off HOST"; cmd_bmc_off "$1" ;;
+	bmc-on) (($# == 1)) || die "usage: bmc-on HOST"; cmd_bmc_on "$1" ;;
+	pull-plug) (($# == 1)) || die "usage: pull-plug HOST"; cmd_pull_plug "$1" ;;
+	storage-cut) (($# == 1)) || die "usage: storage-cut HOST"; cmd_hide_share "$1" ;;
+	storage-restore) (($# == 1)) || die "usage: storage-restore HOST"; cmd_show_share "$1" ;;
+	watchdog)
+		(($# == 2 || $# == 3)) || die "usage: watchdog HOST on [TIMEOUT] | watchdog HOST off"
+		set_watchdog "$(host_index "$1")" "$2" "${3:-}"
+		;;
 	inventory) cmd_inventory ;;
 	bmc-port) bmc_port "$(host_index "${1:-}")" ;;
 	address) host_addr "$(host_index "${1:-}")" ;;

@@ -59,7 +59,9 @@ func TestLab(t *testing.T) {
 	var x string
 	w.scenario(t, "1_power_loss", func(t *testing.T) { x = w.powerLoss(t, "vm1") })
 	w.scenario(t, "4_old_host_comes_back", func(t *testing.T) { w.oldHostComesBack(t, x, "vm1") })
-	w.scenario(t, "2_network_blockage", func(t *testing.T) { w.networkBlockage(t, "vm1", 60*time.Second) })
+	// Issue 7's scenario 2 too: with the controller reading the storage heartbeats, a cut host whose heartbeat goes
+	// on is isolated for the whole 60 s, never hung.
+	w.scenario(t, "2_network_blockage_heartbeat_alive", func(t *testing.T) { w.networkBlockage(t, "vm1", 60*time.Second) })
 	w.scenario(t, "3_bmc_unreachable_or_wrong_password", func(t *testing.T) { w.bmcUnusable(t) })
 	w.scenario(t, "5_manual_failover_with_temporal_cli", func(t *testing.T) { w.manualFailover(t, "vm1") })
 	w.scenario(t, "6_controller_killed_mid_recovery", func(t *testing.T) { w.controllerKilled(t, "vm1") })
@@ -78,6 +80,11 @@ func TestLab(t *testing.T) {
 	w.scenario(t, "6d_lost_start_and_failed_cleanup", w.lostStartNoSecondCopy)
 	w.scenario(t, "6e_disk_lease_refuses_a_second_start", w.leaseRefusesSecondStart)
 	w.scenario(t, "6f_planted_qemu_commandline", w.plantedCommandline)
+	// Issue 7: hung hosts, lost storage, dead BMCs, the watchdog.
+	w.scenario(t, "i7_1_hang_fenced_through_ipmi", w.hangFenced)
+	w.scenario(t, "i7_3_storage_lost", w.storageLost)
+	w.scenario(t, "i7_4_bmc_dead_with_its_host", w.bmcDeadWithHost)
+	w.scenario(t, "i7_5_watchdog", w.watchdogScenario)
 }
 
 // TestBenchLab repeats the power-loss scenario VMHA_BENCH_LAB times and prints min / median / max seconds,
@@ -95,7 +102,14 @@ func TestBenchLab(t *testing.T) {
 		samples = append(samples, w.timedPowerLoss(t, "vm1"))
 		w.powerOnAndWait(t, x)
 	}
+	var hangs []hangTiming
+	for i := 0; i < runs; i++ {
+		x, _ := w.where(t, "vm1")
+		hangs = append(hangs, w.timedHang(t, x, []string{"vm1"}))
+		w.powerOnAndWait(t, x)
+	}
 	printBenchTable(samples)
+	printHangTable(hangs)
 }
 
 func setUp(t *testing.T) *world {
@@ -120,6 +134,9 @@ func setUp(t *testing.T) *world {
 		t.Fatal(err)
 	}
 	w.lab = l
+	// The controller reads every host's storage heartbeat from its own mount of the share (here the same
+	// directory); an unknown host is reported again every 5 s, so that scenario i7_4 sees the reminders.
+	w.env = append(w.env, "VMHA_SHARE_PATH="+filepath.Join(l.Dir, "share"), "VMHA_UNKNOWN_REMINDER=5s")
 	t.Cleanup(func() {
 		if t.Failed() {
 			status, _ := l.Status(context.Background())
@@ -180,8 +197,17 @@ func (w *world) start(role string, env ...string) *exec.Cmd {
 	return cmd
 }
 
-func (w *world) startController() {
-	w.controller = w.start("controller", "VMHA_METRICS_ADDR="+metricsAddr)
+func (w *world) startController(env ...string) {
+	w.controller = w.start("controller", append([]string{"VMHA_METRICS_ADDR=" + metricsAddr}, env...)...)
+}
+
+// restartController kills the controller and starts it again with env on top of the lab's.
+func (w *world) restartController(t *testing.T, env ...string) {
+	if err := w.controller.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = w.controller.Wait()
+	w.startController(env...)
 }
 
 // metric reads one sample from the controller's /metrics, as Prometheus would scrape it.
@@ -538,6 +564,10 @@ func (w *world) networkBlockage(t *testing.T, vm string, hold time.Duration) {
 	}
 	if !w.hooks.sawState(y, types.HostIsolated) {
 		t.Fatalf("no isolated alert for %s reached the webhook", y)
+	}
+	// Isolated because its storage heartbeat went on: the controller read it from the share all along.
+	if st := w.monitorStatus(t, y); st.Last.Heartbeat != types.HeartbeatAlive {
+		t.Fatalf("%s's last probe says storage heartbeat %q, want alive (does the controller read the share?)", y, st.Last.Heartbeat)
 	}
 	if err := w.lab.Restore(context.Background(), y); err != nil {
 		t.Fatal(err)
