@@ -40,6 +40,9 @@ Roles (long-running):
 Operator commands:
   vmha apply -f hosts.yaml          register hosts (idempotent; hosts left out of the file stop being watched)
   vmha hosts                        list hosts and their states
+  vmha status [--recent 10]         the whole cluster on one screen: each host's state and why, HA VMs down,
+                                    recent recoveries, what needs a person; exit code 0: all well,
+                                    1: something needs a person, 2: vmha could not be asked
   vmha create-vm --name web1 --image /share/images/debian.qcow2 --vcpus 1 --memory-mib 512
                                     create an HA VM on the host the scheduler picks
   vmha failover --host hv1 [--fence] [--confirm-powered-off] [--reason TEXT]
@@ -87,6 +90,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
+		var exit starter.ExitError
+		if errors.As(err, &exit) {
+			if exit.Err != nil {
+				fmt.Fprintf(stderr, "vmha %s: %v\n", cmd, exit.Err)
+			}
+			return exit.Code
+		}
 		fmt.Fprintf(stderr, "vmha %s: %v\n", cmd, err)
 		return 1
 	}
@@ -105,6 +115,8 @@ func dispatch(ctx context.Context, cmd string, args []string, s config.Settings,
 		return operate(ctx, cmd, args, s, logger, out)
 	case "share":
 		return share(ctx, args, s, out)
+	case "status":
+		return status(ctx, args, s, logger, out)
 	}
 	return fmt.Errorf("unknown command %q (see vmha help)", cmd)
 }
@@ -162,6 +174,33 @@ func share(ctx context.Context, args []string, s config.Settings, out io.Writer)
 	}
 	fmt.Fprintf(out, "share %s %s: id %s, created %s (marker %s)\n", s.SharePath, verb, m.ID,
 		m.CreatedAt.Format(time.RFC3339), catalog.MarkerPath(s.SharePath))
+	return nil
+}
+
+// status runs `vmha status`; its exit code tells a script whether all is well (starter.StatusAllWell), something
+// needs a person (StatusNeedsPerson), or vmha could not be asked (StatusUnavailable, also for a bad flag).
+func status(ctx context.Context, args []string, s config.Settings, logger *slog.Logger, out io.Writer) error {
+	fs := flag.NewFlagSet("vmha status", flag.ContinueOnError)
+	fs.SetOutput(out)
+	recent := fs.Int("recent", 10, "how many recent recoveries to show")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return starter.ExitError{Code: starter.StatusUnavailable, Err: err}
+	}
+	c, err := temporalclient.Dial(ctx, s, logger)
+	if err != nil {
+		return starter.ExitError{Code: starter.StatusUnavailable, Err: err}
+	}
+	defer c.Close()
+	_, code, err := starter.Starter{Client: c, Out: out}.Status(ctx, *recent)
+	if err != nil {
+		return err
+	}
+	if code != starter.StatusAllWell {
+		return starter.ExitError{Code: code}
+	}
 	return nil
 }
 

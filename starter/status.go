@@ -1,0 +1,402 @@
+package starter
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	sdkpb "go.temporal.io/api/sdk/v1"
+
+	"vmha/activities"
+	"vmha/types"
+)
+
+// Exit codes of `vmha status`, for scripts.
+const (
+	StatusAllWell     = 0 // every host watched, nothing needs a person
+	StatusNeedsPerson = 1 // something below "NEEDS A PERSON"
+	StatusUnavailable = 2 // vmha could not be asked (Temporal unreachable, the monitors cannot be listed)
+)
+
+// ExitError ends a command with a given exit code; Err, when set, says why.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e ExitError) Error() string {
+	if e.Err == nil {
+		return fmt.Sprintf("exit code %d", e.Code)
+	}
+	return e.Err.Error()
+}
+
+func (e ExitError) Unwrap() error { return e.Err }
+
+// SuspectTooLong is how long a host may stay suspect before `vmha status` (and the VmhaHypervisorWorkerGone alert in
+// infra/monitoring) asks for a person: a host that answers and is powered on stays suspect while its worker is gone.
+const SuspectTooLong = 5 * time.Minute
+
+// statusQueryTimeout bounds the monitors' queries and the HA report together: status answers within seconds even
+// when no controller runs.
+const statusQueryTimeout = 8 * time.Second
+
+// StatusHost is one host of `vmha status`.
+type StatusHost struct {
+	HostRow
+	// Details is the monitor's current details (Temporal user metadata: what it sees and why it decides), Reason
+	// its last transition's reason, when the monitor reports them; Probe, Cause and the rest come from its status
+	// query (activities.MonitorInput).
+	Details     string
+	Reason      string
+	Probe       types.Probe
+	Maintenance bool
+	Cause       string
+	Incident    string
+	Round       int
+	// VMs and Down are the HA VMs the catalog gives the host and how many of them do not run; -1: nobody can tell.
+	VMs, Down int
+	// QueryError says why the monitor did not answer its status query.
+	QueryError string
+}
+
+// ClusterStatus is everything `vmha status` shows.
+type ClusterStatus struct {
+	At    time.Time
+	Hosts []StatusHost
+	// CountsError says why the HA VM counts are unknown (the HAReport workflow failed); Unreadable is how many
+	// catalog files could not be read.
+	CountsError string
+	Unreadable  int
+	Recoveries  []RecoveryRow
+	// RecoveriesError says why the recent recoveries could not be listed.
+	RecoveriesError string
+}
+
+// monitorView is a HostMonitor's status query answer; Reason is read too, should the monitor ever report its last
+// transition's reason there.
+type monitorView struct {
+	activities.MonitorInput
+	Reason string `json:"reason,omitempty"`
+}
+
+// Status gathers the cluster's status, prints it, and returns the exit code; an ExitError when vmha could not be
+// asked.
+func (s Starter) Status(ctx context.Context, recent int) (ClusterStatus, int, error) {
+	st, err := s.ClusterStatus(ctx, recent)
+	if err != nil {
+		return st, StatusUnavailable, ExitError{Code: StatusUnavailable, Err: err}
+	}
+	if err := RenderStatus(s.Out, st); err != nil {
+		return st, StatusUnavailable, ExitError{Code: StatusUnavailable, Err: fmt.Errorf("print the status: %w", err)}
+	}
+	return st, StatusCode(st), nil
+}
+
+// ClusterStatus asks Temporal for every host (visibility), each monitor (its status query and current details),
+// the HA VM counts (HAReport) and the recent recoveries, the last three at once. It fails only when the hosts cannot
+// be listed: anything else missing is shown as unknown.
+func (s Starter) ClusterStatus(ctx context.Context, recent int) (ClusterStatus, error) {
+	st := ClusterStatus{At: time.Now()}
+	rows, err := s.HostRows(ctx)
+	if err != nil {
+		return st, fmt.Errorf("list the host monitors (is Temporal at the address in VMHA_TEMPORAL_ADDRESS running?): %w", err)
+	}
+	st.Hosts = make([]StatusHost, len(rows))
+	for i, r := range rows {
+		st.Hosts[i] = StatusHost{HostRow: r, VMs: -1, Down: -1}
+	}
+	qctx, cancel := context.WithTimeout(ctx, statusQueryTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	var report types.HAReport
+	var reportErr error
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		report, reportErr = s.haReport(qctx)
+	}()
+	go func() {
+		defer wg.Done()
+		quiet := Starter{Client: s.Client, Out: io.Discard}
+		rec, err := quiet.Recoveries(qctx, "", recent)
+		if err != nil {
+			st.RecoveriesError = types.Explain(err)
+		}
+		st.Recoveries = rec
+	}()
+	sem := make(chan struct{}, 16)
+	for i := range st.Hosts {
+		wg.Add(1)
+		go func(h *StatusHost) {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			s.queryMonitor(qctx, h)
+		}(&st.Hosts[i])
+	}
+	wg.Wait()
+	if reportErr != nil {
+		st.CountsError = types.Explain(reportErr)
+	} else {
+		st.Unreadable = report.Unreadable
+		counts := map[string]types.HostVMs{}
+		for _, c := range report.Hosts {
+			counts[c.Host] = c
+		}
+		for i := range st.Hosts {
+			if c, ok := counts[st.Hosts[i].Name]; ok {
+				st.Hosts[i].VMs, st.Hosts[i].Down = c.VMs, c.Down
+			}
+		}
+	}
+	return st, nil
+}
+
+// queryMonitor fills h from its monitor's status query and current details.
+func (s Starter) queryMonitor(ctx context.Context, h *StatusHost) {
+	id := types.HostMonitorID(h.Name)
+	v, err := s.Client.QueryWorkflow(ctx, id, "", activities.QueryStatus)
+	var m monitorView
+	if err == nil {
+		err = v.Get(&m)
+	}
+	if err != nil {
+		h.QueryError = types.Explain(err)
+		return
+	}
+	h.Reason, h.Probe, h.Maintenance = m.Reason, m.Last, m.Maintenance
+	h.Cause, h.Incident, h.Round = m.Cause, m.Incident, m.Round
+	// The current details are what the monitor says now in the Web UI; a monitor that sets none leaves them empty.
+	if v, err := s.Client.QueryWorkflow(ctx, id, "", "__temporal_workflow_metadata"); err == nil {
+		var md sdkpb.WorkflowMetadata
+		if v.Get(&md) == nil {
+			h.Details = strings.TrimSpace(md.GetCurrentDetails())
+		}
+	}
+}
+
+// Why is the one-line reason shown for a host: what its monitor says now, else its last transition's reason, else
+// how it was declared dead and what the last probe saw.
+func (h StatusHost) Why() string {
+	switch {
+	case h.QueryError != "":
+		return "? the monitor did not answer: " + h.QueryError
+	case h.Details != "":
+		return firstLine(h.Details)
+	case h.Reason != "":
+		return firstLine(h.Reason)
+	}
+	probe := "last probe: " + DescribeProbe(h.Probe)
+	if h.Cause != "" && afterDeath(h.State) {
+		return fmt.Sprintf("declared dead: %s (incident %s, round %d); %s", h.Cause, orDash(h.Incident), h.Round, probe)
+	}
+	return probe
+}
+
+func afterDeath(s types.HostState) bool {
+	return s == types.HostDead || s == types.HostRecovering || s == types.HostRecovered || s == types.HostRecoveryFailed
+}
+
+// DescribeProbe says in words what one probe saw: network, power, worker, storage heartbeat, and its errors.
+func DescribeProbe(p types.Probe) string {
+	if p.At.IsZero() {
+		return "none yet"
+	}
+	parts := []string{"network " + orDash(string(p.Reach))}
+	switch p.Power {
+	case "":
+		parts = append(parts, "power not confirmed")
+	case types.PowerUnreachable:
+		parts = append(parts, "BMC unreachable")
+	case types.PowerAuthFailed:
+		parts = append(parts, "BMC refused the credentials")
+	default:
+		parts = append(parts, "power "+string(p.Power))
+	}
+	if p.WorkerAlive {
+		parts = append(parts, "worker polls")
+	} else {
+		parts = append(parts, "worker gone")
+	}
+	if p.Heartbeat != types.HeartbeatUnknown {
+		parts = append(parts, "storage heartbeat "+string(p.Heartbeat))
+	}
+	out := strings.Join(parts, ", ")
+	if d := strings.TrimSpace(p.Detail); d != "" {
+		out += " (" + firstLine(d) + ")"
+	}
+	return out
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(strings.TrimSpace(s), "\n")
+	return s
+}
+
+// Attention lists what needs a person, one sentence each with what to do; empty when all is well.
+func Attention(st ClusterStatus) []string {
+	var out []string
+	if len(st.Hosts) == 0 {
+		out = append(out, "no host is monitored: register them with `vmha apply -f hosts.yaml`")
+	}
+	var unanswered []string
+	for _, h := range st.Hosts {
+		when := "since " + ago(h.Since, st.At)
+		switch h.State {
+		case types.HostIsolated:
+			out = append(out, fmt.Sprintf("host %s is isolated %s: it does not answer but its BMC says power on, so vmha moves nothing. "+
+				"Restore its network, or fence it: vmha failover --host %s --fence", h.Name, when, h.Name))
+		case types.HostUnknown:
+			out = append(out, fmt.Sprintf("host %s is unknown %s: it does not answer and its BMC cannot be asked. "+
+				"Make sure it is off, then: vmha failover --host %s --confirm-powered-off --reason TEXT", h.Name, when, h.Name))
+		case types.HostHung:
+			out = append(out, fmt.Sprintf("host %s is hung %s: power on, storage heartbeat stopped; vmha fences it unless VMHA_FENCE_HUNG=false. "+
+				"If it stays hung: vmha failover --host %s --fence", h.Name, when, h.Name))
+		case types.HostStorageLost:
+			out = append(out, fmt.Sprintf("host %s lost the shared storage %s: check its mount of the share "+
+				"(vmha fences it only with VMHA_FENCE_STORAGE_LOST=true)", h.Name, when))
+		case types.HostRecoveryFailed:
+			out = append(out, fmt.Sprintf("host %s is recovery-failed %s: some of its HA VMs run nowhere; vmha keeps retrying. "+
+				"Why: vmha recoveries --host %s", h.Name, when, h.Name))
+		case types.HostSuspect:
+			if !h.Since.IsZero() && st.At.Sub(h.Since) >= SuspectTooLong {
+				out = append(out, fmt.Sprintf("host %s is suspect %s, more than %s: is its vmha hypervisor worker running? (last probe: %s)",
+					h.Name, when, SuspectTooLong, DescribeProbe(h.Probe)))
+			}
+		}
+		if h.Down > 0 && h.State != types.HostRecoveryFailed {
+			out = append(out, fmt.Sprintf("%d of the %d HA VMs of host %s are down", h.Down, h.VMs, h.Name))
+		} else if h.Down > 0 {
+			out = append(out, fmt.Sprintf("%d of the %d HA VMs of host %s run nowhere", h.Down, h.VMs, h.Name))
+		}
+		if h.QueryError != "" {
+			unanswered = append(unanswered, h.Name)
+		}
+	}
+	if len(unanswered) > 0 {
+		out = append(out, fmt.Sprintf("the monitors of %s did not answer (is a controller running: vmha server or vmha controller?)",
+			strings.Join(unanswered, ", ")))
+	}
+	if st.CountsError != "" {
+		out = append(out, "HA VM counts unknown, no hypervisor worker answered for the catalog: "+st.CountsError)
+	}
+	if st.Unreadable > 0 {
+		out = append(out, fmt.Sprintf("%d catalog files could not be read: each may be an HA VM left down "+
+			"(the catalog.unreadable events name them; fix or remove them)", st.Unreadable))
+	}
+	return out
+}
+
+// StatusCode is the exit code for st: StatusNeedsPerson when anything needs a person, else StatusAllWell.
+func StatusCode(st ClusterStatus) int {
+	if len(Attention(st)) > 0 {
+		return StatusNeedsPerson
+	}
+	return StatusAllWell
+}
+
+// RenderStatus prints st on one screen: a verdict, the hosts, the recent recoveries, and what needs a person.
+func RenderStatus(w io.Writer, st ClusterStatus) error {
+	attention := Attention(st)
+	vms, down := 0, 0
+	counted := st.CountsError == ""
+	for _, h := range st.Hosts {
+		if h.VMs < 0 {
+			counted = false
+			continue
+		}
+		vms += h.VMs
+		if h.Down > 0 {
+			down += h.Down
+		}
+		if h.Down < 0 {
+			counted = false
+		}
+	}
+	vmText := fmt.Sprintf("%d HA VMs, %d down", vms, down)
+	if !counted {
+		vmText += " (some hosts cannot tell)"
+	}
+	verdict := "all well"
+	if len(attention) > 0 {
+		verdict = fmt.Sprintf("%d %s a person (below)", len(attention), plural(len(attention), "thing needs", "things need"))
+	}
+	fmt.Fprintf(w, "vmha status at %s: %s. %d %s, %s.\n\n", st.At.Local().Format(time.DateTime), verdict,
+		len(st.Hosts), plural(len(st.Hosts), "host", "hosts"), vmText)
+
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "HOST\tSTATE\tSINCE\tHA VMS\tDOWN\tWHY")
+	for _, h := range st.Hosts {
+		state := orDash(string(h.State))
+		if h.Maintenance && h.State != types.HostMaintenance {
+			state += " (maintenance)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", h.Name, state, ago(h.Since, st.At), count(h.VMs), count(h.Down), h.Why())
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+
+	fmt.Fprintln(w, "\nRECENT RECOVERIES (newest first; vmha recoveries shows more)")
+	switch {
+	case st.RecoveriesError != "":
+		fmt.Fprintf(w, "  could not be listed: %s\n", st.RecoveriesError)
+	case len(st.Recoveries) == 0:
+		fmt.Fprintln(w, "  none")
+	default:
+		rows := append([]RecoveryRow(nil), st.Recoveries...)
+		sort.SliceStable(rows, func(i, j int) bool { return rows[i].Started.After(rows[j].Started) })
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "STARTED\tHOST\tTYPE\tTOOK\tOUTCOME")
+		for _, r := range rows {
+			took, outcome := fmt.Sprintf("%.1f s", r.Seconds), r.Summary
+			if r.Status == "running" {
+				took, outcome = "running", "-"
+			} else if outcome == "" {
+				outcome = r.Status
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Started.Local().Format(time.DateTime), orDash(r.Host), r.Type, took, outcome)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+
+	if len(attention) == 0 {
+		_, err := fmt.Fprintln(w, "\nNothing needs a person.")
+		return err
+	}
+	fmt.Fprintln(w, "\nNEEDS A PERSON")
+	for _, a := range attention {
+		fmt.Fprintf(w, "  - %s\n", a)
+	}
+	return nil
+}
+
+func count(n int) string {
+	if n < 0 {
+		return "?"
+	}
+	return fmt.Sprint(n)
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
+// ago is since() against a fixed now, so that a status renders the same for tests.
+func ago(t, now time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return fmt.Sprintf("%s (%s ago)", t.Local().Format(time.DateTime), now.Sub(t).Round(time.Second))
+}

@@ -1,0 +1,173 @@
+package starter
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"vmha/types"
+)
+
+var statusNow = time.Date(2026, 11, 29, 17, 0, 0, 0, time.UTC)
+
+func healthyHost(name string) StatusHost {
+	return StatusHost{
+		HostRow: HostRow{Name: name, State: types.HostHealthy, Since: statusNow.Add(-time.Hour), Address: "10.0.0.1"},
+		Probe: types.Probe{Reach: types.ReachUp, Power: types.PowerOn, WorkerAlive: true, Heartbeat: types.HeartbeatAlive,
+			At: statusNow.Add(-time.Second)},
+		VMs: 2, Down: 0,
+	}
+}
+
+func utc(t *testing.T) {
+	t.Helper()
+	old := time.Local
+	time.Local = time.UTC
+	t.Cleanup(func() { time.Local = old })
+}
+
+func TestStatusAllWell(t *testing.T) {
+	utc(t)
+	st := ClusterStatus{At: statusNow, Hosts: []StatusHost{healthyHost("hv1"), healthyHost("hv2")},
+		Recoveries: []RecoveryRow{{WorkflowID: "vmha-recover-vm-x", Type: types.RecoverVMWorkflow, Host: "hv3",
+			Status: "completed", Started: statusNow.Add(-10 * time.Minute), Seconds: 1.94, Summary: "demo -> hv1"}}}
+	if got := StatusCode(st); got != StatusAllWell {
+		t.Fatalf("StatusCode = %d, want %d (attention: %q)", got, StatusAllWell, Attention(st))
+	}
+	var b bytes.Buffer
+	if err := RenderStatus(&b, st); err != nil {
+		t.Fatal(err)
+	}
+	want := `vmha status at 2026-11-29 17:00:00: all well. 2 hosts, 4 HA VMs, 0 down.
+
+HOST  STATE    SINCE                             HA VMS  DOWN  WHY
+hv1   healthy  2026-11-29 16:00:00 (1h0m0s ago)  2       0     last probe: network up, power on, worker polls, storage heartbeat alive
+hv2   healthy  2026-11-29 16:00:00 (1h0m0s ago)  2       0     last probe: network up, power on, worker polls, storage heartbeat alive
+
+RECENT RECOVERIES (newest first; vmha recoveries shows more)
+STARTED              HOST  TYPE       TOOK   OUTCOME
+2026-11-29 16:50:00  hv3   RecoverVM  1.9 s  demo -> hv1
+
+Nothing needs a person.
+`
+	if b.String() != want {
+		t.Errorf("status rendered\n%s\nwant\n%s", b.String(), want)
+	}
+}
+
+func TestStatusNeedsPerson(t *testing.T) {
+	utc(t)
+	with := func(h StatusHost, f func(*StatusHost)) StatusHost { f(&h); return h }
+	hosts := []StatusHost{
+		with(healthyHost("hv1"), func(h *StatusHost) { h.Details = "hv1 answers, power on, worker polls: healthy\nmore" }),
+		with(healthyHost("hv2"), func(h *StatusHost) {
+			h.State, h.Since, h.VMs, h.Down = types.HostRecoveryFailed, statusNow.Add(-2*time.Minute), 3, 1
+			h.Cause, h.Incident, h.Round = "unreachable, BMC says off twice", "20261129T165800.000Z", 4
+			h.Probe = types.Probe{Reach: types.ReachDown, Power: types.PowerOff, At: statusNow}
+		}),
+		with(healthyHost("hv3"), func(h *StatusHost) { h.State, h.Down = types.HostIsolated, -1 }),
+		with(healthyHost("hv4"), func(h *StatusHost) { h.State, h.Since = types.HostSuspect, statusNow.Add(-10*time.Minute) }),
+		with(healthyHost("hv5"), func(h *StatusHost) { h.State, h.Since = types.HostSuspect, statusNow.Add(-time.Minute) }),
+		with(healthyHost("hv6"), func(h *StatusHost) { h.State, h.Down = types.HostUnknown, -1 }),
+		with(healthyHost("hv7"), func(h *StatusHost) { h.State, h.Down = types.HostHung, -1 }),
+		with(healthyHost("hv8"), func(h *StatusHost) { h.State, h.Reason = types.HostStorageLost, "heartbeat stopped for 2s while it answers" }),
+		with(healthyHost("hv9"), func(h *StatusHost) { h.QueryError = "context deadline exceeded" }),
+		with(healthyHost("hv10"), func(h *StatusHost) { h.Down = 1 }),
+		with(healthyHost("hv11"), func(h *StatusHost) { h.State, h.Maintenance = types.HostMaintenance, true }),
+	}
+	st := ClusterStatus{At: statusNow, Hosts: hosts, Unreadable: 2, RecoveriesError: "list workflows: unavailable"}
+	if got := StatusCode(st); got != StatusNeedsPerson {
+		t.Fatalf("StatusCode = %d, want %d", got, StatusNeedsPerson)
+	}
+	var b bytes.Buffer
+	if err := RenderStatus(&b, st); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{
+		"things need a person (below)",
+		"hv1   healthy",
+		"hv1 answers, power on, worker polls: healthy\n", // the monitor's details, first line only
+		"declared dead: unreachable, BMC says off twice (incident 20261129T165800.000Z, round 4); last probe: network down, power off, worker gone",
+		"heartbeat stopped for 2s while it answers",
+		"? the monitor did not answer: context deadline exceeded",
+		"could not be listed: list workflows: unavailable",
+		"host hv2 is recovery-failed since",
+		"1 of the 3 HA VMs of host hv2 run nowhere",
+		"host hv3 is isolated since", "vmha failover --host hv3 --fence",
+		"host hv4 is suspect since 2026-11-29 16:50:00 (10m0s ago), more than 5m0s: is its vmha hypervisor worker running? (last probe: network up,",
+		"host hv6 is unknown since", "--confirm-powered-off",
+		"host hv7 is hung since",
+		"host hv8 lost the shared storage",
+		"the monitors of hv9 did not answer",
+		"1 of the 2 HA VMs of host hv10 are down",
+		"2 catalog files could not be read",
+		"NEEDS A PERSON",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
+	}
+	for _, unwanted := range []string{"hv5 is suspect", "hv1 is", "hv11 is", "healthy\nmore", "Nothing needs a person"} {
+		if strings.Contains(out, unwanted) {
+			t.Errorf("status says %q:\n%s", unwanted, out)
+		}
+	}
+	if n := len(Attention(st)); n != 10 {
+		t.Errorf("Attention has %d items, want 10: %q", n, Attention(st))
+	}
+}
+
+func TestStatusCodeEachCause(t *testing.T) {
+	base := func() ClusterStatus { return ClusterStatus{At: statusNow, Hosts: []StatusHost{healthyHost("hv1")}} }
+	cases := map[string]func(*ClusterStatus){
+		"no host monitored":  func(s *ClusterStatus) { s.Hosts = nil },
+		"counts unknown":     func(s *ClusterStatus) { s.CountsError = "no worker answered" },
+		"unreadable catalog": func(s *ClusterStatus) { s.Unreadable = 1 },
+		"a VM down":          func(s *ClusterStatus) { s.Hosts[0].Down = 1 },
+		"monitor silent":     func(s *ClusterStatus) { s.Hosts[0].QueryError = "timeout" },
+	}
+	for _, st := range []types.HostState{types.HostIsolated, types.HostUnknown, types.HostHung, types.HostStorageLost, types.HostRecoveryFailed} {
+		cases["host "+string(st)] = func(s *ClusterStatus) { s.Hosts[0].State = st }
+	}
+	for name, f := range cases {
+		st := base()
+		f(&st)
+		if got := StatusCode(st); got != StatusNeedsPerson {
+			t.Errorf("%s: StatusCode = %d, want %d", name, got, StatusNeedsPerson)
+		}
+	}
+	// What vmha handles by itself is no reason to call anyone.
+	for _, st := range []types.HostState{types.HostHealthy, types.HostSuspect, types.HostDead, types.HostRecovering,
+		types.HostRecovered, types.HostMaintenance} {
+		s := base()
+		s.Hosts[0].State, s.Hosts[0].Since = st, statusNow.Add(-time.Minute)
+		if got := StatusCode(s); got != StatusAllWell {
+			t.Errorf("host %s for a minute: StatusCode = %d, want %d (%q)", st, got, StatusAllWell, Attention(s))
+		}
+	}
+	s := base()
+	s.Hosts[0].Down, s.Hosts[0].VMs = -1, -1
+	if got := StatusCode(s); got != StatusAllWell {
+		t.Errorf("counts unknown for one host: StatusCode = %d, want %d", got, StatusAllWell)
+	}
+}
+
+func TestDescribeProbe(t *testing.T) {
+	for _, c := range []struct {
+		p    types.Probe
+		want string
+	}{
+		{types.Probe{}, "none yet"},
+		{types.Probe{Reach: types.ReachDown, Power: types.PowerUnreachable, At: statusNow, Detail: "dial: refused\nmore"},
+			"network down, BMC unreachable, worker gone (dial: refused)"},
+		{types.Probe{Reach: types.ReachFailing, Power: types.PowerAuthFailed, Heartbeat: types.HeartbeatStopped, At: statusNow},
+			"network failing, BMC refused the credentials, worker gone, storage heartbeat stopped"},
+		{types.Probe{Reach: types.ReachUp, WorkerAlive: true, At: statusNow}, "network up, power not confirmed, worker polls"},
+	} {
+		if got := DescribeProbe(c.p); got != c.want {
+			t.Errorf("DescribeProbe(%+v) = %q, want %q", c.p, got, c.want)
+		}
+	}
+}
