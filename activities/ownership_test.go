@@ -281,3 +281,42 @@ func TestUpdateBreaksAStaleLock(t *testing.T) {
 		t.Fatalf("update behind a stale lock: %v", err)
 	}
 }
+
+// TestDiscardNewRemovesOnlyAnUncommittedCreation: a creation that failed on this host leaves no domain and no entry;
+// a VM committed here is never discarded.
+func TestDiscardNewRemovesOnlyAnUncommittedCreation(t *testing.T) {
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skip("needs qemu-img")
+	}
+	ctx := context.Background()
+	hv1, _, cat := sharedHosts(t)
+	image := filepath.Join(t.TempDir(), "base.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", image, "1M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v: %s", err, out)
+	}
+	failed, kept := newVM(t, hv1), newVM(t, hv1)
+	for _, id := range []string{failed, kept} {
+		in := activities.CreateDomainInput{UUID: id, Request: types.CreateVMRequest{Name: "vm-" + id[:8], Image: image, VCPUs: 1, MemoryMiB: 64}}
+		if _, err := hv1.CreateDomain(ctx, in); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := hv1.CommitOwnership(ctx, types.Ownership{UUID: kept, Owner: "hv1", Generation: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := hv1.DiscardNew(ctx, failed); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cat.Get(ctx, failed); !errors.Is(err, activities.ErrNotFound) {
+		t.Fatalf("entry of the discarded creation: %v, want gone", err)
+	}
+	if state, _ := hv1.Hypervisor.State(ctx, failed); state != types.DomainNotFound {
+		t.Fatalf("discarded creation is %s on hv1, want not defined", state)
+	}
+	if err := hv1.DiscardNew(ctx, kept); errType(err) != types.ErrTypeCommitted {
+		t.Fatalf("discard of a committed VM: %v, want %s", err, types.ErrTypeCommitted)
+	}
+	if e, err := cat.Get(ctx, kept); err != nil || e.Owner != "hv1" {
+		t.Fatalf("committed VM's entry %+v, %v: want kept", e.VMRecord, err)
+	}
+}

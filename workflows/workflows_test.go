@@ -400,8 +400,9 @@ func TestMonitorDeadHostIsRecovered(t *testing.T) {
 			detection = e.Seconds
 		}
 	}
-	if detection < 0 {
-		t.Fatalf("detection seconds %v", detection)
+	// The host left healthy with the failing probe (minute 2) and was declared dead with the next (minute 3).
+	if detection != 60 {
+		t.Fatalf("detection seconds %v, want 60 (from the first failed probe to dead)", detection)
 	}
 }
 
