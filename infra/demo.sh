@@ -79,9 +79,8 @@ VM '$VM' runs on $host.
   Host states, then recent recoveries:                VMHA_TEMPORAL_ADDRESS=$VMHA_TEMPORAL_ADDRESS bin/vmha hosts
                                                       VMHA_TEMPORAL_ADDRESS=$VMHA_TEMPORAL_ADDRESS bin/vmha recoveries
   Cut a host's network while it keeps running:        infra/lab/lab.sh cut hv3   (vmha alerts "isolated", moves nothing)
-  Fail a host over with the Temporal CLI:             bin/tools/temporal workflow start --address $VMHA_TEMPORAL_ADDRESS \\
-                                                        --namespace $VMHA_NAMESPACE --task-queue vmha-controller --type ManualFailover \\
-                                                        --workflow-id vmha-failover-hv3 --input '{"host":"hv3","fence":true}'
+  Fail a host over (vmha powers it off first):        VMHA_TEMPORAL_ADDRESS=$VMHA_TEMPORAL_ADDRESS bin/vmha failover --host hv3 --fence --reason test
+  The whole cluster on one screen:                    VMHA_TEMPORAL_ADDRESS=$VMHA_TEMPORAL_ADDRESS bin/vmha status
   Stop everything:                                    make stop
 MSG
 }
