@@ -728,7 +728,11 @@ cmd_domains() {
 	for ((k = 1; k <= n; k++)); do
 		host_on "$k" && [[ -e $(host_dir "$k")/ready && ! -e $(host_dir "$k")/hung ]] || continue
 		local out
-		out=$(host_domains "$k") || die "hv$k: virsh list --all failed"
+		# A host powered off (or hung) while we asked it has no domains to list.
+		if ! out=$(host_domains "$k"); then
+			host_on "$k" && [[ -e $(host_dir "$k")/ready && ! -e $(host_dir "$k")/hung ]] && die "hv$k: virsh list --all failed"
+			continue
+		fi
 		if [[ -n $out ]]; then echo "$out"; else echo "hv$k"; fi
 	done
 }
