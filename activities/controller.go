@@ -181,9 +181,10 @@ func (c *Controller) resumeWatch(in WatchInput) *hostWatch {
 	}
 	w.power = in.Last.Power
 	w.workerAlive = in.Last.WorkerAlive
-	if !in.Last.BeatChangedAt.IsZero() {
+	if in.Last.Heartbeat != types.HeartbeatUnknown {
+		// The time between that probe and this watch is not counted: the heartbeat only looks fresher for it.
 		w.beat = types.Heartbeat{Counter: in.Last.BeatCounter, Watchdog: in.Last.Watchdog}
-		w.beatSeen, w.beatChanged = true, in.Last.BeatChangedAt
+		w.beatSeen, w.beatChanged = true, time.Now().Add(-in.Last.BeatAge)
 	}
 	return w
 }
@@ -229,7 +230,7 @@ func (w *hostWatch) probe(ctx context.Context) types.Probe {
 		}
 	}
 	return types.Probe{Reach: reach, Power: w.power, WorkerAlive: w.workerAlive, Heartbeat: w.verdict(), Watchdog: w.beat.Watchdog,
-		BeatCounter: w.beat.Counter, BeatChangedAt: w.beatChanged, Detail: strings.Join(details, "; "), At: time.Now()}
+		BeatCounter: w.beat.Counter, BeatAge: w.beatAge(), Detail: strings.Join(details, "; "), At: time.Now()}
 }
 
 // workerDue says when to ask again whether the host's worker polls. A live worker is asked about three times per
@@ -296,6 +297,14 @@ func (w *hostWatch) readHeartbeat(ctx context.Context) error {
 	}
 	w.beat = hb
 	return nil
+}
+
+// beatAge is how long ago this controller saw the heartbeat's counter change (zero before it saw any).
+func (w *hostWatch) beatAge() time.Duration {
+	if !w.beatSeen {
+		return 0
+	}
+	return time.Since(w.beatChanged)
 }
 
 // verdict judges the heartbeat: stopped once its counter has not changed for HeartbeatStoppedAfter, self-fenced

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"go.temporal.io/sdk/activity"
@@ -32,6 +33,9 @@ type Host struct {
 	// ShareTimeout bounds every filesystem call on the share.
 	ShareTimeout time.Duration
 	Logger       *slog.Logger
+
+	// vmLocks holds one mutex per VM UUID (see lockVM).
+	vmLocks sync.Map
 }
 
 // HostStats reads this host's load and memory for the scheduler, and whether it sees the shared storage: the
@@ -89,6 +93,8 @@ func (h *Host) DefineFromCatalog(ctx context.Context, tok types.Ownership) error
 // StartDomain starts a defined VM (virsh start) that the token gives to this host. Starting a running VM
 // succeeds, so a retry is harmless.
 func (h *Host) StartDomain(ctx context.Context, tok types.Ownership) error {
+	defer h.lockVM(tok.UUID)()
+	defer keepAlive(ctx)()
 	if _, err := h.holding(ctx, tok); err != nil {
 		return err
 	}
@@ -136,15 +142,24 @@ func (h *Host) CommitOwnership(ctx context.Context, tok types.Ownership) (types.
 
 // RemoveDomain is the compensation of a failed claim, define or start: stop and undefine the VM on this host. A VM
 // the catalog shows committed to this host under the token is never removed (a commit whose answer was lost
-// landed after all): that is reported as Committed, and the VM keeps running.
+// landed after all): that is reported as Committed, and the VM keeps running. Nor is one the catalog gives to this
+// host at a newer version (a later recovery put it here): that is CatalogMoved. The removal waits for a start of
+// the same VM still running in libvirt, and succeeds only when libvirt no longer knows the domain.
 func (h *Host) RemoveDomain(ctx context.Context, tok types.Ownership) error {
+	defer h.lockVM(tok.UUID)()
+	defer keepAlive(ctx)()
 	e, err := h.Catalog.Get(ctx, tok.UUID)
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("read catalog of %s: %w", tok.UUID, err)
 	}
-	if err == nil && e.Token() == tok && tok.Owner == h.Name && e.Phase == types.PhaseOwned {
-		return temporal.NewNonRetryableApplicationError(
-			fmt.Sprintf("%s is committed to %s at generation %d: not removed", e.Name, h.Name, tok.Generation), types.ErrTypeCommitted, nil)
+	if err == nil && e.Owner == h.Name && tok.Owner == h.Name {
+		switch {
+		case e.Generation == tok.Generation && e.Phase == types.PhaseOwned:
+			return temporal.NewNonRetryableApplicationError(
+				fmt.Sprintf("%s is committed to %s at generation %d: not removed", e.Name, h.Name, tok.Generation), types.ErrTypeCommitted, nil)
+		case e.Generation > tok.Generation:
+			return moved(tok.UUID, fmt.Sprintf("%s is %s's at generation %d, newer than the attempt's %d: not removed", e.Name, h.Name, e.Generation, tok.Generation))
+		}
 	}
 	if err := h.Hypervisor.Destroy(ctx, tok.UUID); err != nil {
 		return fmt.Errorf("destroy %s on %s: %w", tok.UUID, h.Name, err)
@@ -152,7 +167,19 @@ func (h *Host) RemoveDomain(ctx context.Context, tok types.Ownership) error {
 	if err := h.Hypervisor.Undefine(ctx, tok.UUID); err != nil {
 		return fmt.Errorf("undefine %s on %s: %w", tok.UUID, h.Name, err)
 	}
+	if state, err := h.Hypervisor.State(ctx, tok.UUID); err != nil || state != types.DomainNotFound {
+		return fmt.Errorf("remove %s on %s: libvirt still has it (%s, %v)", tok.UUID, h.Name, state, err)
+	}
 	return nil
+}
+
+// lockVM serialises this worker's starts and removals of one VM: a removal waits for a start still running in
+// libvirt (its activity may have timed out), instead of finding the domain inactive and the start landing after.
+func (h *Host) lockVM(uuid string) (unlock func()) {
+	m, _ := h.vmLocks.LoadOrStore(uuid, &sync.Mutex{})
+	mu := m.(*sync.Mutex)
+	mu.Lock()
+	return mu.Unlock
 }
 
 // DomainState is the VM's state on this host, for a decision about a copy elsewhere.
@@ -176,6 +203,32 @@ func (h *Host) DestroyStray(ctx context.Context, s types.StrayCopy) error {
 	}
 	if err := h.Hypervisor.Undefine(ctx, s.UUID); err != nil {
 		return fmt.Errorf("undefine stray %s on %s: %w", e.Name, h.Name, err)
+	}
+	return nil
+}
+
+// AdoptStray makes this host the owner of a VM that runs only here (its owner answered that it does not run it
+// there: a live migration whose arrival event was missed, say), one generation later. Only the version the stray
+// was found at can be adopted, and only while no recovery claims it: anything else changed hands meanwhile.
+func (h *Host) AdoptStray(ctx context.Context, s types.StrayCopy) error {
+	from := types.Ownership{UUID: s.UUID, Owner: s.Owner, Generation: s.Generation}
+	_, err := h.Catalog.Update(ctx, s.UUID, func(e *CatalogEntry, exists bool) (Change, error) {
+		switch {
+		case !exists:
+			return Keep, moved(s.UUID, "it is no longer in the catalog")
+		case e.Token() != from || e.Phase != types.PhaseOwned:
+			return Keep, movedFrom(e.VMRecord, from)
+		}
+		if state, err := h.Hypervisor.State(ctx, s.UUID); err != nil || state != types.DomainRunning {
+			return Keep, fmt.Errorf("%s is %s here (%v): not adopted", e.Name, state, err)
+		}
+		h.Logger.Warn("adopting the only running copy: the catalog gave it to a host that does not run it", "vm", e.Name,
+			"uuid", s.UUID, "from", s.Owner, "host", h.Name, "generation", e.Generation+1)
+		e.Owner, e.Generation, e.UpdatedAt = h.Name, e.Generation+1, time.Now().UTC()
+		return Write, nil
+	})
+	if err != nil {
+		return fmt.Errorf("adopt %s on %s: %w", s.VM, h.Name, err)
 	}
 	return nil
 }

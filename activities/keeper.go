@@ -192,7 +192,8 @@ func (k *Keeper) foreign(ctx context.Context, owned types.VMRecord, state types.
 	if k.Strays == nil {
 		return nil
 	}
-	return k.Strays.ReportStray(ctx, types.StrayCopy{VM: owned.Name, UUID: owned.UUID, Host: k.Host, Owner: owned.Owner})
+	return k.Strays.ReportStray(ctx, types.StrayCopy{VM: owned.Name, UUID: owned.UUID, Host: k.Host, Owner: owned.Owner,
+		Generation: owned.Generation})
 }
 
 // noAutostart turns libvirt's autostart off on an HA VM this host owns, saying so if it was on.

@@ -320,3 +320,51 @@ func TestDiscardNewRemovesOnlyAnUncommittedCreation(t *testing.T) {
 		t.Fatalf("committed VM's entry %+v, %v: want kept", e.VMRecord, err)
 	}
 }
+
+// TestRemoveDomainKeepsANewerVersion (review): a stale attempt's clean-up must not destroy the VM a later recovery
+// committed to the same host.
+func TestRemoveDomainKeepsANewerVersion(t *testing.T) {
+	ctx := context.Background()
+	hv1, _, cat := sharedHosts(t)
+	id := newVM(t, hv1)
+	xml := testXML(t, id, "")
+	putEntry(t, cat, "hv1", 5, xml)
+	if _, err := hv1.Hypervisor.Define(ctx, xml); err != nil {
+		t.Fatal(err)
+	}
+	if err := hv1.Hypervisor.Start(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	stale := types.Ownership{UUID: id, Owner: "hv1", Generation: 3}
+	if err := hv1.RemoveDomain(ctx, stale); errType(err) != types.ErrTypeMoved {
+		t.Fatalf("stale clean-up: %v, want %s", err, types.ErrTypeMoved)
+	}
+	if state, _ := hv1.Hypervisor.State(ctx, id); state != types.DomainRunning {
+		t.Fatalf("the VM committed at generation 5 is %s after a generation-3 clean-up", state)
+	}
+}
+
+// TestAdoptStray: the only running copy becomes its host's, from the version it was found at and no other.
+func TestAdoptStray(t *testing.T) {
+	ctx := context.Background()
+	hv1, _, cat := sharedHosts(t)
+	id := newVM(t, hv1)
+	xml := testXML(t, id, "")
+	putEntry(t, cat, "hv2", 3, xml)
+	if _, err := hv1.Hypervisor.Define(ctx, xml); err != nil {
+		t.Fatal(err)
+	}
+	if err := hv1.Hypervisor.Start(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	old := types.StrayCopy{VM: "x", UUID: id, Host: "hv1", Owner: "hv2", Generation: 2}
+	if err := hv1.AdoptStray(ctx, old); errType(err) != types.ErrTypeMoved {
+		t.Fatalf("adopt from an older version: %v, want %s", err, types.ErrTypeMoved)
+	}
+	if err := hv1.AdoptStray(ctx, types.StrayCopy{VM: "x", UUID: id, Host: "hv1", Owner: "hv2", Generation: 3}); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := cat.Get(ctx, id); e.Owner != "hv1" || e.Generation != 4 {
+		t.Fatalf("entry %+v after adoption, want hv1 at generation 4", e.VMRecord)
+	}
+}

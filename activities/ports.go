@@ -59,8 +59,8 @@ const (
 	DomainUndefined DomainEventKind = "undefined"
 	DomainStarted   DomainEventKind = "started"
 	DomainStopped   DomainEventKind = "stopped"
-	// DomainMigratedIn: the domain runs here, or is arriving, by live migration (started paused on arrival or
-	// resumed when its memory is in); also a source that resumed here after its outgoing migration failed.
+	// DomainMigratedIn: the domain arrived here by live migration and runs (resumed once its memory is in); also a
+	// source that resumed here after its outgoing migration failed.
 	DomainMigratedIn DomainEventKind = "migrated-in"
 	// DomainMigratedOut: the domain stopped here because it migrated to another host.
 	DomainMigratedOut DomainEventKind = "migrated-out"

@@ -121,10 +121,11 @@ type Probe struct {
 	// heartbeat announced.
 	Heartbeat HeartbeatVerdict `json:"heartbeat,omitempty"`
 	Watchdog  WatchdogState    `json:"watchdog,omitempty"`
-	// BeatCounter and BeatChangedAt carry the heartbeat's last counter and when the controller saw it change to
-	// the next watch, so a verdict survives the watch's restart.
-	BeatCounter   uint64    `json:"beatCounter,omitempty"`
-	BeatChangedAt time.Time `json:"beatChangedAt,omitempty"`
+	// BeatCounter and BeatAge carry the heartbeat's last counter, and how long before this probe the controller saw
+	// it change, to the next watch, so a verdict survives the watch's restart. An age, not a time: the next watch
+	// may run on another controller replica, whose clock may differ.
+	BeatCounter uint64        `json:"beatCounter,omitempty"`
+	BeatAge     time.Duration `json:"beatAge,omitempty"`
 	// Detail carries the last probe errors for people; it never triggers a change on its own.
 	Detail string    `json:"detail,omitempty"`
 	At     time.Time `json:"at"`
@@ -434,6 +435,8 @@ type StrayCopy struct {
 	UUID  string `json:"uuid"`
 	Host  string `json:"host"`
 	Owner string `json:"owner"`
+	// Generation is the catalog's version when the stray was found: the only version it may be adopted from.
+	Generation int64 `json:"generation"`
 }
 
 // HostVMs is how many HA VMs the catalog gives to one host, and how many of them are not running. Down is -1 when

@@ -485,26 +485,46 @@ func TestRecoverVMCommitsAClaimedCopyThatRuns(t *testing.T) {
 	}
 }
 
-// ResolveStrayCopy (issue 6): a stray copy is destroyed once the owner's copy is seen running, never while it is the
-// only running copy.
+// ResolveStrayCopy (issue 6): a stray copy is destroyed once the owner's copy is seen running, and only then (a copy
+// the owner is still receiving by live migration is not running yet); when the owner answers that it does not run
+// the VM, the stray is the only copy and its host adopts it; when the owner does not answer, people are told.
 func TestResolveStrayCopy(t *testing.T) {
-	for _, ownerRuns := range []bool{true, false} {
-		t.Run(fmt.Sprint("owner runs ", ownerRuns), func(t *testing.T) {
-			c := newCluster("hv1", "hv2")
-			c.vms = []types.VMRecord{vm("db", 1, "hv2")}
-			c.runs["db@hv1"], c.runs["db@hv2"] = true, ownerRuns
-			env := newEnv(t, c, defaultPolicy)
+	for _, c := range []struct {
+		owner string // what the owner hv2 says: running, migrating, not-found, or no answer
+		want  string
+	}{
+		{"running", "destroy-stray db@hv1"},
+		{"migrating", ""},
+		{"not-found", "adopt db@hv1"},
+		{"no answer", ""},
+	} {
+		t.Run(c.owner, func(t *testing.T) {
+			cl := newCluster("hv1", "hv2")
+			cl.vms = []types.VMRecord{vm("db", 1, "hv2")}
+			cl.runs["db@hv1"] = true
+			switch c.owner {
+			case "running":
+				cl.runs["db@hv2"] = true
+			case "migrating":
+				cl.failOn["state@hv2"] = string(types.DomainMigrating)
+			case "no answer":
+				cl.failOn["state@hv2"] = "no poller"
+			}
+			env := newEnv(t, cl, defaultPolicy)
 			env.OnActivity(onHost.DestroyStray, mock.Anything, mock.Anything).Return(func(ctx context.Context, s types.StrayCopy) error {
-				c.record("destroy-stray " + s.VM + "@" + hostOf(ctx))
+				cl.record("destroy-stray " + s.VM + "@" + hostOf(ctx))
 				return nil
 			})
-			env.ExecuteWorkflow(ResolveStrayCopy, types.StrayCopy{VM: "db", UUID: "uuid-db", Host: "hv1", Owner: "hv2"})
+			env.OnActivity(onHost.AdoptStray, mock.Anything, mock.Anything).Return(func(ctx context.Context, s types.StrayCopy) error {
+				cl.record("adopt " + s.VM + "@" + hostOf(ctx))
+				return nil
+			})
+			env.ExecuteWorkflow(ResolveStrayCopy, types.StrayCopy{VM: "db", UUID: "uuid-db", Host: "hv1", Owner: "hv2", Generation: 3})
 			if err := env.GetWorkflowError(); err != nil {
 				t.Fatal(err)
 			}
-			destroyed := len(c.callsWith("destroy-stray db@hv1")) == 1
-			if destroyed != ownerRuns || !slices.Contains(c.eventKinds(), string(types.EventHostAlert)) {
-				t.Fatalf("owner runs %t: calls %v, events %v", ownerRuns, c.calls, c.eventKinds())
+			if got := strings.Join(cl.callsWith(""), ","); got != c.want || !slices.Contains(cl.eventKinds(), string(types.EventHostAlert)) {
+				t.Fatalf("owner %s: calls %q, want %q; events %v", c.owner, got, c.want, cl.eventKinds())
 			}
 		})
 	}

@@ -102,7 +102,7 @@ func (r *restart) settle(ctx workflow.Context, vm types.VMRecord) (string, error
 	}
 	holder := vm.Owner
 	r.claim = &types.Ownership{UUID: vm.UUID, Owner: holder, Generation: vm.Generation}
-	if runs, err := runsOn(ctx, holder, vm.UUID); err == nil && runs {
+	if state, err := domainState(ctx, holder, vm.UUID); err == nil && state == types.DomainRunning {
 		err := workflow.ExecuteActivity(says(hostOptions(ctx, holder), "%s runs on %s: commit the claim an earlier attempt left", vm.Name, holder),
 			onHost.CommitOwnership, *r.claim).Get(ctx, nil)
 		if err == nil {
@@ -126,6 +126,10 @@ func (r *restart) attempt(ctx workflow.Context, host string) error {
 	r.claim = &types.Ownership{UUID: r.tok.UUID, Owner: host, Generation: r.tok.Generation + 1}
 	if err := workflow.ExecuteActivity(says(hctx, "claim %s for %s (from %s, generation %d)", r.vm, host, r.tok.Owner, r.tok.Generation),
 		onHost.Claim, r.tok).Get(ctx, nil); err != nil {
+		if isMoved(err) {
+			// A definite no: nothing was claimed, so nothing is to be cleaned up.
+			r.claim = nil
+		}
 		return fmt.Errorf("claim on %s: %w", host, err)
 	}
 	if err := workflow.ExecuteActivity(says(hctx, "define %s on %s from the catalog", r.vm, host), onHost.DefineFromCatalog, *r.claim).Get(ctx, nil); err != nil {

@@ -291,6 +291,12 @@ func newEnv(t *testing.T, c *cluster, policy types.Policy) *testsuite.TestWorkfl
 	env.OnActivity(onHost.DomainState, mock.Anything, mock.Anything).Return(func(ctx context.Context, uuid string) (types.DomainState, error) {
 		c.mu.Lock()
 		defer c.mu.Unlock()
+		switch msg, ok := c.failOn["state@"+hostOf(ctx)]; {
+		case ok && msg == string(types.DomainMigrating):
+			return types.DomainMigrating, nil
+		case ok:
+			return "", errors.New(msg)
+		}
 		for _, vm := range c.vms {
 			if vm.UUID == uuid && c.runs[vm.Name+"@"+hostOf(ctx)] {
 				return types.DomainRunning, nil
@@ -570,6 +576,11 @@ func TestRecoverVMStopsWhenCatalogMoved(t *testing.T) {
 	}
 	if out.Recovered || len(c.placed) != 1 {
 		t.Fatalf("a moved VM must not be tried elsewhere: outcome %+v, placements %d", out, len(c.placed))
+	}
+	// The claim was refused: nothing was claimed, so nothing may be cleaned up (a later recovery may have put the
+	// VM on that very host).
+	if got := c.callsWith("remove"); len(got) != 0 {
+		t.Fatalf("clean-up after a refused claim: %v", got)
 	}
 }
 

@@ -609,10 +609,10 @@ func (l *Libvirt) addDomain(dom *libvirt.Domain, st *types.HostStats, groups map
 }
 
 // eventKind maps a lifecycle event to what the keeper follows. A domain arriving by live migration starts paused
-// (STARTED/MIGRATED) and resumes when its memory is in (RESUMED/MIGRATED, or RESUMED/POSTCOPY when post-copy
-// begins); a source whose migration failed also resumes with RESUMED/MIGRATED, and runs here again. A source
-// whose migration finished stops with STOPPED/MIGRATED. Other suspend/resume events change nothing the keeper
-// follows.
+// (STARTED/MIGRATED, reported as started: it is only migrating, and the migration may still fail) and resumes when
+// its memory is in (RESUMED/MIGRATED, or RESUMED/POSTCOPY when post-copy begins): only then has it arrived. A
+// source whose migration failed also resumes with RESUMED/MIGRATED, and runs here again. A source whose migration
+// finished stops with STOPPED/MIGRATED. Other suspend/resume events change nothing the keeper follows.
 func eventKind(e *libvirt.DomainEventLifecycle) (activities.DomainEventKind, bool) {
 	switch e.Event {
 	case libvirt.DOMAIN_EVENT_DEFINED:
@@ -620,9 +620,6 @@ func eventKind(e *libvirt.DomainEventLifecycle) (activities.DomainEventKind, boo
 	case libvirt.DOMAIN_EVENT_UNDEFINED:
 		return activities.DomainUndefined, true
 	case libvirt.DOMAIN_EVENT_STARTED:
-		if libvirt.DomainEventStartedDetailType(e.Detail) == libvirt.DOMAIN_EVENT_STARTED_MIGRATED {
-			return activities.DomainMigratedIn, true
-		}
 		return activities.DomainStarted, true
 	case libvirt.DOMAIN_EVENT_RESUMED:
 		switch libvirt.DomainEventResumedDetailType(e.Detail) {
