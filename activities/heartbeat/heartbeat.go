@@ -70,6 +70,8 @@ type Writer struct {
 	failing    string
 	petFailing bool
 	renewed    bool
+	// PetWithin bounds a renewal's start to the pet that follows it (default 1 s, see defaultPetWithin).
+	PetWithin time.Duration
 }
 
 func (w *Writer) interval() time.Duration {
@@ -191,8 +193,15 @@ func (w *Writer) Run(ctx context.Context) {
 	}
 }
 
+// defaultPetWithin bounds the time from a renewal's start to the pet that follows it. A controller counts an armed host
+// as self-fenced its watchdog's timeout plus VMHA_HEARTBEAT_STOPPED_AFTER (2 s by default) after it saw the last
+// renewal; a pet later than that renewal by more than the margin would push the real reset past that moment. So a
+// renewal slower than this, or a worker stalled between renewal and pet, does not pet.
+const defaultPetWithin = time.Second
+
 // step is one renewal, the pet that follows a success, and their logs.
 func (w *Writer) step(ctx context.Context) {
+	began := time.Now()
 	hb, err := w.Renew(ctx)
 	if ctx.Err() != nil {
 		return
@@ -220,6 +229,10 @@ func (w *Writer) step(ctx context.Context) {
 		return
 	}
 	if w.Watchdog == nil || !hb.Watchdog.Armed {
+		return
+	}
+	if took, limit := time.Since(began), cmpDuration(w.PetWithin, defaultPetWithin); took > limit {
+		w.logger().Warn("storage heartbeat renewed late: watchdog not petted for it", "took", took, "limit", limit)
 		return
 	}
 	if err := w.Watchdog.Pet(); err != nil {
@@ -353,4 +366,12 @@ func readFile(path, host string) (types.Heartbeat, error) {
 		return types.Heartbeat{}, fmt.Errorf("heartbeat %s: written for host %q", path, hb.Host)
 	}
 	return hb, nil
+}
+
+// cmpDuration is d, or def when d is not set.
+func cmpDuration(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
 }

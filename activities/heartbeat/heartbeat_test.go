@@ -456,3 +456,22 @@ func TestStopWaitsForRenewalInFlight(t *testing.T) {
 		})
 	}
 }
+
+// TestLateRenewalDoesNotPet: a renewal that took longer than PetWithin (a slow share, a worker stalled before the
+// pet) does not pet: the reset must come no later than the controller counts on.
+func TestLateRenewalDoesNotPet(t *testing.T) {
+	root := share(t)
+	wd := &fakeWatchdog{}
+	_ = wd.Arm(time.Second)
+	w := &Writer{Root: root, Host: "hv1", Timeout: time.Second, Watchdog: wd, PetWithin: time.Nanosecond,
+		Logger: slog.New(slog.NewTextHandler(&logBuffer{}, nil))}
+	w.step(context.Background())
+	if pets, _, _ := wd.counts(); pets != 0 {
+		t.Fatalf("petted %d times after a renewal slower than PetWithin", pets)
+	}
+	w.PetWithin = 0
+	w.step(context.Background())
+	if pets, _, _ := wd.counts(); pets != 1 {
+		t.Fatalf("%d pets after a prompt renewal, want 1", pets)
+	}
+}
