@@ -50,7 +50,6 @@ type world struct {
 	client     client.Client
 	controller *exec.Cmd
 	hooks      *webhook
-	inventory  types.Inventory
 	copies     copyWatch
 }
 
