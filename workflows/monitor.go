@@ -160,7 +160,11 @@ func (m *monitor) observe(ctx workflow.Context, p types.Probe) {
 	// probe would postpone an unknown host's reminders for as long as its probes keep changing (lab scenario i7_4:
 	// one reminder in 11 s with VMHA_UNKNOWN_REMINDER=5s, the heartbeat verdict's change having re-armed it).
 	changed := state != m.State
-	m.transition(ctx, state, p.Detail)
+	reason := p.Detail
+	if reason == "" {
+		reason = fmt.Sprintf("network %s, power %s, storage heartbeat %s", p.Reach, p.Power, orUnknown(string(p.Heartbeat)))
+	}
+	m.transition(ctx, state, reason)
 	if changed || m.attention == nil {
 		m.attend(ctx)
 	}
@@ -410,4 +414,11 @@ func confirmedPower(ctx workflow.Context, spec types.HostSpec) (types.PowerState
 	var state types.PowerState
 	err := workflow.ExecuteActivity(says(controllerOptions(ctx), "ask %s's BMC until its answers agree", spec.Name), controller.PowerStatus, spec).Get(ctx, &state)
 	return state, err
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
 }

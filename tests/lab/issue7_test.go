@@ -129,11 +129,11 @@ func (w *world) timedHang(t *testing.T, x string, vms []string) hangTiming {
 	})
 	running := time.Now()
 	suspect := w.hooks.firstState(x, frozen, types.HostSuspect, types.HostIsolated, types.HostUnknown, types.HostHung, types.HostDead)
-	hung, ok := w.hooks.stateEvent(x, frozen, types.HostHung)
+	hung, ok := w.stateEventWithin(x, frozen, types.HostHung)
 	if !ok {
 		t.Fatalf("%s never reported hung", x)
 	}
-	dead, ok := w.hooks.stateEvent(x, frozen, types.HostDead)
+	dead, ok := w.stateEventWithin(x, frozen, types.HostDead)
 	if !ok {
 		t.Fatalf("%s never reported dead", x)
 	}
@@ -224,7 +224,7 @@ func (w *world) storageLost(t *testing.T) {
 		}
 	}()
 	w.waitState(t, 20*time.Second, y, types.HostStorageLost)
-	lost, ok := w.hooks.stateEvent(y, since, types.HostStorageLost)
+	lost, ok := w.stateEventWithin(y, since, types.HostStorageLost)
 	if !ok {
 		t.Fatalf("no storage-lost event for %s reached the webhook", y)
 	}
@@ -258,7 +258,7 @@ func (w *world) storageLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	at := w.waitRunningOff(t, 90*time.Second, yVMs, y)
-	dead, ok := w.hooks.stateEvent(y, since, types.HostDead)
+	dead, ok := w.stateEventWithin(y, since, types.HostDead)
 	if !ok || !strings.Contains(dead.Reason, "fenced by vmha") {
 		t.Fatalf("%s: dead event %+v (found %t), want fenced by vmha", y, dead, ok)
 	}
@@ -323,7 +323,7 @@ func (w *world) bmcDeadWithHost(t *testing.T) {
 	t.Logf("confirmed -> %v running elsewhere in %.2fs", at, time.Since(confirmedAt).Seconds())
 	w.waitState(t, 20*time.Second, x, types.HostRecovered)
 	w.checkOneMoreRecovery(t, uuids, before)
-	dead, ok := w.hooks.stateEvent(x, since, types.HostDead)
+	dead, ok := w.stateEventWithin(x, since, types.HostDead)
 	if !ok || !strings.Contains(dead.Reason, "confirmed powered off by") || !strings.Contains(dead.Reason, reason) {
 		t.Fatalf("dead event %+v (found %t): want who confirmed and why", dead, ok)
 	}
@@ -431,7 +431,7 @@ func (w *world) watchdogScenario(t *testing.T) {
 	guarantee := labWatchdogTimeout + 2*time.Second
 	at = w.waitRunningOff(t, guarantee+30*time.Second, yVMs, y)
 	running := time.Now()
-	dead, ok := w.hooks.stateEvent(y, pulled, types.HostDead)
+	dead, ok := w.stateEventWithin(y, pulled, types.HostDead)
 	if !ok {
 		t.Fatalf("no dead event for %s", y)
 	}
@@ -441,7 +441,7 @@ func (w *world) watchdogScenario(t *testing.T) {
 	if d := dead.At.Sub(pulled); d < guarantee {
 		t.Fatalf("%s declared dead %.2fs after the power loss, before the guarantee's %s", y, d.Seconds(), guarantee)
 	}
-	if _, ok := w.hooks.stateEvent(y, pulled, types.HostUnknown); !ok {
+	if _, ok := w.stateEventWithin(y, pulled, types.HostUnknown); !ok {
 		t.Fatalf("%s was never unknown before the guarantee's timeout", y)
 	}
 	w.waitState(t, 20*time.Second, y, types.HostRecovered)
@@ -482,5 +482,15 @@ func printHangTable(samples []hangTiming) {
 	} {
 		lo, med, hi := col(row.f)
 		fmt.Printf("| %s | %.2f | %.2f | %.2f |\n", row.name, lo, med, hi)
+	}
+}
+
+// stateEventWithin waits up to 10 s for the host's first state event into to since since: notifications are
+// delivered after the state is visible, and may arrive a moment later.
+func (w *world) stateEventWithin(host string, since time.Time, to types.HostState) (types.Event, bool) {
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if e, ok := w.hooks.stateEvent(host, since, to); ok || time.Now().After(deadline) {
+			return e, ok
+		}
 	}
 }
