@@ -36,7 +36,7 @@ func (m *monitor) attend(ctx workflow.Context) {
 // fenceAndDeclare powers the host off hard and waits until the BMC confirms it, then declares it dead: only a host
 // that is off can no longer write its disks. A fence that fails is reported and tried again.
 func (m *monitor) fenceAndDeclare(ctx workflow.Context, policy types.Policy) {
-	why := fmt.Sprintf("%s: unreachable (%s), power %s, storage heartbeat %s", m.State, m.Last.Reach, m.Last.Power, m.Last.Heartbeat)
+	why := fmt.Sprintf("%s: network %s, power %s, storage heartbeat %s", m.State, m.Last.Reach, m.Last.Power, m.Last.Heartbeat)
 	if err := fenceWith(ctx, m.Spec, policy); err != nil {
 		m.alert(ctx, fmt.Sprintf("fencing the %s host failed, trying again in %s: %s", m.State, fenceRetry, types.Explain(err)))
 		m.attention = workflow.NewTimer(ctx, fenceRetry)
