@@ -72,7 +72,7 @@ $(TEMPORAL_CLI):
 bench: build
 	go run ./tests/bench -hosts 100,1000,5000 -window 60s -settle 3m -vms 50 -concurrency 8,16,50 -reps 3
 
-## bench-lab: scenario 1 (BMC power-off) ten times on the lab: min/median/max seconds; table in docs/bench-lab.md
+## bench-lab: a BMC power-off, then a hang (frozen host, link down), ten times each on the lab: min/median/max seconds of each phase; tables in docs/bench-lab.md
 bench-lab: build
 	VMHA_BENCH_LAB=10 go test -count=1 -timeout 20m -run TestBenchLab -v ./tests/lab/
 
