@@ -62,12 +62,12 @@ func newKeeper(h *activities.Host, s *strays) *activities.Keeper {
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if cond() {
 			return
 		}
 	}
-	t.Fatalf("not within 5 s: %s", what)
+	t.Fatalf("not within 15 s: %s", what)
 }
 
 // TestKeeperFollowsAnOptInWithVirshMetadata (issue 6 items 1 and 3): a VM defined and started with virsh, with
@@ -92,7 +92,9 @@ func TestKeeperFollowsAnOptInWithVirshMetadata(t *testing.T) {
 	})
 	t.Cleanup(func() { hv1.Hypervisor.Destroy(ctx, id); hv1.Hypervisor.Undefine(ctx, id) })
 	go newKeeper(hv1, &strays{}).Run(ctx)
-	time.Sleep(300 * time.Millisecond) // the keeper's first reconcile finds a VM that is not HA
+	// The keeper's first reconcile finds a VM that is not HA; its event watch is registered meanwhile (under load
+	// that takes a moment: an event sent before it would be missed).
+	time.Sleep(time.Second)
 	if _, err := cat.Get(ctx, id); err == nil {
 		t.Fatal("a VM without vmha metadata is in the catalog")
 	}
@@ -162,7 +164,7 @@ func TestKeeperForgetsAnUndefinedVMAfterTheGrace(t *testing.T) {
 	k := newKeeper(hv1, &strays{})
 	k.ForgetGrace = 500 * time.Millisecond
 	go k.Run(ctx)
-	time.Sleep(200 * time.Millisecond)
+	time.Sleep(time.Second) // the keeper's event watch is registered (an undefine before it would be missed)
 	for _, id := range []string{gone, moved} {
 		if err := hv1.Hypervisor.Undefine(ctx, id); err != nil {
 			t.Fatal(err)

@@ -79,30 +79,42 @@ func (d *Dir) Update(ctx context.Context, id string, change activities.ChangeFun
 // write publishes data as the entry: a temporary file in the same directory, fsynced, renamed over the entry
 // while the lock is still held, then the directory fsynced so the rename survives a crash. 0600: the XML may hold
 // secrets.
-func (d *Dir) write(ctx context.Context, l *entryLock, path string, data []byte) (err error) {
-	f, err := os.CreateTemp(d.dir, "."+filepath.Base(path)+".*.tmp")
+func (d *Dir) write(ctx context.Context, l *entryLock, path string, data []byte) error {
+	tmp, err := WriteTemp(d.dir, path, data, 0o600)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := l.publish(ctx, func() error { return os.Rename(f.Name(), path) }); err != nil {
+	if err := l.publish(ctx, func() error { return os.Rename(tmp, path) }); err != nil {
+		os.Remove(tmp)
 		return err
 	}
 	return syncDir(d.dir)
+}
+
+// WriteTemp writes data to a new temporary file beside path (its name starts with a dot, so listings skip it),
+// with mode, fsynced and closed, and returns its name: the first half of every atomic write on the share, whose
+// second half is a rename or a link, so no reader ever sees the final name with data not yet on the server.
+func WriteTemp(dir, path string, data []byte, mode os.FileMode) (string, error) {
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
+	if err != nil {
+		return "", err
+	}
+	err = errors.Join(write(f, data, mode), f.Close())
+	if err != nil {
+		os.Remove(f.Name())
+		return "", err
+	}
+	return f.Name(), nil
+}
+
+func write(f *os.File, data []byte, mode os.FileMode) error {
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	if err := f.Chmod(mode); err != nil {
+		return err
+	}
+	return f.Sync()
 }
 
 // entryLock is one writer's hold on one entry: a lock file holding the writer's token.

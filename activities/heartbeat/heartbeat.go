@@ -143,31 +143,14 @@ func (w *Writer) renew(ctx context.Context, wd types.WatchdogState) (types.Heart
 // renewal replaces; the file's fsync is what matters, so that no reader ever sees the new name with data not yet
 // on the server.
 func writeAtomic(dir, path string, data []byte) error {
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
+	tmp, err := catalog.WriteTemp(dir, path, data, 0o600)
 	if err != nil {
 		return err
 	}
-	renamed := false
-	defer func() {
-		if !renamed {
-			os.Remove(f.Name())
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		f.Close()
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	renamed = true
 	return nil
 }
 
