@@ -64,8 +64,6 @@ const (
 	UpdateRelease     = "release"
 	QueryStatus       = "status"
 	MemoSpec          = "spec"
-	// MemoLeftBehind is how many HA VMs of the host's last recovery round run nowhere (-1: the round itself failed).
-	MemoLeftBehind = "leftBehind"
 )
 
 // FenceNotice tells a monitor that vmha powered its host off and the BMC confirmed it.
@@ -102,8 +100,6 @@ type MonitorInput struct {
 	DeclaredAt time.Time `json:"declaredAt,omitempty"`
 	Cause      string    `json:"cause,omitempty"`
 	Round      int       `json:"round,omitempty"`
-	// LeftBehind is how many VMs the last round could not recover (-1: the round itself failed).
-	LeftBehind int `json:"leftBehind,omitempty"`
 	// RetryAfter is the current back-off between rounds.
 	RetryAfter time.Duration `json:"retryAfter,omitempty"`
 }
@@ -318,7 +314,7 @@ func (w *hostWatch) verdict() types.HeartbeatVerdict {
 	if w.misses == 0 {
 		stoppedAfter += w.c.Probe.BMCIdleInterval
 	}
-	age := time.Since(w.beatChanged)
+	age := w.beatAge()
 	switch {
 	case w.beat.Watchdog.Armed && w.beat.Watchdog.Timeout > 0 && age >= w.beat.Watchdog.Timeout+stoppedAfter:
 		return types.HeartbeatSelfFenced

@@ -1,6 +1,7 @@
 package activities
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -56,7 +57,7 @@ func (k *Keeper) Run(ctx context.Context) error {
 		})
 	}()
 	k.Resync(ctx)
-	tick := time.NewTicker(cmp(k.Every, 30*time.Second))
+	tick := time.NewTicker(cmp.Or(k.Every, 30*time.Second))
 	defer tick.Stop()
 	for {
 		select {
@@ -118,7 +119,7 @@ func (k *Keeper) apply(ctx context.Context, e DomainEvent) error {
 		}
 		return k.check(ctx, e.UUID)
 	case DomainUndefined:
-		time.AfterFunc(cmp(k.ForgetGrace, 15*time.Second), func() {
+		time.AfterFunc(cmp.Or(k.ForgetGrace, 15*time.Second), func() {
 			if err := k.forget(ctx, e.UUID); err != nil && ctx.Err() == nil {
 				k.logError("forget undefined VM", err, "vm", e.Name)
 			}
@@ -243,12 +244,4 @@ func (k *Keeper) forget(ctx context.Context, uuid string) error {
 		return nil
 	}
 	return err
-}
-
-// cmp is d, or def when d is not set.
-func cmp(d, def time.Duration) time.Duration {
-	if d > 0 {
-		return d
-	}
-	return def
 }

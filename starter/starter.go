@@ -76,10 +76,7 @@ func (s Starter) Hosts(ctx context.Context) ([]HostRow, error) {
 		return nil, err
 	}
 	report, rerr := s.haReport(ctx)
-	counts := map[string]types.HostVMs{}
-	for _, h := range report.Hosts {
-		counts[h.Host] = h
-	}
+	counts := report.ByHost()
 	tw := tabwriter.NewWriter(s.Out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "HOST\tSTATE\tSINCE\tADDRESS\tHA VMS\tDOWN")
 	for _, r := range rows {

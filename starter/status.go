@@ -10,8 +10,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	sdkpb "go.temporal.io/api/sdk/v1"
-
 	"vmha/activities"
 	"vmha/types"
 )
@@ -49,10 +47,8 @@ const statusQueryTimeout = 8 * time.Second
 // StatusHost is one host of `vmha status`.
 type StatusHost struct {
 	HostRow
-	// Details is the monitor's current details (Temporal user metadata: what it sees and why it decides), Reason
-	// its last transition's reason, when the monitor reports them; Probe, Cause and the rest come from its status
-	// query (activities.MonitorInput).
-	Details     string
+	// Reason is its last transition's reason; Probe, Cause and the rest come from its monitor's status query
+	// (activities.MonitorInput) too.
 	Reason      string
 	Probe       types.Probe
 	Maintenance bool
@@ -76,13 +72,6 @@ type ClusterStatus struct {
 	Recoveries  []RecoveryRow
 	// RecoveriesError says why the recent recoveries could not be listed.
 	RecoveriesError string
-}
-
-// monitorView is a HostMonitor's status query answer; Reason is read too, should the monitor ever report its last
-// transition's reason there.
-type monitorView struct {
-	activities.MonitorInput
-	Reason string `json:"reason,omitempty"`
 }
 
 // Status gathers the cluster's status, prints it, and returns the exit code; an ExitError when vmha could not be
@@ -145,10 +134,7 @@ func (s Starter) ClusterStatus(ctx context.Context, recent int) (ClusterStatus, 
 		st.CountsError = types.Explain(reportErr)
 	} else {
 		st.Unreadable = report.Unreadable
-		counts := map[string]types.HostVMs{}
-		for _, c := range report.Hosts {
-			counts[c.Host] = c
-		}
+		counts := report.ByHost()
 		for i := range st.Hosts {
 			if c, ok := counts[st.Hosts[i].Name]; ok {
 				st.Hosts[i].VMs, st.Hosts[i].Down = c.VMs, c.Down
@@ -162,7 +148,7 @@ func (s Starter) ClusterStatus(ctx context.Context, recent int) (ClusterStatus, 
 func (s Starter) queryMonitor(ctx context.Context, h *StatusHost) {
 	id := types.HostMonitorID(h.Name)
 	v, err := s.Client.QueryWorkflow(ctx, id, "", activities.QueryStatus)
-	var m monitorView
+	var m activities.MonitorInput
 	if err == nil {
 		err = v.Get(&m)
 	}
@@ -172,35 +158,22 @@ func (s Starter) queryMonitor(ctx context.Context, h *StatusHost) {
 	}
 	h.Reason, h.Probe, h.Maintenance = m.Reason, m.Last, m.Maintenance
 	h.Cause, h.Incident, h.Round = m.Cause, m.Incident, m.Round
-	// The current details are what the monitor says now in the Web UI; a monitor that sets none leaves them empty.
-	if v, err := s.Client.QueryWorkflow(ctx, id, "", "__temporal_workflow_metadata"); err == nil {
-		var md sdkpb.WorkflowMetadata
-		if v.Get(&md) == nil {
-			h.Details = strings.TrimSpace(md.GetCurrentDetails())
-		}
-	}
 }
 
-// Why is the one-line reason shown for a host: what its monitor says now, else its last transition's reason, else
-// how it was declared dead and what the last probe saw.
+// Why is the one-line reason shown for a host: its last transition's reason, else how it was declared dead and what
+// the last probe saw.
 func (h StatusHost) Why() string {
 	switch {
 	case h.QueryError != "":
 		return "? the monitor did not answer: " + h.QueryError
-	case h.Details != "":
-		return firstLine(h.Details)
 	case h.Reason != "":
 		return firstLine(h.Reason)
 	}
 	probe := "last probe: " + DescribeProbe(h.Probe)
-	if h.Cause != "" && afterDeath(h.State) {
+	if h.Cause != "" && h.State.ConfirmedOff() {
 		return fmt.Sprintf("declared dead: %s (incident %s, round %d); %s", h.Cause, orDash(h.Incident), h.Round, probe)
 	}
 	return probe
-}
-
-func afterDeath(s types.HostState) bool {
-	return s == types.HostDead || s == types.HostRecovering || s == types.HostRecovered || s == types.HostRecoveryFailed
 }
 
 // DescribeProbe says in words what one probe saw: network, power, worker, storage heartbeat, and its errors.

@@ -60,7 +60,7 @@ func TestStatusNeedsPerson(t *testing.T) {
 	utc(t)
 	with := func(h StatusHost, f func(*StatusHost)) StatusHost { f(&h); return h }
 	hosts := []StatusHost{
-		with(healthyHost("hv1"), func(h *StatusHost) { h.Details = "hv1 answers, power on, worker polls: healthy\nmore" }),
+		with(healthyHost("hv1"), func(h *StatusHost) { h.Reason = "hv1 answers, power on, worker polls: healthy\nmore" }),
 		with(healthyHost("hv2"), func(h *StatusHost) {
 			h.State, h.Since, h.VMs, h.Down = types.HostRecoveryFailed, statusNow.Add(-2*time.Minute), 3, 1
 			h.Cause, h.Incident, h.Round = "unreachable, BMC says off twice", "20261129T165800.000Z", 4
@@ -71,7 +71,9 @@ func TestStatusNeedsPerson(t *testing.T) {
 		with(healthyHost("hv5"), func(h *StatusHost) { h.State, h.Since = types.HostSuspect, statusNow.Add(-time.Minute) }),
 		with(healthyHost("hv6"), func(h *StatusHost) { h.State, h.Down = types.HostUnknown, -1 }),
 		with(healthyHost("hv7"), func(h *StatusHost) { h.State, h.Down = types.HostHung, -1 }),
-		with(healthyHost("hv8"), func(h *StatusHost) { h.State, h.Reason = types.HostStorageLost, "heartbeat stopped for 2s while it answers" }),
+		with(healthyHost("hv8"), func(h *StatusHost) {
+			h.State, h.Reason = types.HostStorageLost, "heartbeat stopped for 2s while it answers"
+		}),
 		with(healthyHost("hv9"), func(h *StatusHost) { h.QueryError = "context deadline exceeded" }),
 		with(healthyHost("hv10"), func(h *StatusHost) { h.Down = 1 }),
 		with(healthyHost("hv11"), func(h *StatusHost) { h.State, h.Maintenance = types.HostMaintenance, true }),
@@ -88,7 +90,7 @@ func TestStatusNeedsPerson(t *testing.T) {
 	for _, want := range []string{
 		"things need a person (below)",
 		"hv1   healthy",
-		"hv1 answers, power on, worker polls: healthy\n", // the monitor's details, first line only
+		"hv1 answers, power on, worker polls: healthy\n", // the monitor's reason, first line only
 		"declared dead: unreachable, BMC says off twice (incident 20261129T165800.000Z, round 4); last probe: network down, power off, worker gone",
 		"heartbeat stopped for 2s while it answers",
 		"? the monitor did not answer: context deadline exceeded",

@@ -87,6 +87,16 @@ const (
 	HostMaintenance HostState = "maintenance"
 )
 
+// ConfirmedOff is true for the states entered only once the host's power was confirmed off (or its watchdog's
+// guarantee passed, or an operator confirmed it), and left when it is back.
+func (s HostState) ConfirmedOff() bool {
+	switch s {
+	case HostDead, HostRecovering, HostRecovered, HostRecoveryFailed:
+		return true
+	}
+	return false
+}
+
 // AllHostStates lists every state, for metrics and validation.
 var AllHostStates = []HostState{HostHealthy, HostSuspect, HostIsolated, HostUnknown, HostHung, HostStorageLost, HostDead,
 	HostRecovering, HostRecovered, HostRecoveryFailed, HostMaintenance}
@@ -451,4 +461,13 @@ type HostVMs struct {
 type HAReport struct {
 	Hosts      []HostVMs `json:"hosts"`
 	Unreadable int       `json:"unreadable,omitempty"`
+}
+
+// ByHost indexes the report by host name.
+func (r HAReport) ByHost() map[string]HostVMs {
+	by := make(map[string]HostVMs, len(r.Hosts))
+	for _, h := range r.Hosts {
+		by[h.Host] = h
+	}
+	return by
 }

@@ -76,10 +76,7 @@ func createOn(ctx workflow.Context, host string, in activities.CreateDomainInput
 	if err := startAndConfirm(ctx, host, in.Request.Name, rec.Token()); err != nil {
 		return rec, err
 	}
-	if err := workflow.ExecuteActivity(says(hctx, "%s runs on %s: commit it there", in.Request.Name, host), onHost.CommitOwnership, rec.Token()).Get(ctx, &rec); err != nil {
-		return rec, fmt.Errorf("commit ownership to %s: %w", host, err)
-	}
-	return rec, nil
+	return commitOn(ctx, host, in.Request.Name, rec.Token())
 }
 
 // discardFrom removes a VM whose creation failed on a host, with its catalog entry, so the next host starts clean.

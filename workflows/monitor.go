@@ -1,6 +1,7 @@
 package workflows
 
 import (
+	"cmp"
 	"fmt"
 	"strings"
 	"time"
@@ -21,6 +22,9 @@ const (
 	retryFirst = 5 * time.Second
 	retryMax   = 30 * time.Second
 )
+
+// restartOnOwner is why a round restarts the VMs left behind on their own host.
+const restartOnOwner = "host is healthy again: restart the VMs left behind on it"
 
 // HostMonitor watches one host for as long as it is in the inventory, the runbook an on-call engineer would follow:
 // watch until something changes, assess the change with the decision table, tell users, and when the host is
@@ -148,7 +152,7 @@ func (m *monitor) observe(ctx workflow.Context, p types.Probe) {
 	}
 	assessed := Assess(p)
 	if m.State == types.HostRecoveryFailed && assessed == types.HostHealthy {
-		m.startRound(ctx, true, "host is healthy again: restart the VMs left behind on it")
+		m.startRound(ctx, true, restartOnOwner)
 		return
 	}
 	state, recover := next(m.State, assessed)
@@ -162,7 +166,7 @@ func (m *monitor) observe(ctx workflow.Context, p types.Probe) {
 	changed := state != m.State
 	reason := p.Detail
 	if reason == "" {
-		reason = fmt.Sprintf("network %s, power %s, storage heartbeat %s", p.Reach, p.Power, orUnknown(string(p.Heartbeat)))
+		reason = fmt.Sprintf("network %s, power %s, storage heartbeat %s", p.Reach, p.Power, cmp.Or(string(p.Heartbeat), "unknown"))
 	}
 	m.transition(ctx, state, reason)
 	if changed || m.attention == nil {
@@ -205,11 +209,9 @@ func (m *monitor) roundDone(ctx workflow.Context, f workflow.Future) {
 	var res types.RecoveryResult
 	if err := f.Get(ctx, &res); err != nil {
 		m.logger.Error("recovery round failed", "host", m.Spec.Name, "workflow_id", id, "error", err)
-		m.LeftBehind = -1
 		m.transition(ctx, types.HostRecoveryFailed, fmt.Sprintf("%s failed: %s", id, types.Explain(err)))
 		return
 	}
-	m.LeftBehind = len(res.LeftBehind())
 	if !res.Complete() {
 		m.transition(ctx, types.HostRecoveryFailed, fmt.Sprintf("%s by %s: %s", res.Summary(), id, leftBehindReasons(res)))
 		return
@@ -240,7 +242,7 @@ func (m *monitor) retryDue(ctx workflow.Context) {
 	case types.HostDead:
 		m.startRound(ctx, false, "retry the VMs left behind")
 	case types.HostHealthy:
-		m.startRound(ctx, true, "host is healthy again: restart the VMs left behind on it")
+		m.startRound(ctx, true, restartOnOwner)
 	default:
 		m.logger.Warn("VMs left behind, but the host is neither dead nor healthy: waiting", "host", m.Spec.Name, "probe", m.Last.Key())
 	}
@@ -269,9 +271,6 @@ func (m *monitor) transition(ctx workflow.Context, to types.HostState, reason st
 	if err := workflow.UpsertTypedSearchAttributes(ctx,
 		types.HostStateAttr.ValueSet(string(to)), types.HostStateSinceAttr.ValueSet(now)); err != nil {
 		m.logger.Error("upsert search attributes", "host", m.Spec.Name, "error", err)
-	}
-	if err := workflow.UpsertMemo(ctx, map[string]interface{}{activities.MemoLeftBehind: m.LeftBehind}); err != nil {
-		m.logger.Error("upsert memo", "host", m.Spec.Name, "error", err)
 	}
 	m.logger.Info("host state", "host", m.Spec.Name, "from", from, "to", to, "reason", reason)
 	m.notify(ctx, event)
@@ -414,11 +413,4 @@ func confirmedPower(ctx workflow.Context, spec types.HostSpec) (types.PowerState
 	var state types.PowerState
 	err := workflow.ExecuteActivity(says(controllerOptions(ctx), "ask %s's BMC until its answers agree", spec.Name), controller.PowerStatus, spec).Get(ctx, &state)
 	return state, err
-}
-
-func orUnknown(s string) string {
-	if s == "" {
-		return "unknown"
-	}
-	return s
 }

@@ -103,8 +103,7 @@ func (r *restart) settle(ctx workflow.Context, vm types.VMRecord) (string, error
 	holder := vm.Owner
 	r.claim = &types.Ownership{UUID: vm.UUID, Owner: holder, Generation: vm.Generation}
 	if state, err := domainState(ctx, holder, vm.UUID); err == nil && state == types.DomainRunning {
-		err := workflow.ExecuteActivity(says(hostOptions(ctx, holder), "%s runs on %s: commit the claim an earlier attempt left", vm.Name, holder),
-			onHost.CommitOwnership, *r.claim).Get(ctx, nil)
+		_, err := commitOn(ctx, holder, vm.Name, *r.claim)
 		if err == nil {
 			return holder, nil
 		}
@@ -138,10 +137,18 @@ func (r *restart) attempt(ctx workflow.Context, host string) error {
 	if err := startAndConfirm(ctx, host, r.vm, *r.claim); err != nil {
 		return err
 	}
-	if err := workflow.ExecuteActivity(says(hctx, "%s runs on %s: commit it there", r.vm, host), onHost.CommitOwnership, *r.claim).Get(ctx, nil); err != nil {
-		return fmt.Errorf("commit ownership to %s: %w", host, err)
+	_, err := commitOn(ctx, host, r.vm, *r.claim)
+	return err
+}
+
+// commitOn ends a claim on host: the VM runs there and is owned there.
+func commitOn(ctx workflow.Context, host, vm string, claim types.Ownership) (types.VMRecord, error) {
+	var rec types.VMRecord
+	if err := workflow.ExecuteActivity(says(hostOptions(ctx, host), "%s runs on %s: commit it there", vm, host),
+		onHost.CommitOwnership, claim).Get(ctx, &rec); err != nil {
+		return rec, fmt.Errorf("commit ownership to %s: %w", host, err)
 	}
-	return nil
+	return rec, nil
 }
 
 // undo is the compensation of a failed attempt: remove the VM from the target, then release the claim so the next
@@ -173,16 +180,7 @@ func (r *restart) release(ctx workflow.Context) error {
 // hostIsOff is true when the host's monitor has confirmed it off and it has not come back.
 func hostIsOff(ctx workflow.Context, host string) bool {
 	c, err := describeHost(ctx, host)
-	return err == nil && hostIsOffState(c.State)
-}
-
-// hostIsOffState: these states are entered only once the host's power was confirmed off, and left when it is back.
-func hostIsOffState(s types.HostState) bool {
-	switch s {
-	case types.HostDead, types.HostRecovering, types.HostRecovered, types.HostRecoveryFailed:
-		return true
-	}
-	return false
+	return err == nil && c.State.ConfirmedOff()
 }
 
 // startAndConfirm starts a defined VM on host and waits until libvirt reports it running: a started domain that

@@ -31,7 +31,7 @@ func HAReport(ctx workflow.Context) (types.HAReport, error) {
 			}
 			row.VMs++
 			switch {
-			case hostIsOffState(h.State):
+			case h.State.ConfirmedOff():
 				row.Down++
 			case h.State == types.HostHealthy && !h.Stats.SampledAt.IsZero():
 				if !slices.Contains(h.Stats.Running, vm.UUID) {

@@ -13,6 +13,7 @@
 package heartbeat
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -214,7 +215,7 @@ func (w *Writer) step(ctx context.Context) {
 	if w.Watchdog == nil || !hb.Watchdog.Armed {
 		return
 	}
-	if took, limit := time.Since(began), cmpDuration(w.PetWithin, defaultPetWithin); took > limit {
+	if took, limit := time.Since(began), cmp.Or(w.PetWithin, defaultPetWithin); took > limit {
 		w.logger().Warn("storage heartbeat renewed late: watchdog not petted for it", "took", took, "limit", limit)
 		return
 	}
@@ -349,12 +350,4 @@ func readFile(path, host string) (types.Heartbeat, error) {
 		return types.Heartbeat{}, fmt.Errorf("heartbeat %s: written for host %q", path, hb.Host)
 	}
 	return hb, nil
-}
-
-// cmpDuration is d, or def when d is not set.
-func cmpDuration(d, def time.Duration) time.Duration {
-	if d > 0 {
-		return d
-	}
-	return def
 }
