@@ -54,6 +54,11 @@ Operator commands:
                                     recent recoveries and where each VM went
   vmha share init                   prepare the shared storage at VMHA_SHARE_PATH once (catalog, disks and the
                                     share marker every host checks); idempotent, prints the share's ID
+  vmha certs ca --dir DIR           create a CA for a lab or small site (DIR/ca.pem, DIR/ca-key.pem)
+  vmha certs issue --dir DIR --role ROLE --name NAME [--dns NAMES] [--ip ADDRESSES]
+                                    issue a certificate signed by that CA: role server (with the names clients
+                                    dial it by), controller, hypervisor (NAME: its inventory host name), operator
+                                    or viewer
   vmha help env                     every VMHA_* setting with its default
 
 Every command reads its connection from the environment (VMHA_TEMPORAL_ADDRESS, VMHA_NAMESPACE, VMHA_TLS_*).
@@ -115,6 +120,8 @@ func dispatch(ctx context.Context, cmd string, args []string, s config.Settings,
 		return operate(ctx, cmd, args, s, logger, out)
 	case "share":
 		return share(ctx, args, s, out)
+	case "certs":
+		return certsCommand(args, out)
 	case "status":
 		return status(ctx, args, s, logger, out)
 	}
@@ -131,8 +138,13 @@ func serve(ctx context.Context, s config.Settings, logger *slog.Logger, out io.W
 	if err != nil {
 		return fmt.Errorf("%s_TEMPORAL_ADDRESS=%q: port %q: %w", config.Prefix, s.TemporalAddress, portText, err)
 	}
+	var tlsFiles *temporalserver.TLSFiles
+	if s.ServerTLSCert != "" {
+		tlsFiles = &temporalserver.TLSFiles{Cert: s.ServerTLSCert, Key: s.ServerTLSKey, ClientCA: s.ServerTLSClientCA}
+	}
 	srv, err := temporalserver.Start(ctx, temporalserver.Options{
 		DataDir: s.DataDir, ListenAddress: host, FrontendPort: port, UIPort: s.UIPort, Namespace: s.Namespace, Logger: logger,
+		TLS: tlsFiles, UIAddress: s.UIAddress, UIWriteActions: s.UIWriteActions,
 	})
 	if err != nil {
 		return err
@@ -146,7 +158,17 @@ func serve(ctx context.Context, s config.Settings, logger *slog.Logger, out io.W
 		<-ctx.Done()
 		return nil
 	}
-	return withClient(ctx, s, logger, func(c client.Client) error { return workers.RunController(ctx, s, c, logger) })
+	tlsConf := srv.ClientTLS()
+	if tlsConf == nil || s.TLSCert != "" {
+		return withClient(ctx, s, logger, func(c client.Client) error { return workers.RunController(ctx, s, c, logger) })
+	}
+	// Without a certificate of its own, the embedded controller presents the server's.
+	c, err := temporalclient.DialTLS(ctx, s, tlsConf, logger)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return workers.RunController(ctx, s, c, logger)
 }
 
 func withClient(ctx context.Context, s config.Settings, logger *slog.Logger, fn func(client.Client) error) error {

@@ -4,6 +4,7 @@ package config
 
 import (
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
@@ -28,6 +29,12 @@ type Settings struct {
 	UIPort  int    `envconfig:"UI_PORT" default:"8233" desc:"port of the embedded Temporal Web UI (0: no UI)"`
 	// EmbeddedController runs the controller worker inside vmha server.
 	EmbeddedController bool `envconfig:"EMBEDDED_CONTROLLER" default:"true" desc:"run the controller worker inside vmha server"`
+	// mTLS and authorization of vmha server's frontend (README "Security"): all three or none.
+	ServerTLSCert     string `envconfig:"SERVER_TLS_CERT" desc:"vmha server: the frontend's certificate (vmha certs issue --role server); with SERVER_TLS_KEY and SERVER_TLS_CLIENT_CA the frontend requires client certificates and authorizes each call by the role they name"`
+	ServerTLSKey      string `envconfig:"SERVER_TLS_KEY" desc:"vmha server: the key of SERVER_TLS_CERT"`
+	ServerTLSClientCA string `envconfig:"SERVER_TLS_CLIENT_CA" desc:"vmha server: CA bundle client certificates must chain to (the ca.pem of vmha certs ca); it must also have issued SERVER_TLS_CERT"`
+	UIAddress         string `envconfig:"UI_ADDRESS" default:"127.0.0.1" desc:"IP address the embedded Web UI listens on"`
+	UIWriteActions    bool   `envconfig:"UI_WRITE_ACTIONS" default:"false" desc:"let the embedded Web UI terminate, cancel, signal, reset and start workflows"`
 
 	// Controller worker.
 	MetricsAddr   string `envconfig:"METRICS_ADDR" default:"127.0.0.1:9464" desc:"listen address of /metrics (empty: off)"`
@@ -102,6 +109,11 @@ func (s Settings) Validate() error {
 		return fmt.Errorf("%s_LOG_LEVEL=%q: want debug, info, warn or error", Prefix, s.LogLevel)
 	case (s.TLSCert == "") != (s.TLSKey == ""):
 		return fmt.Errorf("%s_TLS_CERT=%q and %s_TLS_KEY=%q: set both or neither", Prefix, s.TLSCert, Prefix, s.TLSKey)
+	case (s.ServerTLSCert == "") != (s.ServerTLSKey == "") || (s.ServerTLSCert == "") != (s.ServerTLSClientCA == ""):
+		return fmt.Errorf("%s_SERVER_TLS_CERT=%q, %s_SERVER_TLS_KEY=%q and %s_SERVER_TLS_CLIENT_CA=%q: set all three or none",
+			Prefix, s.ServerTLSCert, Prefix, s.ServerTLSKey, Prefix, s.ServerTLSClientCA)
+	case net.ParseIP(s.UIAddress) == nil:
+		return fmt.Errorf("%s_UI_ADDRESS=%q: want an IP address (the port is %s_UI_PORT)", Prefix, s.UIAddress, Prefix)
 	case s.ProbeInterval+max(s.ProbeTimeout, WorkerCheckTimeout)+s.BMCTimeout > MaxWatchTick:
 		return fmt.Errorf("%s_PROBE_INTERVAL=%s + max(%s_PROBE_TIMEOUT=%s, worker check %s) + %s_BMC_TIMEOUT=%s = %s: want <= %s; "+
 			"the watch heartbeats once per probe tick and is cut off after %s without one, so a host whose BMC or network "+

@@ -31,6 +31,12 @@ func Dial(ctx context.Context, s config.Settings, logger *slog.Logger) (client.C
 	if err != nil {
 		return nil, err
 	}
+	return DialTLS(ctx, s, tlsConf, logger)
+}
+
+// DialTLS is Dial with the TLS configuration given instead of the one the TLS settings make (nil: plain gRPC):
+// vmha server hands its embedded controller the server's own.
+func DialTLS(ctx context.Context, s config.Settings, tlsConf *tls.Config, logger *slog.Logger) (client.Client, error) {
 	opts := client.Options{
 		HostPort:          s.TemporalAddress,
 		Namespace:         s.Namespace,

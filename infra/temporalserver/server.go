@@ -5,6 +5,7 @@ package temporalserver
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -47,6 +48,13 @@ type Options struct {
 	Namespace string
 	// Logger receives the server's warnings and errors; default slog.Default().
 	Logger *slog.Logger
+	// TLS, when set, makes the frontend require client certificates and authorize each call by the role its
+	// certificate names (see authorizer). Without it anyone who reaches the frontend may do anything.
+	TLS *TLSFiles
+	// UIAddress is the IP the Web UI listens on; default 127.0.0.1.
+	UIAddress string
+	// UIWriteActions lets the Web UI terminate, cancel, signal, reset and start workflows; off by default.
+	UIWriteActions bool
 }
 
 const (
@@ -73,6 +81,7 @@ type Server struct {
 	ui              *webUI
 	frontendAddress string
 	uiAddress       string
+	tls             *serverTLS
 }
 
 // FrontendAddress is the host:port clients dial (127.0.0.1 when listening on all addresses).
@@ -102,6 +111,13 @@ func Start(ctx context.Context, o Options) (srv *Server, err error) {
 	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir %s: %w", o.DataDir, err)
 	}
+	var sec *serverTLS
+	if o.TLS != nil {
+		if sec, err = loadServerTLS(*o.TLS); err != nil {
+			return nil, err
+		}
+	}
+	warnIfOpen(o, o.Logger)
 	sqlConf := sqliteConfig(filepath.Join(o.DataDir, dbFileName))
 	if err := prepareDatabase(sqlConf, o.Namespace); err != nil {
 		return nil, err
@@ -114,7 +130,7 @@ func Start(ctx context.Context, o Options) (srv *Server, err error) {
 	}
 	var uiListener net.Listener
 	if o.UIPort != 0 {
-		addr := net.JoinHostPort(o.ListenAddress, strconv.Itoa(o.UIPort))
+		addr := net.JoinHostPort(o.UIAddress, strconv.Itoa(o.UIPort))
 		if uiListener, err = net.Listen("tcp", addr); err != nil {
 			return nil, fmt.Errorf("web UI listen on %s: %w", addr, err)
 		}
@@ -125,11 +141,11 @@ func Start(ctx context.Context, o Options) (srv *Server, err error) {
 		}()
 	}
 
-	ts, err := startTemporal(o, sqlConf, frontendAddress)
+	ts, err := startTemporal(o, sqlConf, frontendAddress, sec)
 	if err != nil {
 		return nil, err
 	}
-	added, err := ensureSearchAttributes(ctx, frontendAddress, o.Namespace, o.Logger)
+	added, err := ensureSearchAttributes(ctx, frontendAddress, o.Namespace, sec.clientConfig(), o.Logger)
 	if err != nil {
 		return nil, errors.Join(err, ts.stop())
 	}
@@ -139,16 +155,16 @@ func Start(ctx context.Context, o Options) (srv *Server, err error) {
 		if err := ts.stop(); err != nil {
 			return nil, err
 		}
-		if ts, err = startTemporal(o, sqlConf, frontendAddress); err != nil {
+		if ts, err = startTemporal(o, sqlConf, frontendAddress, sec); err != nil {
 			return nil, err
 		}
 	}
-	s := &Server{temporal: ts, frontendAddress: frontendAddress}
+	s := &Server{temporal: ts, frontendAddress: frontendAddress, tls: sec}
 	if uiListener != nil {
-		if s.ui, err = startWebUI(uiListener, frontendAddress, o.Namespace, o.Logger); err != nil {
+		if s.ui, err = startWebUI(uiListener, frontendAddress, o.Namespace, sec, o.UIWriteActions, o.Logger); err != nil {
 			return nil, errors.Join(err, s.Stop())
 		}
-		s.uiAddress = net.JoinHostPort(dialHost(o.ListenAddress), strconv.Itoa(o.UIPort))
+		s.uiAddress = net.JoinHostPort(dialHost(o.UIAddress), strconv.Itoa(o.UIPort))
 	}
 	return s, nil
 }
@@ -156,6 +172,9 @@ func Start(ctx context.Context, o Options) (srv *Server, err error) {
 func (o Options) withDefaults() Options {
 	if o.ListenAddress == "" {
 		o.ListenAddress = defaultListenAddress
+	}
+	if o.UIAddress == "" {
+		o.UIAddress = defaultListenAddress
 	}
 	if o.FrontendPort == 0 {
 		o.FrontendPort = defaultFrontendPort
@@ -180,6 +199,10 @@ func (o Options) validate() error {
 		return fmt.Errorf("temporal server UIPort=%d: same as FrontendPort", o.UIPort)
 	case o.Namespace == "":
 		return errors.New("temporal server Namespace: empty")
+	case net.ParseIP(o.UIAddress) == nil:
+		return fmt.Errorf("temporal server UIAddress=%q: not an IP address", o.UIAddress)
+	case o.TLS != nil:
+		return o.TLS.validate()
 	}
 	return nil
 }
@@ -288,11 +311,12 @@ func (e *embedded) stop() error {
 	return nil
 }
 
-func startTemporal(o Options, sqlConf *config.SQL, frontendAddress string) (e *embedded, err error) {
+func startTemporal(o Options, sqlConf *config.SQL, frontendAddress string, sec *serverTLS) (e *embedded, err error) {
 	conf, err := serverConfig(o, sqlConf, frontendAddress)
 	if err != nil {
 		return nil, err
 	}
+	sec.apply(conf)
 	bridge := &slogBridge{log: o.Logger}
 	authorizer, err := authorization.GetAuthorizerFromConfig(&conf.Global.Authorization)
 	if err != nil {
@@ -333,7 +357,8 @@ func startTemporal(o Options, sqlConf *config.SQL, frontendAddress string) (e *e
 			err = fmt.Errorf("start temporal server: %s", f.msg)
 		}
 	}()
-	ts, err := temporal.NewServer(
+	// vmha's authorizer and claim mapper come last and win (see serverTLS.serverOptions).
+	ts, err := temporal.NewServer(append([]temporal.ServerOption{
 		temporal.WithConfig(conf),
 		temporal.ForServices(temporal.DefaultServices),
 		temporal.WithStaticHosts(hosts),
@@ -341,7 +366,7 @@ func startTemporal(o Options, sqlConf *config.SQL, frontendAddress string) (e *e
 		temporal.WithAuthorizer(authorizer),
 		temporal.WithClaimMapper(func(*config.Config) authorization.ClaimMapper { return claimMapper }),
 		temporal.WithDynamicConfigClient(dyn),
-	)
+	}, sec.serverOptions(o.Namespace, o.Logger)...)...)
 	if err != nil {
 		return nil, fmt.Errorf("create temporal server: %w", err)
 	}
@@ -353,11 +378,13 @@ func startTemporal(o Options, sqlConf *config.SQL, frontendAddress string) (e *e
 
 // ensureSearchAttributes adds the vmha search attributes the namespace lacks, and tells whether it added any: a
 // database created by an older vmha keeps its namespace as it was, since CreateNamespaces skips an existing one.
-func ensureSearchAttributes(ctx context.Context, frontendAddress, namespace string, logger *slog.Logger) (bool, error) {
+// tlsConf is how the server's own clients dial its frontend (serverTLS.clientConfig; nil: plain gRPC).
+func ensureSearchAttributes(ctx context.Context, frontendAddress, namespace string, tlsConf *tls.Config, logger *slog.Logger) (bool, error) {
 	c, err := client.DialContext(ctx, client.Options{
-		HostPort:  frontendAddress,
-		Namespace: namespace,
-		Logger:    sdklog.NewStructuredLogger(logger),
+		HostPort:          frontendAddress,
+		Namespace:         namespace,
+		Logger:            sdklog.NewStructuredLogger(logger),
+		ConnectionOptions: client.ConnectionOptions{TLS: tlsConf},
 	})
 	if err != nil {
 		return false, fmt.Errorf("dial embedded temporal at %s: %w", frontendAddress, err)

@@ -32,14 +32,21 @@ type webUI struct {
 	done chan struct{}
 }
 
-func startWebUI(ln net.Listener, frontendAddress, namespace string, logger *slog.Logger) (*webUI, error) {
+// The UI dials the frontend with the server's own certificate when sec is set (it acts with the server's role),
+// and refuses every write (terminate, cancel, signal, reset, start, batch) unless writeActions.
+func startWebUI(ln net.Listener, frontendAddress, namespace string, sec *serverTLS, writeActions bool, logger *slog.Logger) (*webUI, error) {
 	cfg := &uiconfig.Config{
 		TemporalGRPCAddress: frontendAddress,
 		EnableUI:            true,
 		DefaultNamespace:    namespace,
 		// The UI is reached over plain HTTP (loopback or a trusted network), so its CSRF cookie must not require HTTPS.
-		CORS:     uiconfig.CORS{CookieInsecure: true},
-		HideLogs: true,
+		CORS:                uiconfig.CORS{CookieInsecure: true},
+		HideLogs:            true,
+		DisableWriteActions: !writeActions,
+	}
+	if sec != nil {
+		cfg.TLS = uiconfig.TLS{CaFile: sec.files.ClientCA, CertFile: sec.files.Cert, KeyFile: sec.files.Key,
+			ServerName: sec.serverName, EnableHostVerification: true}
 	}
 	cfgProvider, err := uiconfig.NewConfigProviderWithRefresh(cfg)
 	if err != nil {

@@ -1,0 +1,148 @@
+package temporalserver
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+
+	"go.temporal.io/server/common/authorization"
+	"go.temporal.io/server/common/config"
+	"go.temporal.io/server/temporal"
+
+	"vmha/infra/certs"
+)
+
+// TLSFiles make the frontend serve mutual TLS: it presents Cert, requires every client to present a certificate
+// that chains to ClientCA, and authorizes each call by the role that certificate names (see authorize).
+type TLSFiles struct {
+	// Cert and Key are the frontend's certificate (role server) and its key. The server's own clients (its system
+	// worker, the embedded Web UI, the embedded controller) present the same certificate, so it must be issued by
+	// ClientCA for client authentication too, as `vmha certs issue --role server` does.
+	Cert string
+	Key  string
+	// ClientCA is the CA bundle client certificates must chain to.
+	ClientCA string
+}
+
+// serverTLS is TLSFiles loaded and checked once at start.
+type serverTLS struct {
+	files     TLSFiles
+	cert      tls.Certificate
+	clientCAs *x509.CertPool
+	// serverName is a name the server certificate carries, which the in-process clients verify it by (they dial
+	// a loopback address the certificate need not name).
+	serverName string
+}
+
+// loadServerTLS reads the files and checks what would otherwise fail later with a handshake error in some
+// internal client: the key matches, the certificate names a server and chains to the client CA for both uses.
+func loadServerTLS(f TLSFiles) (*serverTLS, error) {
+	cert, err := tls.LoadX509KeyPair(f.Cert, f.Key)
+	if err != nil {
+		return nil, fmt.Errorf("server TLS certificate %s with key %s: %w", f.Cert, f.Key, err)
+	}
+	leaf := cert.Leaf
+	if leaf == nil {
+		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return nil, fmt.Errorf("server TLS certificate %s: %w", f.Cert, err)
+		}
+	}
+	caPEM, err := os.ReadFile(f.ClientCA)
+	if err != nil {
+		return nil, fmt.Errorf("read server TLS client CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("server TLS client CA %s: no PEM certificate in it", f.ClientCA)
+	}
+	id, err := certs.IdentityOf(leaf.Subject)
+	if err != nil {
+		return nil, fmt.Errorf("server TLS certificate %s: %w", f.Cert, err)
+	}
+	if id.Role != certs.RoleServer {
+		return nil, fmt.Errorf("server TLS certificate %s: role %s, want %s (vmha certs issue --role server)", f.Cert, id.Role, certs.RoleServer)
+	}
+	for _, usage := range []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth} {
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
+			return nil, fmt.Errorf("server TLS certificate %s against client CA %s: %w (the server's own clients present it, "+
+				"so it must be issued by that CA for server and client authentication)", f.Cert, f.ClientCA, err)
+		}
+	}
+	st := &serverTLS{files: f, cert: cert, clientCAs: pool}
+	switch {
+	case len(leaf.DNSNames) > 0:
+		st.serverName = leaf.DNSNames[0]
+	case len(leaf.IPAddresses) > 0:
+		st.serverName = leaf.IPAddresses[0].String()
+	default:
+		return nil, fmt.Errorf("server TLS certificate %s: no DNS name or IP address in it; clients verify the server by them", f.Cert)
+	}
+	return st, nil
+}
+
+// apply makes the frontend require and verify client certificates, and the system worker (and every other
+// internal client of the frontend) present the server certificate. Without TLS (nil) it changes nothing.
+func (t *serverTLS) apply(conf *config.Config) {
+	if t == nil {
+		return
+	}
+	conf.Global.TLS.Frontend.Server = config.ServerTLS{
+		CertFile: t.files.Cert, KeyFile: t.files.Key, ClientCAFiles: []string{t.files.ClientCA}, RequireClientAuth: true,
+	}
+	conf.Global.TLS.SystemWorker = config.WorkerTLS{
+		CertFile: t.files.Cert, KeyFile: t.files.Key,
+		Client: config.ClientTLS{ServerName: t.serverName, RootCAFiles: []string{t.files.ClientCA}},
+	}
+}
+
+// clientConfig is what the server's in-process clients dial the frontend with; nil without TLS.
+func (t *serverTLS) clientConfig() *tls.Config {
+	if t == nil {
+		return nil
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{t.cert},
+		RootCAs:      t.clientCAs,
+		ServerName:   t.serverName,
+		MinVersion:   tls.VersionTLS12,
+	}
+}
+
+// ClientTLS is the TLS configuration the server's own clients use (the server certificate, verified against the
+// client CA), nil when the frontend serves plain gRPC. vmha server's embedded controller dials with it.
+func (s *Server) ClientTLS() *tls.Config { return s.tls.clientConfig() }
+
+// serverOptions install vmha's authorizer and claim mapper on a frontend that serves mTLS; without TLS (nil) there
+// is no certificate to authorize by, and Temporal's defaults let every caller do anything.
+func (t *serverTLS) serverOptions(namespace string, logger *slog.Logger) []temporal.ServerOption {
+	if t == nil {
+		return nil
+	}
+	return []temporal.ServerOption{
+		temporal.WithAuthorizer(&authorizer{namespace: namespace, logger: logger}),
+		temporal.WithClaimMapper(func(*config.Config) authorization.ClaimMapper { return claimMapper{} }),
+	}
+}
+
+func (f TLSFiles) validate() error {
+	if f.Cert == "" || f.Key == "" || f.ClientCA == "" {
+		return errors.New("temporal server TLS: Cert, Key and ClientCA are all required")
+	}
+	return nil
+}
+
+// warnIfOpen says once, at error level, that a frontend on a non-loopback address without TLS lets anyone who
+// reaches it do anything, power hosts off included.
+func warnIfOpen(o Options, logger *slog.Logger) {
+	ip := net.ParseIP(o.ListenAddress)
+	if o.TLS == nil && ip != nil && !ip.IsLoopback() {
+		logger.Error("the Temporal frontend listens without TLS on a non-loopback address: anyone who can reach it can "+
+			"start, signal and terminate vmha's workflows, fail hosts over and power them off, and poll any host's task queue; "+
+			"set VMHA_SERVER_TLS_CERT, VMHA_SERVER_TLS_KEY and VMHA_SERVER_TLS_CLIENT_CA (see vmha certs)",
+			"address", net.JoinHostPort(o.ListenAddress, fmt.Sprint(o.FrontendPort)))
+	}
+}
