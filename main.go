@@ -33,7 +33,8 @@ import (
 const usage = `vmha: high availability for libvirt/KVM virtual machines, on Temporal.
 
 Roles (long-running):
-  vmha server        embedded Temporal server (SQLite in VMHA_DATA_DIR) + Web UI + controller worker
+  vmha server        embedded Temporal server (SQLite in VMHA_DATA_DIR) + Web UI + controller worker;
+                     with VMHA_PERSISTENCE=postgres a node of a Temporal cluster on PostgreSQL (run two or three)
   vmha controller    controller worker only, against VMHA_TEMPORAL_ADDRESS (run several for redundancy)
   vmha hypervisor    worker for one hypervisor (run on each host, VMHA_HOST_NAME=<inventory name>)
 
@@ -142,10 +143,15 @@ func serve(ctx context.Context, s config.Settings, logger *slog.Logger, out io.W
 	if s.ServerTLSCert != "" {
 		tlsFiles = &temporalserver.TLSFiles{Cert: s.ServerTLSCert, Key: s.ServerTLSKey, ClientCA: s.ServerTLSClientCA}
 	}
-	srv, err := temporalserver.Start(ctx, temporalserver.Options{
-		DataDir: s.DataDir, ListenAddress: host, FrontendPort: port, UIPort: s.UIPort, Namespace: s.Namespace, Logger: logger,
-		TLS: tlsFiles, UIAddress: s.UIAddress, UIWriteActions: s.UIWriteActions,
-	})
+	var srv *temporalserver.Server
+	if s.Persistence == config.PersistencePostgres {
+		srv, err = startClusterNode(ctx, s, host, port, tlsFiles, logger)
+	} else {
+		srv, err = temporalserver.Start(ctx, temporalserver.Options{
+			DataDir: s.DataDir, ListenAddress: host, FrontendPort: port, UIPort: s.UIPort, Namespace: s.Namespace, Logger: logger,
+			TLS: tlsFiles, UIAddress: s.UIAddress, UIWriteActions: s.UIWriteActions,
+		})
+	}
 	if err != nil {
 		return err
 	}

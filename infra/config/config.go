@@ -36,6 +36,18 @@ type Settings struct {
 	UIAddress         string `envconfig:"UI_ADDRESS" default:"127.0.0.1" desc:"IP address the embedded Web UI listens on"`
 	UIWriteActions    bool   `envconfig:"UI_WRITE_ACTIONS" default:"false" desc:"let the embedded Web UI terminate, cancel, signal, reset and start workflows"`
 
+	// Temporal cluster node (vmha server with PERSISTENCE=postgres; README "Deploying on real hosts").
+	Persistence             string `envconfig:"PERSISTENCE" default:"sqlite" desc:"vmha server's Temporal: sqlite (one machine, file in DATA_DIR) or postgres (a node of a Temporal cluster on PostgreSQL)"`
+	ClusterBroadcastAddress string `envconfig:"CLUSTER_BROADCAST_ADDRESS" desc:"postgres: the IP the other nodes reach this one on (default: the host of TEMPORAL_ADDRESS; required when that is 0.0.0.0)"`
+	HistoryShards           int32  `envconfig:"HISTORY_SHARDS" default:"16" desc:"postgres: Temporal history shards, fixed when the cluster first starts"`
+	PostgresAddress         string `envconfig:"POSTGRES_ADDRESS" default:"127.0.0.1:5432" desc:"postgres: host:port of PostgreSQL"`
+	PostgresUser            string `envconfig:"POSTGRES_USER" default:"temporal" desc:"postgres: user (needs CREATEDB, or the two databases created for it)"`
+	PostgresPassword        string `envconfig:"POSTGRES_PASSWORD" desc:"postgres: password (prefer POSTGRES_PASSWORD_FILE); never logged"`
+	PostgresPasswordFile    string `envconfig:"POSTGRES_PASSWORD_FILE" desc:"postgres: file holding the password (mode 0600)"`
+	PostgresDatabase        string `envconfig:"POSTGRES_DATABASE" default:"temporal" desc:"postgres: Temporal's persistence database"`
+	PostgresVisibilityDB    string `envconfig:"POSTGRES_VISIBILITY_DATABASE" default:"temporal_visibility" desc:"postgres: Temporal's visibility database"`
+	PostgresTLSCA           string `envconfig:"POSTGRES_TLS_CA" desc:"postgres: CA file of the server's certificate: TLS, verifying the certificate and the host of POSTGRES_ADDRESS (empty: no TLS)"`
+
 	// Controller worker.
 	MetricsAddr   string `envconfig:"METRICS_ADDR" default:"127.0.0.1:9464" desc:"listen address of /metrics (empty: off)"`
 	WebhookURL    string `envconfig:"WEBHOOK_URL" desc:"URL that receives every event as JSON (empty: off)"`
@@ -75,6 +87,12 @@ type Settings struct {
 	LogLevel string `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
 }
 
+// Values of PERSISTENCE.
+const (
+	PersistenceSQLite   = "sqlite"
+	PersistencePostgres = "postgres"
+)
+
 // Load reads the environment and checks the values that would fail later in a less clear way.
 func Load() (Settings, error) {
 	var s Settings
@@ -105,6 +123,12 @@ func (s Settings) Validate() error {
 		return fmt.Errorf("%s_RECOVERY_CONCURRENCY=%d: want >= 1", Prefix, s.RecoveryConcurrency)
 	case s.OvercommitRatio < 1:
 		return fmt.Errorf("%s_OVERCOMMIT_RATIO=%g: want >= 1", Prefix, s.OvercommitRatio)
+	case s.Persistence != PersistenceSQLite && s.Persistence != PersistencePostgres:
+		return fmt.Errorf("%s_PERSISTENCE=%q: want %s or %s", Prefix, s.Persistence, PersistenceSQLite, PersistencePostgres)
+	case s.PostgresPassword != "" && s.PostgresPasswordFile != "":
+		return fmt.Errorf("%s_POSTGRES_PASSWORD and %s_POSTGRES_PASSWORD_FILE=%q: set one, not both", Prefix, Prefix, s.PostgresPasswordFile)
+	case s.HistoryShards < 1:
+		return fmt.Errorf("%s_HISTORY_SHARDS=%d: want >= 1", Prefix, s.HistoryShards)
 	case s.LogLevel != "debug" && s.LogLevel != "info" && s.LogLevel != "warn" && s.LogLevel != "error":
 		return fmt.Errorf("%s_LOG_LEVEL=%q: want debug, info, warn or error", Prefix, s.LogLevel)
 	case (s.TLSCert == "") != (s.TLSKey == ""):

@@ -311,21 +311,12 @@ func (e *embedded) stop() error {
 	return nil
 }
 
-func startTemporal(o Options, sqlConf *config.SQL, frontendAddress string, sec *serverTLS) (e *embedded, err error) {
+func startTemporal(o Options, sqlConf *config.SQL, frontendAddress string, sec *serverTLS) (*embedded, error) {
 	conf, err := serverConfig(o, sqlConf, frontendAddress)
 	if err != nil {
 		return nil, err
 	}
 	sec.apply(conf)
-	bridge := &slogBridge{log: o.Logger}
-	authorizer, err := authorization.GetAuthorizerFromConfig(&conf.Global.Authorization)
-	if err != nil {
-		return nil, fmt.Errorf("temporal authorizer: %w", err)
-	}
-	claimMapper, err := authorization.GetClaimMapperFromConfig(&conf.Global.Authorization, bridge)
-	if err != nil {
-		return nil, fmt.Errorf("temporal claim mapper: %w", err)
-	}
 	hosts := map[primitives.ServiceName]static.Hosts{}
 	for name, svc := range conf.Services {
 		host := net.JoinHostPort(internalHost, strconv.Itoa(svc.RPC.GRPCPort))
@@ -333,6 +324,22 @@ func startTemporal(o Options, sqlConf *config.SQL, frontendAddress string, sec *
 			host = conf.PublicClient.HostPort
 		}
 		hosts[primitives.ServiceName(name)] = static.SingleLocalHost(host)
+	}
+	return runTemporal(conf, hosts, o.Logger, sec.serverOptions(o.Namespace, o.Logger)...)
+}
+
+// runTemporal creates and starts a server with conf. Its services find each other through hosts, or, when hosts is
+// nil, through Temporal's ringpop membership in the database (a cluster node).
+// extra options come last and win (vmha's authorizer and claim mapper, see serverTLS.serverOptions).
+func runTemporal(conf *config.Config, hosts map[primitives.ServiceName]static.Hosts, logger *slog.Logger, extra ...temporal.ServerOption) (e *embedded, err error) {
+	bridge := &slogBridge{log: logger}
+	authorizer, err := authorization.GetAuthorizerFromConfig(&conf.Global.Authorization)
+	if err != nil {
+		return nil, fmt.Errorf("temporal authorizer: %w", err)
+	}
+	claimMapper, err := authorization.GetClaimMapperFromConfig(&conf.Global.Authorization, bridge)
+	if err != nil {
+		return nil, fmt.Errorf("temporal claim mapper: %w", err)
 	}
 	dyn := dynamicconfig.StaticClient{
 		// Values of the Temporal CLI's dev server: a bigger mutable state cache, and visibility queries
@@ -357,7 +364,6 @@ func startTemporal(o Options, sqlConf *config.SQL, frontendAddress string, sec *
 			err = fmt.Errorf("start temporal server: %s", f.msg)
 		}
 	}()
-	// vmha's authorizer and claim mapper come last and win (see serverTLS.serverOptions).
 	ts, err := temporal.NewServer(append([]temporal.ServerOption{
 		temporal.WithConfig(conf),
 		temporal.ForServices(temporal.DefaultServices),
@@ -366,12 +372,12 @@ func startTemporal(o Options, sqlConf *config.SQL, frontendAddress string, sec *
 		temporal.WithAuthorizer(authorizer),
 		temporal.WithClaimMapper(func(*config.Config) authorization.ClaimMapper { return claimMapper }),
 		temporal.WithDynamicConfigClient(dyn),
-	}, sec.serverOptions(o.Namespace, o.Logger)...)...)
+	}, extra...)...)
 	if err != nil {
 		return nil, fmt.Errorf("create temporal server: %w", err)
 	}
 	if err := ts.Start(); err != nil {
-		return nil, fmt.Errorf("start temporal server on %s: %w", frontendAddress, err)
+		return nil, fmt.Errorf("start temporal server on %s: %w", conf.PublicClient.HostPort, err)
 	}
 	return &embedded{server: ts, log: bridge}, nil
 }
