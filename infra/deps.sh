@@ -4,13 +4,15 @@
 #   infra/deps.sh run    what running needs (make run, make build): libvirt + QEMU, IPMI (ipmi_sim, ipmitool), the
 #                        lab (tini, iproute2), the cgo toolchain for libvirt's bindings (gcc, pkg-config, libvirt-dev),
 #                        and the users and groups libvirtd resolves before reading its config
-#   infra/deps.sh test   what only the tests need, on top (make test): chromium (the Web UI scenario) and prometheus
-#                        (its promtool checks infra/monitoring's alert rules)
+#   infra/deps.sh test   what only the tests need, on top (make test): chromium (the Web UI scenario), prometheus
+#                        (its promtool checks infra/monitoring's alert rules), postgresql (the Temporal cluster test
+#                        in tests/production starts its own server in a temp dir) and systemd
+#                        (systemd-analyze verifies infra/systemd's units)
 set -euo pipefail
 
 readonly RUN_PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev qemu-system-x86 qemu-utils
 	openipmi ipmitool tini iproute2 pkg-config gcc)
-readonly TEST_PACKAGES=(chromium prometheus)
+readonly TEST_PACKAGES=(chromium prometheus postgresql systemd)
 
 as_root() {
 	if [[ $(id -u) == 0 ]]; then "$@"; else sudo "$@"; fi
@@ -65,10 +67,16 @@ getent passwd libvirt-qemu >/dev/null || as_root useradd -r -g libvirt-qemu -d /
 [[ $mode == test ]] || exit 0
 
 new_prometheus=$(missing prometheus)
-apt_install "what only the tests need (chromium for the Web UI scenario, prometheus for promtool)" \
+new_postgresql=$(missing postgresql)
+apt_install "what only the tests need (chromium for the Web UI scenario, prometheus for promtool, postgresql for the cluster test, systemd for systemd-analyze)" \
 	"usually 1 to 2 minutes the first time" "${TEST_PACKAGES[@]}"
 # Only promtool is wanted: where systemd runs, the package also enabled and started a Prometheus server on :9090.
 if [[ -n $new_prometheus && -d /run/systemd/system ]]; then
 	echo "deps: prometheus was installed for promtool only: stopping and disabling its server (prometheus.service)" >&2
 	as_root systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+fi
+# Likewise the cluster test starts its own PostgreSQL: the package's own server (postgresql.service) is not wanted.
+if [[ -n $new_postgresql && -d /run/systemd/system ]]; then
+	echo "deps: postgresql was installed for the cluster test only: stopping and disabling its server (postgresql.service)" >&2
+	as_root systemctl disable --now postgresql.service >/dev/null 2>&1 || true
 fi
