@@ -28,9 +28,14 @@ type ProbeSettings struct {
 	NetworkTimeout      time.Duration
 	BMCTimeout          time.Duration
 	MissesBeforeSuspect int
-	MissesBeforeDead    int
-	PowerConfirmations  int
-	WorkerGrace         time.Duration
+	// MissesBeforeDead is how many consecutive misses make the network down when the BMC confirms the power off or
+	// failed: the BMC's word is the strong half of the evidence, so the network needs only to agree.
+	MissesBeforeDead int
+	// MissesBeforeUnreachable is how many make it down while the power is on or nobody can tell (isolated, hung,
+	// unknown): those are alerts or a fence, and a short stall of the controller must not raise them.
+	MissesBeforeUnreachable int
+	PowerConfirmations      int
+	WorkerGrace             time.Duration
 	// BMCIdleInterval is how often power is read while the network answers: power only decides anything once
 	// the network fails, and then it is read on every tick.
 	BMCIdleInterval time.Duration
@@ -38,6 +43,14 @@ type ProbeSettings struct {
 	// reads it, before it counts as stopped. An armed watchdog counts as having fenced the host after its timeout
 	// plus this margin.
 	HeartbeatStoppedAfter time.Duration
+}
+
+// missesBeforeDown is the number of consecutive misses after which the network counts as down, given the power.
+func (p ProbeSettings) missesBeforeDown(power types.PowerState) int {
+	if power == types.PowerOff || power == types.PowerFault {
+		return p.MissesBeforeDead
+	}
+	return p.MissesBeforeUnreachable
 }
 
 // Controller holds the activities of the controller worker: probes, fencing, placement requests, inventory
@@ -131,8 +144,11 @@ func (c *Controller) WatchHost(ctx context.Context, in WatchInput) (types.Probe,
 	for {
 		p := w.probe(ctx)
 		activity.RecordHeartbeat(ctx, p.Key())
-		// A probe with power not yet confirmed is never reported: one BMC reading never counts alone.
-		if p.Power != "" && (p.Key() != last || time.Now().After(deadline)) {
+		// A probe with power not yet confirmed is never reported: one BMC reading never counts alone. Nor is a
+		// network that has just begun to fail while it cannot decide anything yet: the next probe, due at once
+		// (the failed connect outlasted the tick), decides, and the monitor hears one change instead of two.
+		undecided := w.misses > 0 && w.misses < c.Probe.MissesBeforeDead
+		if p.Power != "" && !undecided && (p.Key() != last || time.Now().After(deadline)) {
 			return p, nil
 		}
 		select {
@@ -148,6 +164,7 @@ type hostWatch struct {
 	c            *Controller
 	spec         types.HostSpec
 	misses       int
+	missedSince  time.Time        // the first miss of the current run of misses
 	power        types.PowerState // confirmed reading; empty until one is
 	candidate    types.PowerState // latest reading not yet confirmed
 	candidateN   int
@@ -171,9 +188,12 @@ func (c *Controller) resumeWatch(in WatchInput) *hostWatch {
 	}
 	switch in.Last.Reach {
 	case types.ReachDown:
-		w.misses = c.Probe.MissesBeforeDead
+		w.misses = c.Probe.missesBeforeDown(in.Last.Power)
 	case types.ReachFailing:
 		w.misses = c.Probe.MissesBeforeSuspect
+	}
+	if w.misses > 0 {
+		w.missedSince = time.Now().Add(-in.Last.Unreachable)
 	}
 	w.power = in.Last.Power
 	w.workerAlive = in.Last.WorkerAlive
@@ -185,48 +205,91 @@ func (c *Controller) resumeWatch(in WatchInput) *hostWatch {
 	return w
 }
 
+// probe takes one look at the host: a TCP connect and, when they can matter, the BMC and the storage heartbeat.
+// While the network fails, power is read alongside the connect rather than after it, and on the first miss the
+// readings that confirm a power change are taken back to back at once: when the next connect fails too, the
+// evidence for "dead" is complete and nothing waits for a later tick.
 func (w *hostWatch) probe(ctx context.Context) types.Probe {
+	failing := w.misses > 0
 	var wg sync.WaitGroup
 	var netErr error
+	var details []string
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		netErr = w.c.dialProbe(ctx, w.spec)
 	}()
 	if w.workerDue() {
-		if alive, err := w.c.workerAlive(ctx, w.spec); err == nil || w.workerSeenAt.IsZero() {
-			w.workerAlive = alive
-		}
-		w.workerSeenAt = time.Now()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if alive, err := w.c.workerAlive(ctx, w.spec); err == nil || w.workerSeenAt.IsZero() {
+				w.workerAlive = alive
+			}
+			w.workerSeenAt = time.Now()
+		}()
+	}
+	if failing {
+		details = w.readEvidence(ctx, 1)
 	}
 	wg.Wait()
-	var details []string
 	if netErr != nil {
+		details = append(details, netErr.Error())
 		if w.misses == 0 {
 			w.networkLost()
+			details = append(details, w.readEvidence(ctx, w.c.Probe.PowerConfirmations)...)
 		}
 		w.misses++
-		details = append(details, netErr.Error())
 	} else {
-		w.misses = 0
+		w.misses, w.missedSince = 0, time.Time{}
+		if w.power == "" || time.Since(w.lastPowerAt) >= w.c.Probe.BMCIdleInterval {
+			details = append(details, w.readEvidence(ctx, 1)...)
+		}
 	}
-	reach := types.ReachUp
+	p := types.Probe{Reach: w.reach(), Power: w.power, WorkerAlive: w.workerAlive, Heartbeat: w.verdict(), Watchdog: w.beat.Watchdog,
+		BeatCounter: w.beat.Counter, BeatAge: w.beatAge(), Detail: strings.Join(details, "; "), At: time.Now()}
+	if w.misses > 0 {
+		p.Unreachable = p.At.Sub(w.missedSince)
+	}
+	return p
+}
+
+// reach judges the network from the consecutive misses and the power the BMC confirmed.
+func (w *hostWatch) reach() types.Reachability {
 	switch {
-	case w.misses >= w.c.Probe.MissesBeforeDead:
-		reach = types.ReachDown
+	case w.misses >= w.c.Probe.missesBeforeDown(w.power):
+		return types.ReachDown
 	case w.misses >= w.c.Probe.MissesBeforeSuspect:
-		reach = types.ReachFailing
+		return types.ReachFailing
 	}
-	if reach != types.ReachUp || w.power == "" || time.Since(w.lastPowerAt) >= w.c.Probe.BMCIdleInterval {
+	return types.ReachUp
+}
+
+// readEvidence reads the BMC, up to n times in a row while a power change waits for its confirmation, and, at the
+// same time, the storage heartbeat. It returns what failed, for people.
+func (w *hostWatch) readEvidence(ctx context.Context, n int) []string {
+	var beatErr error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		beatErr = w.readHeartbeat(ctx)
+	}()
+	var details []string
+	for i := 0; i < n; i++ {
 		if err := w.readPower(ctx); err != nil {
 			details = append(details, err.Error())
+			break
 		}
-		if err := w.readHeartbeat(ctx); err != nil {
-			details = append(details, err.Error())
+		if w.candidate == "" {
+			break
 		}
 	}
-	return types.Probe{Reach: reach, Power: w.power, WorkerAlive: w.workerAlive, Heartbeat: w.verdict(), Watchdog: w.beat.Watchdog,
-		BeatCounter: w.beat.Counter, BeatAge: w.beatAge(), Detail: strings.Join(details, "; "), At: time.Now()}
+	wg.Wait()
+	if beatErr != nil {
+		details = append(details, beatErr.Error())
+	}
+	return details
 }
 
 // workerDue says when to ask again whether the host's worker polls. A live worker is asked about three times per
@@ -247,6 +310,7 @@ func (w *hostWatch) workerDue() bool {
 // "off" read while the host still answered (a stale or wrong reading) must be confirmed again by readings taken
 // from now on. An "on" stays: it can only hold a recovery back.
 func (w *hostWatch) networkLost() {
+	w.missedSince = time.Now()
 	if w.power != types.PowerOn {
 		w.power = ""
 	}

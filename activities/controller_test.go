@@ -32,14 +32,18 @@ type fakePower struct {
 	mu    sync.Mutex
 	state types.PowerState
 	// next readings, before state again
-	next []types.PowerState
+	next     []types.PowerState
+	readings int
 }
+
+func (f *fakePower) count() int { f.mu.Lock(); defer f.mu.Unlock(); return f.readings }
 
 func (f *fakePower) set(s types.PowerState) { f.mu.Lock(); f.state = s; f.mu.Unlock() }
 
 func (f *fakePower) PowerStatus(context.Context, types.BMCSpec, string) (types.PowerState, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.readings++
 	if len(f.next) > 0 {
 		s := f.next[0]
 		f.next = f.next[1:]
@@ -60,7 +64,10 @@ type watchFixture struct {
 	ln    net.Listener
 }
 
-func newWatchFixture(t *testing.T) *watchFixture {
+func newWatchFixture(t *testing.T) *watchFixture { return newWatchFixtureWith(t, nil) }
+
+// newWatchFixtureWith lets a test change the probe settings first.
+func newWatchFixtureWith(t *testing.T, settings func(*activities.ProbeSettings)) *watchFixture {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +87,10 @@ func newWatchFixture(t *testing.T) *watchFixture {
 	c := &activities.Controller{
 		Client: pollingClient{}, Power: power, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Probe: activities.ProbeSettings{Interval: 20 * time.Millisecond, NetworkTimeout: 50 * time.Millisecond, BMCTimeout: time.Second,
-			MissesBeforeSuspect: 1, MissesBeforeDead: 3, PowerConfirmations: 2, WorkerGrace: time.Minute, BMCIdleInterval: time.Second},
+			MissesBeforeSuspect: 1, MissesBeforeDead: 3, MissesBeforeUnreachable: 3, PowerConfirmations: 2, WorkerGrace: time.Minute, BMCIdleInterval: time.Second},
+	}
+	if settings != nil {
+		settings(&c.Probe)
 	}
 	var suite testsuite.WorkflowTestSuite
 	env := suite.NewTestActivityEnvironment()
@@ -125,6 +135,55 @@ func TestWatchHostFollowsPowerLoss(t *testing.T) {
 	}
 	if last.Reach != types.ReachDown || last.Power != types.PowerOff {
 		t.Fatalf("watch never reported down/off; saw %v", seen)
+	}
+}
+
+// defaultRules are the default thresholds: with the BMC confirming off two misses make the network down; with power
+// on, three make a host suspect and eight unreachable.
+func defaultRules(p *activities.ProbeSettings) {
+	p.MissesBeforeSuspect, p.MissesBeforeDead, p.MissesBeforeUnreachable = 3, 2, 8
+}
+
+// TestWatchHostReportsAPowerLossOnceComplete (issue 11): on the first miss the BMC is read back to back until its
+// "off" is confirmed, and the second miss completes the evidence: the watch reports one change, straight from
+// up/on to down/off, with how long the network has been silent, and nothing in between.
+func TestWatchHostReportsAPowerLossOnceComplete(t *testing.T) {
+	f := newWatchFixtureWith(t, defaultRules)
+	last := f.watch(t, types.Probe{}, time.Minute)
+	f.ln.Close()
+	f.power.set(types.PowerOff)
+	before := f.power.count()
+	p := f.watch(t, last, time.Minute)
+	if p.Reach != types.ReachDown || p.Power != types.PowerOff {
+		t.Fatalf("first report after the power loss: %s, want down/off at once", p.Key())
+	}
+	if p.Unreachable <= 0 {
+		t.Fatalf("report of a down network says it has been silent for %s", p.Unreachable)
+	}
+	// Two readings on the first miss confirm "off"; the second miss's probe reads once more alongside its connect.
+	if n := f.power.count() - before; n != 3 {
+		t.Fatalf("%d BMC readings from the first miss to the report, want 3 (two back to back, one with the next connect)", n)
+	}
+}
+
+// TestWatchHostWaitsLongerWhilePowerIsOn (issue 11): with the BMC saying on, the same two misses that complete a
+// death decide nothing: the host is suspect after MissesBeforeSuspect and unreachable (isolated) only after
+// MissesBeforeUnreachable, so a short stall raises no alert.
+func TestWatchHostWaitsLongerWhilePowerIsOn(t *testing.T) {
+	f := newWatchFixtureWith(t, defaultRules)
+	last := f.watch(t, types.Probe{}, time.Minute)
+	f.ln.Close()
+	suspect := f.watch(t, last, time.Minute)
+	if suspect.Reach != types.ReachFailing || suspect.Power != types.PowerOn {
+		t.Fatalf("first report with power on: %s, want failing/on", suspect.Key())
+	}
+	down := f.watch(t, suspect, time.Minute)
+	if down.Reach != types.ReachDown || down.Power != types.PowerOn {
+		t.Fatalf("second report with power on: %s, want down/on", down.Key())
+	}
+	// Five more misses after the watch resumed at three, each at least one interval after the last.
+	if min := 5 * 20 * time.Millisecond; down.Unreachable < min {
+		t.Fatalf("down after %s of silence, want at least %s (eight misses)", down.Unreachable, min)
 	}
 }
 
@@ -234,7 +293,7 @@ func TestWatchHostSeesReturningWorkerQuickly(t *testing.T) {
 	sc := &switchingClient{}
 	c := &activities.Controller{Client: sc, Power: f.power, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Probe: activities.ProbeSettings{Interval: 20 * time.Millisecond, NetworkTimeout: 50 * time.Millisecond, BMCTimeout: time.Second,
-			MissesBeforeSuspect: 1, MissesBeforeDead: 3, PowerConfirmations: 2, WorkerGrace: time.Minute, BMCIdleInterval: time.Second}}
+			MissesBeforeSuspect: 1, MissesBeforeDead: 3, MissesBeforeUnreachable: 3, PowerConfirmations: 2, WorkerGrace: time.Minute, BMCIdleInterval: time.Second}}
 	var suite testsuite.WorkflowTestSuite
 	f.env = suite.NewTestActivityEnvironment()
 	f.env.RegisterActivity(c)

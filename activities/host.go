@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -252,6 +253,10 @@ func (h *Host) DiscardNew(ctx context.Context, uuid string) error {
 	return nil
 }
 
+// ImagesDir holds the base images new VMs are created from (create-vm --image): only files under it are accepted.
+// `vmha share init` creates it.
+func ImagesDir(sharePath string) string { return filepath.Join(sharePath, "images") }
+
 // CreateDomainInput is CreateVM's request with the UUID the workflow chose.
 type CreateDomainInput struct {
 	UUID    string                `json:"uuid"`
@@ -276,7 +281,7 @@ func (h *Host) CreateDomain(ctx context.Context, in CreateDomainInput) (types.VM
 	}
 	disk := filepath.Join(h.SharePath, "vmha", "disks", in.UUID+".qcow2")
 	_, err = Bounded(ctx, h.ShareTimeout, "disk "+disk, func() (struct{}, error) {
-		return struct{}{}, makeOverlay(ctx, in.Request.Image, disk)
+		return struct{}{}, makeOverlay(ctx, ImagesDir(h.SharePath), in.Request.Image, disk)
 	})
 	if err != nil {
 		return types.VMRecord{}, temporal.NewNonRetryableApplicationError(err.Error(), types.ErrTypeDisk, err)
@@ -329,32 +334,69 @@ func (h *Host) CreateDomain(ctx context.Context, in CreateDomainInput) (types.VM
 }
 
 // makeOverlay creates a qcow2 overlay on the image, so VMs share the read-only base and each writes its own file.
-func makeOverlay(ctx context.Context, image, disk string) error {
-	info, err := exec.CommandContext(ctx, "qemu-img", "info", "--output=json", image).Output()
-	if err != nil {
-		return fmt.Errorf("image %q: %w", image, execError(err))
-	}
-	var meta struct {
-		Format string `json:"format"`
-	}
-	if err := json.Unmarshal(info, &meta); err != nil {
-		return fmt.Errorf("image %q: qemu-img info: %w", image, err)
-	}
+// The image, and every file it is backed by, must lie under imagesDir (imageIn).
+func makeOverlay(ctx context.Context, imagesDir, image, disk string) error {
 	// `vmha share init` made the disks directory; it is never created here, where a share that is not mounted
 	// would get it in the empty mount point.
 	if info, err := os.Stat(filepath.Dir(disk)); err != nil || !info.IsDir() {
 		return fmt.Errorf("disk dir %s: %w: mount the share, or prepare it once with `vmha share init`",
 			filepath.Dir(disk), errors.Join(ErrShareNotMounted, err))
 	}
+	image, err := imageIn(imagesDir, image)
+	if err != nil {
+		return err
+	}
+	info, err := exec.CommandContext(ctx, "qemu-img", "info", "--backing-chain", "--output=json", image).Output()
+	if err != nil {
+		return fmt.Errorf("image %q: %w", image, execError(err))
+	}
+	var chain []struct {
+		Filename string `json:"filename"`
+		Format   string `json:"format"`
+	}
+	if err := json.Unmarshal(info, &chain); err != nil || len(chain) == 0 {
+		return fmt.Errorf("image %q: qemu-img info: %v", image, err)
+	}
+	for _, layer := range chain[1:] {
+		if _, err := imageIn(imagesDir, layer.Filename); err != nil {
+			return fmt.Errorf("image %q is backed by another file: %w", image, err)
+		}
+	}
 	if _, err := os.Stat(disk); err == nil {
 		return reuseOverlay(ctx, image, disk)
 	}
-	out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", image, "-F", meta.Format, disk).CombinedOutput()
+	out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", image, "-F", chain[0].Format, disk).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("create overlay %s on %s: %v: %s", disk, image, err, out)
 	}
 	// A VM's disk is its data: nobody else on the host reads it.
 	return os.Chmod(disk, 0o600)
+}
+
+// imageIn accepts a new VM's image only as a regular file under dir, the share's images directory, symlinks resolved:
+// any other path on the hypervisor (a block device, a file of the host's own, another VM's disk) would become the new
+// VM's disk. It returns the resolved path.
+func imageIn(dir, image string) (string, error) {
+	realDir, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return "", fmt.Errorf("image %q: the share's images directory: %w", image, err)
+	}
+	real, err := filepath.EvalSymlinks(image)
+	if err != nil {
+		return "", fmt.Errorf("image %q: %w", image, err)
+	}
+	rel, err := filepath.Rel(realDir, real)
+	if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, "../") {
+		return "", fmt.Errorf("image %q: want a file under %s (it resolves to %s)", image, dir, real)
+	}
+	info, err := os.Stat(real)
+	if err != nil {
+		return "", fmt.Errorf("image %q: %w", image, err)
+	}
+	if !info.Mode().IsRegular() {
+		return "", fmt.Errorf("image %q: want a regular file, not %s", image, info.Mode().Type())
+	}
+	return real, nil
 }
 
 // reuseOverlay accepts an existing disk only if it is an overlay of the same image: a retried or moved creation

@@ -110,7 +110,7 @@ func TestWatchHostCountsTwoMachinesAsNoWorker(t *testing.T) {
 	f.env.RegisterActivity(&activities.Controller{
 		Client: twoMachinesClient{}, Power: f.power, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Probe: activities.ProbeSettings{Interval: 20 * time.Millisecond, NetworkTimeout: 50 * time.Millisecond, BMCTimeout: time.Second,
-			MissesBeforeSuspect: 1, MissesBeforeDead: 3, PowerConfirmations: 2, WorkerGrace: time.Minute, BMCIdleInterval: time.Second},
+			MissesBeforeSuspect: 1, MissesBeforeDead: 3, MissesBeforeUnreachable: 3, PowerConfirmations: 2, WorkerGrace: time.Minute, BMCIdleInterval: time.Second},
 	})
 	if p := f.watch(t, types.Probe{}, time.Minute); p.Reach != types.ReachUp || p.WorkerAlive {
 		t.Fatalf("probe %+v: want reachable with no live worker", p)

@@ -184,10 +184,7 @@ func TestCreateDomainRefusesAVMHeldElsewhere(t *testing.T) {
 	ctx := context.Background()
 	hv1, hv2, cat := sharedHosts(t)
 	ownedUUID := newVM(t, hv1)
-	image := filepath.Join(t.TempDir(), "base.qcow2")
-	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", image, "1M").CombinedOutput(); err != nil {
-		t.Fatalf("qemu-img: %v: %s", err, out)
-	}
+	image := baseImage(t, hv1.SharePath)
 	in := activities.CreateDomainInput{UUID: ownedUUID, Request: types.CreateVMRequest{Name: "web1", Image: image, VCPUs: 1, MemoryMiB: 64}}
 	rec, err := hv1.CreateDomain(ctx, in)
 	if err != nil {
@@ -290,10 +287,7 @@ func TestDiscardNewRemovesOnlyAnUncommittedCreation(t *testing.T) {
 	}
 	ctx := context.Background()
 	hv1, _, cat := sharedHosts(t)
-	image := filepath.Join(t.TempDir(), "base.qcow2")
-	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", image, "1M").CombinedOutput(); err != nil {
-		t.Fatalf("qemu-img: %v: %s", err, out)
-	}
+	image := baseImage(t, hv1.SharePath)
 	failed, kept := newVM(t, hv1), newVM(t, hv1)
 	for _, id := range []string{failed, kept} {
 		in := activities.CreateDomainInput{UUID: id, Request: types.CreateVMRequest{Name: "vm-" + id[:8], Image: image, VCPUs: 1, MemoryMiB: 64}}

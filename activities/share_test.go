@@ -189,3 +189,56 @@ func TestShareActivitiesHeartbeat(t *testing.T) {
 		t.Fatal("ListVMs ran 1.2 s without a heartbeat")
 	}
 }
+
+// baseImage makes a 1 MiB qcow2 image in the share's images directory, where create-vm takes its images from.
+func baseImage(t *testing.T, share string) string {
+	t.Helper()
+	image := filepath.Join(activities.ImagesDir(share), "base.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", image, "1M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v: %s", err, out)
+	}
+	return image
+}
+
+// TestCreateDomainTakesImagesOnlyFromTheShare (issue 9): a path elsewhere on the hypervisor, a symlink out of the
+// images directory, a device, or an image backed by a file outside it never becomes a VM's disk; nothing is left
+// behind by a refusal.
+func TestCreateDomainTakesImagesOnlyFromTheShare(t *testing.T) {
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skip("needs qemu-img")
+	}
+	ctx := context.Background()
+	hv1, _, cat := sharedHosts(t)
+	images := activities.ImagesDir(hv1.SharePath)
+	outside := filepath.Join(t.TempDir(), "secret.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", outside, "1M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v: %s", err, out)
+	}
+	escape := filepath.Join(images, "escape.qcow2")
+	if err := os.Symlink(outside, escape); err != nil {
+		t.Fatal(err)
+	}
+	backedOutside := filepath.Join(images, "backed.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", outside, "-F", "qcow2", backedOutside).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v: %s", err, out)
+	}
+	for _, image := range []string{outside, escape, "/dev/null", images, images + "/../vmha/share.json", backedOutside} {
+		before := tree(t, hv1.SharePath)
+		id := newVM(t, hv1)
+		_, err := hv1.CreateDomain(ctx, activities.CreateDomainInput{UUID: id,
+			Request: types.CreateVMRequest{Name: "web1", Image: image, VCPUs: 1, MemoryMiB: 64}})
+		if err == nil || !strings.Contains(err.Error(), "image") {
+			t.Errorf("CreateDomain from %s: err = %v, want a refusal naming the image", image, err)
+		}
+		if after := tree(t, hv1.SharePath); !reflect.DeepEqual(after, before) {
+			t.Errorf("CreateDomain from %s left files behind:\nbefore %s\nafter  %s", image, before, after)
+		}
+		if _, err := cat.Get(ctx, id); err == nil {
+			t.Errorf("CreateDomain from %s recorded the VM in the catalog", image)
+		}
+	}
+	if _, err := hv1.CreateDomain(ctx, activities.CreateDomainInput{UUID: newVM(t, hv1),
+		Request: types.CreateVMRequest{Name: "web2", Image: baseImage(t, hv1.SharePath), VCPUs: 1, MemoryMiB: 64}}); err != nil {
+		t.Fatalf("CreateDomain from an image in %s: %v", images, err)
+	}
+}

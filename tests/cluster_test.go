@@ -479,7 +479,7 @@ func startWebhook(t *testing.T) *webhook {
 		}
 		w.mu.Lock()
 		defer w.mu.Unlock()
-		if !notify.Verify(webhookSecret, body, r.Header.Get(notify.SignatureHeader)) {
+		if notify.Verify(webhookSecret, body, r.Header.Get(notify.SignatureHeader), time.Now(), notify.MaxSignatureAge) != nil {
 			w.forged++
 			http.Error(rw, "bad signature", http.StatusUnauthorized)
 			return

@@ -107,7 +107,7 @@ type Reachability string
 const (
 	ReachUp      Reachability = "up"      // fewer misses than MissesBeforeSuspect
 	ReachFailing Reachability = "failing" // suspect threshold reached, dead threshold not yet
-	ReachDown    Reachability = "down"    // MissesBeforeDead consecutive misses
+	ReachDown    Reachability = "down"    // MissesBeforeDead misses with power confirmed off, else MissesBeforeUnreachable
 )
 
 // PowerState is what the BMC said about chassis power.
@@ -136,6 +136,9 @@ type Probe struct {
 	// may run on another controller replica, whose clock may differ.
 	BeatCounter uint64        `json:"beatCounter,omitempty"`
 	BeatAge     time.Duration `json:"beatAge,omitempty"`
+	// Unreachable is how long before At the network probes began failing without a success since (zero while the
+	// network answers). An age, not a time, like BeatAge.
+	Unreachable time.Duration `json:"unreachable,omitempty"`
 	// Detail carries the last probe errors for people; it never triggers a change on its own.
 	Detail string    `json:"detail,omitempty"`
 	At     time.Time `json:"at"`

@@ -76,6 +76,7 @@ func NewController(s config.Settings, c client.Client, power activities.PowerCon
 			BMCTimeout:          s.BMCTimeout,
 			MissesBeforeSuspect: s.MissesBeforeSuspect,
 			MissesBeforeDead:    s.MissesBeforeDead,
+			MissesBeforeUnreachable: s.MissesBeforeUnreachable,
 			PowerConfirmations:  s.PowerConfirmations,
 			WorkerGrace:           s.WorkerGrace,
 			BMCIdleInterval:       s.BMCIdleInterval,

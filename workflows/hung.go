@@ -80,7 +80,7 @@ func deathCause(p types.Probe) string {
 		return fmt.Sprintf("unreachable (%s), BMC %s, and the storage heartbeat stopped for longer than the watchdog it armed (%s): the host fenced itself",
 			p.Reach, p.Power, p.Watchdog.Timeout)
 	}
-	return fmt.Sprintf("unreachable (%s) and power %s", p.Reach, p.Power)
+	return fmt.Sprintf("unreachable (%s, no answer for %.2f s) and power %s", p.Reach, p.Unreachable.Seconds(), p.Power)
 }
 
 // bmcUnusable is a BMC that gave no answer vmha can act on.
@@ -102,7 +102,11 @@ func (m *monitor) story() string {
 		if p.Heartbeat == types.HeartbeatUnknown {
 			beat = "storage heartbeat not known"
 		}
-		seen = fmt.Sprintf("network %s, BMC says power %s, %s, %s", p.Reach, p.Power, beat, worker)
+		network := string(p.Reach)
+		if p.Unreachable > 0 {
+			network += fmt.Sprintf(" (no answer for %.2f s)", p.Unreachable.Seconds())
+		}
+		seen = fmt.Sprintf("network %s, BMC says power %s, %s, %s", network, p.Power, beat, worker)
 	}
 	s := fmt.Sprintf("%s is %s since %s.\n\nWhat vmha sees: %s.\n\nWhat vmha does: %s", m.Spec.Name, m.State,
 		m.Since.UTC().Format(time.RFC3339), seen, whatVmhaDoes(m.State))

@@ -261,7 +261,8 @@ func (m *monitor) transition(ctx workflow.Context, to types.HostState, reason st
 	case to == types.HostHealthy:
 		m.TroubleSince = time.Time{}
 	case from == types.HostHealthy || m.TroubleSince.IsZero():
-		m.TroubleSince = now
+		// The trouble began with the first missed probe, which the watch reports only once it decides something.
+		m.TroubleSince = now.Add(-m.Last.Unreachable)
 	}
 	if to == types.HostDead && !m.TroubleSince.IsZero() {
 		event.Seconds = now.Sub(m.TroubleSince).Seconds()

@@ -26,19 +26,27 @@ type HostRecoveryInput struct {
 // that cannot be read are reported too: each may be a VM left down.
 func HostRecovery(ctx workflow.Context, in HostRecoveryInput) (types.RecoveryResult, error) {
 	res := types.RecoveryResult{Host: in.Host, Incident: in.Incident, Round: in.Round}
-	policy, err := loadPolicy(ctx)
-	if err != nil {
-		return res, err
+	// The settings, the host's HA VMs and the list of hosts do not depend on each other: all three are asked at once.
+	policyRead, listingRead := askPolicy(ctx), haVMsOf(ctx, in.Host)
+	var hostsRead workflow.Future
+	if !in.OnOwner {
+		hostsRead = listHosts(ctx)
 	}
-	listing, err := haVMsOf(ctx, in.Host)
-	if err != nil {
-		return res, err
+	var policy types.Policy
+	if err := policyRead.Get(ctx, &policy); err != nil {
+		return res, fmt.Errorf("read the recovery settings: %w", err)
 	}
+	var listing types.VMListing
+	if err := listingRead.Get(ctx, &listing); err != nil {
+		return res, fmt.Errorf("list HA VMs of %s: %w", in.Host, err)
+	}
+	types.SortByPriority(listing.VMs)
 	res.Unreadable = listing.Unreadable
 	unreadable := reportUnreadable(ctx, in.Host, listing.Unreadable)
 	var candidates []types.Candidate
-	if !in.OnOwner && len(listing.VMs) > 0 {
-		if candidates, err = clusterSnapshot(ctx, in.Host); err != nil {
+	if hostsRead != nil && len(listing.VMs) > 0 {
+		var err error
+		if candidates, err = withStats(ctx, hostsRead, in.Host); err != nil {
 			return res, err
 		}
 	}
@@ -52,18 +60,18 @@ func HostRecovery(ctx workflow.Context, in HostRecoveryInput) (types.RecoveryRes
 // loadPolicy reads the controller's recovery and placement settings once; history keeps them for replays.
 func loadPolicy(ctx workflow.Context) (types.Policy, error) {
 	var p types.Policy
-	err := workflow.ExecuteActivity(says(controllerOptions(ctx), "read the recovery settings"), controller.LoadPolicy).Get(ctx, &p)
+	err := askPolicy(ctx).Get(ctx, &p)
 	return p, err
 }
 
-// haVMsOf lists the HA VMs the catalog gives to the host, highest priority first.
-func haVMsOf(ctx workflow.Context, host string) (types.VMListing, error) {
-	var listing types.VMListing
-	if err := workflow.ExecuteActivity(says(shareOptions(ctx), "list the HA VMs the catalog gives to %s", host), onShare.ListVMs, host).Get(ctx, &listing); err != nil {
-		return listing, fmt.Errorf("list HA VMs of %s: %w", host, err)
-	}
-	types.SortByPriority(listing.VMs)
-	return listing, nil
+// askPolicy starts reading the settings (a types.Policy) without waiting for them.
+func askPolicy(ctx workflow.Context) workflow.Future {
+	return workflow.ExecuteActivity(says(controllerOptions(ctx), "read the recovery settings"), controller.LoadPolicy)
+}
+
+// haVMsOf lists the HA VMs the catalog gives to the host (a types.VMListing).
+func haVMsOf(ctx workflow.Context, host string) workflow.Future {
+	return workflow.ExecuteActivity(says(shareOptions(ctx), "list the HA VMs the catalog gives to %s", host), onShare.ListVMs, host)
 }
 
 // reportUnreadable tells users, at error level, about each catalog file the recovery could not read.
@@ -76,11 +84,21 @@ func reportUnreadable(ctx workflow.Context, host string, files []types.Unreadabl
 	return fs
 }
 
-// clusterSnapshot lists the hosts and asks every healthy one (but the failed one) for its stats, all at once.
-// A host that does not answer within seconds simply has no stats, which keeps it out of placement.
+// clusterSnapshot lists the hosts and asks every healthy one (but the failed one) for its stats.
 func clusterSnapshot(ctx workflow.Context, failed string) ([]types.Candidate, error) {
+	return withStats(ctx, listHosts(ctx), failed)
+}
+
+// listHosts lists the hosts and their states (a []types.Candidate).
+func listHosts(ctx workflow.Context) workflow.Future {
+	return workflow.ExecuteActivity(says(controllerOptions(ctx), "list the hosts and their states"), controller.ListHosts)
+}
+
+// withStats waits for the host list and asks every healthy host (but the failed one) for its stats, all at once.
+// A host that does not answer within seconds simply has no stats, which keeps it out of placement.
+func withStats(ctx workflow.Context, hostsRead workflow.Future, failed string) ([]types.Candidate, error) {
 	var hosts []types.Candidate
-	if err := workflow.ExecuteActivity(says(controllerOptions(ctx), "list the hosts and their states"), controller.ListHosts).Get(ctx, &hosts); err != nil {
+	if err := hostsRead.Get(ctx, &hosts); err != nil {
 		return nil, fmt.Errorf("list hosts: %w", err)
 	}
 	stats := make([]workflow.Future, len(hosts))

@@ -44,6 +44,7 @@ const (
 	catalogDirMode    = 0o700
 	disksDirMode      = 0o711
 	heartbeatsDirMode = 0o700
+	imagesDirMode     = 0o755
 )
 
 // Init prepares the share mounted at root (`vmha share init`): vmha's directory, the catalog, disks and
@@ -74,7 +75,7 @@ func initShare(root string) (Marker, bool, error) {
 		path string
 		mode os.FileMode
 	}{{VMHADir(root), vmhaDirMode}, {CatalogDir(root), catalogDirMode}, {DisksDir(root), disksDirMode},
-		{HeartbeatsDir(root), heartbeatsDirMode}} {
+		{HeartbeatsDir(root), heartbeatsDirMode}, {activities.ImagesDir(root), imagesDirMode}} {
 		if err := os.Mkdir(d.path, d.mode); err != nil && !errors.Is(err, fs.ErrExist) {
 			return Marker{}, false, err
 		}

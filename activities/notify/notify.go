@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -33,7 +34,8 @@ import (
 
 // Webhook request headers.
 const (
-	// SignatureHeader carries "sha256=" and the hex HMAC-SHA256 of the body keyed with the webhook secret.
+	// SignatureHeader carries the time of sending and the HMAC-SHA256 of it and the body, keyed with the webhook
+	// secret (Sign, Verify).
 	SignatureHeader = "X-Vmha-Signature"
 	// EventHeader carries the event kind, so receivers can route without parsing the body.
 	EventHeader = "X-Vmha-Event"
@@ -246,7 +248,7 @@ func (n *Notifier) post(ctx context.Context, body []byte, e types.Event) error {
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set(EventHeader, string(e.Kind))
-	req.Header.Set(SignatureHeader, Sign(n.secret, body))
+	req.Header.Set(SignatureHeader, Sign(n.secret, body, time.Now()))
 	resp, err := n.http.Do(req)
 	if err != nil {
 		// *url.Error repeats the whole URL, which may hold a token: keep only the cause.
@@ -266,27 +268,46 @@ func (n *Notifier) post(ctx context.Context, body []byte, e types.Event) error {
 	return nil
 }
 
-// Sign returns the X-Vmha-Signature value of body: "sha256=" and the hex HMAC-SHA256 keyed with secret.
-func Sign(secret string, body []byte) string {
-	mac := hmac.New(sha256.New, []byte(secret))
-	mac.Write(body)
-	return signaturePrefix + hex.EncodeToString(mac.Sum(nil))
+// Sign returns the X-Vmha-Signature value of body sent at t: "t=<unix seconds>,sha256=<hex HMAC-SHA256 of
+// "<unix seconds>.<body>">" keyed with secret. The time is signed with the body, so a receiver can refuse a
+// captured post replayed later (Verify).
+func Sign(secret string, body []byte, t time.Time) string {
+	ts := strconv.FormatInt(t.Unix(), 10)
+	return "t=" + ts + "," + signaturePrefix + hex.EncodeToString(mac(secret, ts, body))
 }
 
-// Verify says whether header is body's X-Vmha-Signature under secret. The comparison takes constant time, so
-// a receiver does not leak how much of a forged signature was right.
-func Verify(secret string, body []byte, header string) bool {
-	got, ok := strings.CutPrefix(header, signaturePrefix)
-	if !ok {
-		return false
+// MaxSignatureAge is how old a signed post a receiver should accept: deliveries are retried for about a minute, each
+// signed afresh. Within it a receiver that must refuse every replay remembers the signatures it accepted.
+const MaxSignatureAge = 5 * time.Minute
+
+// Verify checks that header is body's X-Vmha-Signature under secret, signed at most maxAge before now (and not
+// more than maxAge after it: clocks differ a little, not by minutes). The comparison takes constant time, so a
+// receiver does not leak how much of a forged signature was right.
+func Verify(secret string, body []byte, header string, now time.Time, maxAge time.Duration) error {
+	ts, sigHex, ok := strings.Cut(strings.TrimPrefix(header, "t="), ","+signaturePrefix)
+	if !ok || !strings.HasPrefix(header, "t=") {
+		return fmt.Errorf("%s %q: want t=<unix seconds>,%s<hex>", SignatureHeader, header, signaturePrefix)
 	}
-	sig, err := hex.DecodeString(got)
+	unix, err := strconv.ParseInt(ts, 10, 64)
 	if err != nil {
-		return false
+		return fmt.Errorf("%s timestamp %q: %w", SignatureHeader, ts, err)
 	}
-	mac := hmac.New(sha256.New, []byte(secret))
-	mac.Write(body)
-	return hmac.Equal(sig, mac.Sum(nil))
+	sig, err := hex.DecodeString(sigHex)
+	if err != nil || !hmac.Equal(sig, mac(secret, ts, body)) {
+		return fmt.Errorf("%s: signature does not match the body", SignatureHeader)
+	}
+	if age := now.Sub(time.Unix(unix, 0)); age > maxAge || age < -maxAge {
+		return fmt.Errorf("%s: signed at %s, %s from now: outside %s (a replayed post?)", SignatureHeader,
+			time.Unix(unix, 0).UTC().Format(time.RFC3339), age.Round(time.Second), maxAge)
+	}
+	return nil
+}
+
+func mac(secret, ts string, body []byte) []byte {
+	m := hmac.New(sha256.New, []byte(secret))
+	m.Write([]byte(ts + "."))
+	m.Write(body)
+	return m.Sum(nil)
 }
 
 // Handler serves reg's metrics in the Prometheus exposition format, for /metrics.

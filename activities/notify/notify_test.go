@@ -86,14 +86,15 @@ func TestWebhookIsSignedAndVerifies(t *testing.T) {
 		t.Errorf("Content-Type = %q", ct)
 	}
 	sig := d.header.Get(notify.SignatureHeader)
-	if !notify.Verify(secret, d.body, sig) {
-		t.Fatalf("signature %q does not verify for body %s", sig, d.body)
+	now := time.Now()
+	if err := notify.Verify(secret, d.body, sig, now, notify.MaxSignatureAge); err != nil {
+		t.Fatalf("signature %q does not verify for body %s: %v", sig, d.body, err)
 	}
-	if notify.Verify("other-secret", d.body, sig) {
+	if notify.Verify("other-secret", d.body, sig, now, notify.MaxSignatureAge) == nil {
 		t.Error("signature verifies under a wrong secret")
 	}
 	tampered := bytes.Replace(d.body, []byte(`"hv1"`), []byte(`"hv2"`), 1)
-	if notify.Verify(secret, tampered, sig) {
+	if notify.Verify(secret, tampered, sig, now, notify.MaxSignatureAge) == nil {
 		t.Error("signature verifies for a tampered body")
 	}
 	var back types.Event
@@ -104,14 +105,40 @@ func TestWebhookIsSignedAndVerifies(t *testing.T) {
 
 func TestVerifyRejectsMalformedHeaders(t *testing.T) {
 	body := []byte(`{"kind":"host.state"}`)
-	good := notify.Sign(secret, body)
-	for _, h := range []string{"", strings.TrimPrefix(good, "sha256="), "sha1=" + strings.TrimPrefix(good, "sha256="), "sha256=zz", good[:len(good)-2]} {
-		if notify.Verify(secret, body, h) {
+	now := time.Now()
+	good := notify.Sign(secret, body, now)
+	ts, sig, _ := strings.Cut(good, ",")
+	for _, h := range []string{"", sig, ts, "sha256=" + ts + "," + sig, strings.Replace(good, "sha256=", "sha1=", 1),
+		ts + ",sha256=zz", good[:len(good)-2], strings.Replace(good, ts, "t=soon", 1)} {
+		if notify.Verify(secret, body, h, now, notify.MaxSignatureAge) == nil {
 			t.Errorf("Verify accepted header %q", h)
 		}
 	}
-	if !notify.Verify(secret, body, good) {
-		t.Errorf("Verify rejected Sign's own header %q", good)
+	if err := notify.Verify(secret, body, good, now, notify.MaxSignatureAge); err != nil {
+		t.Errorf("Verify rejected Sign's own header %q: %v", good, err)
+	}
+}
+
+// A captured post replayed later is refused: the time of sending is signed with the body, so changing it breaks the
+// signature, and keeping it makes the post too old.
+func TestVerifyRefusesReplays(t *testing.T) {
+	body := []byte(`{"kind":"host.state","host":"hv1","to":"dead"}`)
+	sent := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	header := notify.Sign(secret, body, sent)
+	if err := notify.Verify(secret, body, header, sent.Add(time.Minute), notify.MaxSignatureAge); err != nil {
+		t.Fatalf("a post one minute old is refused: %v", err)
+	}
+	err := notify.Verify(secret, body, header, sent.Add(notify.MaxSignatureAge+time.Second), notify.MaxSignatureAge)
+	if err == nil || !strings.Contains(err.Error(), "replayed") {
+		t.Fatalf("a post replayed after %s: err = %v, want it refused as too old", notify.MaxSignatureAge, err)
+	}
+	if notify.Verify(secret, body, header, sent.Add(-notify.MaxSignatureAge-time.Second), notify.MaxSignatureAge) == nil {
+		t.Fatal("a post signed far in the future is accepted")
+	}
+	later := sent.Add(time.Hour)
+	forged := strings.Replace(header, fmt.Sprint(sent.Unix()), fmt.Sprint(later.Unix()), 1)
+	if notify.Verify(secret, body, forged, later, notify.MaxSignatureAge) == nil {
+		t.Fatal("a replay with a fresh timestamp put in the header verifies")
 	}
 }
 

@@ -53,19 +53,20 @@ type Settings struct {
 	WebhookURL    string `envconfig:"WEBHOOK_URL" desc:"URL that receives every event as JSON (empty: off)"`
 	WebhookSecret string `envconfig:"WEBHOOK_SECRET" desc:"shared secret of the X-Vmha-Signature HMAC-SHA256 header"`
 
-	ProbeInterval         time.Duration `envconfig:"PROBE_INTERVAL" default:"250ms" desc:"time between two probes of a host"`
-	ProbeTimeout          time.Duration `envconfig:"PROBE_TIMEOUT" default:"300ms" desc:"TCP connect timeout of the network probe"`
-	BMCTimeout            time.Duration `envconfig:"BMC_TIMEOUT" default:"1s" desc:"timeout of one IPMI exchange (PROBE_INTERVAL + max(PROBE_TIMEOUT, 2s) + BMC_TIMEOUT must be <= 4s)"`
-	MissesBeforeSuspect   int           `envconfig:"MISSES_BEFORE_SUSPECT" default:"1" desc:"consecutive network misses that make a host suspect"`
-	MissesBeforeDead      int           `envconfig:"MISSES_BEFORE_DEAD" default:"3" desc:"consecutive network misses that make a host unreachable"`
-	PowerConfirmations    int           `envconfig:"POWER_CONFIRMATIONS" default:"2" desc:"equal BMC readings in a row before a power change counts"`
-	WorkerGrace           time.Duration `envconfig:"WORKER_GRACE" default:"90s" desc:"a host worker not seen polling for this long counts as gone (>= 1m)"`
-	BMCIdleInterval       time.Duration `envconfig:"BMC_IDLE_INTERVAL" default:"2s" desc:"how often power is read while the network answers (every probe once it fails)"`
-	FenceTimeout          time.Duration `envconfig:"FENCE_TIMEOUT" default:"60s" desc:"how long to wait for the BMC to report off after a power-off"`
-	HeartbeatStoppedAfter time.Duration `envconfig:"HEARTBEAT_STOPPED_AFTER" default:"2s" desc:"a host's storage heartbeat unchanged this long (as the controller reads it) counts as stopped: unreachable + power on + stopped = hung"`
-	FenceHung             bool          `envconfig:"FENCE_HUNG" default:"true" desc:"fence a hung host over IPMI and recover its VMs (false: alert only)"`
-	FenceStorageLost      bool          `envconfig:"FENCE_STORAGE_LOST" default:"false" desc:"fence and recover a reachable host whose storage heartbeat stopped (false: alert only)"`
-	UnknownReminder       time.Duration `envconfig:"UNKNOWN_REMINDER" default:"5m" desc:"how often users are told again about a host nobody can tell is off (0: once)"`
+	ProbeInterval           time.Duration `envconfig:"PROBE_INTERVAL" default:"100ms" desc:"time between two probes of a host"`
+	ProbeTimeout            time.Duration `envconfig:"PROBE_TIMEOUT" default:"100ms" desc:"TCP connect timeout of the network probe (docs/bench-lab.md has the measured round trips it is chosen from)"`
+	BMCTimeout              time.Duration `envconfig:"BMC_TIMEOUT" default:"1s" desc:"timeout of one IPMI exchange (PROBE_INTERVAL + max(2s, PROBE_TIMEOUT + POWER_CONFIRMATIONS x BMC_TIMEOUT) must be <= 4s)"`
+	MissesBeforeSuspect     int           `envconfig:"MISSES_BEFORE_SUSPECT" default:"3" desc:"consecutive network misses that make a host suspect"`
+	MissesBeforeDead        int           `envconfig:"MISSES_BEFORE_DEAD" default:"2" desc:"consecutive network misses that, with the BMC confirming power off or fault, make a host dead (>= 2)"`
+	MissesBeforeUnreachable int           `envconfig:"MISSES_BEFORE_UNREACHABLE" default:"8" desc:"consecutive network misses that make a host whose power is on or unknown unreachable: isolated, hung or unknown"`
+	PowerConfirmations      int           `envconfig:"POWER_CONFIRMATIONS" default:"2" desc:"equal BMC readings in a row before a power change counts"`
+	WorkerGrace             time.Duration `envconfig:"WORKER_GRACE" default:"90s" desc:"a host worker not seen polling for this long counts as gone (>= 1m)"`
+	BMCIdleInterval         time.Duration `envconfig:"BMC_IDLE_INTERVAL" default:"2s" desc:"how often power is read while the network answers (every probe once it fails)"`
+	FenceTimeout            time.Duration `envconfig:"FENCE_TIMEOUT" default:"60s" desc:"how long to wait for the BMC to report off after a power-off"`
+	HeartbeatStoppedAfter   time.Duration `envconfig:"HEARTBEAT_STOPPED_AFTER" default:"2s" desc:"a host's storage heartbeat unchanged this long (as the controller reads it) counts as stopped: unreachable + power on + stopped = hung"`
+	FenceHung               bool          `envconfig:"FENCE_HUNG" default:"true" desc:"fence a hung host over IPMI and recover its VMs (false: alert only)"`
+	FenceStorageLost        bool          `envconfig:"FENCE_STORAGE_LOST" default:"false" desc:"fence and recover a reachable host whose storage heartbeat stopped (false: alert only)"`
+	UnknownReminder         time.Duration `envconfig:"UNKNOWN_REMINDER" default:"5m" desc:"how often users are told again about a host nobody can tell is off (0: once)"`
 
 	MaxWatches int `envconfig:"MAX_WATCHES" default:"10000" desc:"hosts one controller replica can watch at once"`
 
@@ -102,13 +103,23 @@ func Load() (Settings, error) {
 	return s, s.Validate()
 }
 
+// longestProbe bounds one probe tick: the worker check runs alongside the connect, and on the first miss the BMC is
+// read until its answer is confirmed (the storage heartbeat alongside).
+func (s Settings) longestProbe() time.Duration {
+	return s.ProbeInterval + max(WorkerCheckTimeout, s.ProbeTimeout+time.Duration(s.PowerConfirmations)*s.BMCTimeout)
+}
+
 // Validate names the first bad setting.
 func (s Settings) Validate() error {
 	switch {
 	case s.MissesBeforeSuspect < 1:
 		return fmt.Errorf("%s_MISSES_BEFORE_SUSPECT=%d: want >= 1", Prefix, s.MissesBeforeSuspect)
-	case s.MissesBeforeDead < s.MissesBeforeSuspect:
-		return fmt.Errorf("%s_MISSES_BEFORE_DEAD=%d: want >= MISSES_BEFORE_SUSPECT (%d)", Prefix, s.MissesBeforeDead, s.MissesBeforeSuspect)
+	case s.MissesBeforeDead < 2:
+		return fmt.Errorf("%s_MISSES_BEFORE_DEAD=%d: want >= 2; one missed connect is too little network evidence for a death, "+
+			"even with the BMC saying off", Prefix, s.MissesBeforeDead)
+	case s.MissesBeforeUnreachable < max(s.MissesBeforeDead, s.MissesBeforeSuspect):
+		return fmt.Errorf("%s_MISSES_BEFORE_UNREACHABLE=%d: want >= MISSES_BEFORE_DEAD (%d) and MISSES_BEFORE_SUSPECT (%d)",
+			Prefix, s.MissesBeforeUnreachable, s.MissesBeforeDead, s.MissesBeforeSuspect)
 	case s.PowerConfirmations < 1:
 		return fmt.Errorf("%s_POWER_CONFIRMATIONS=%d: want >= 1", Prefix, s.PowerConfirmations)
 	case s.ProbeTimeout <= 0 || s.BMCTimeout <= 0:
@@ -138,11 +149,11 @@ func (s Settings) Validate() error {
 			Prefix, s.ServerTLSCert, Prefix, s.ServerTLSKey, Prefix, s.ServerTLSClientCA)
 	case net.ParseIP(s.UIAddress) == nil:
 		return fmt.Errorf("%s_UI_ADDRESS=%q: want an IP address (the port is %s_UI_PORT)", Prefix, s.UIAddress, Prefix)
-	case s.ProbeInterval+max(s.ProbeTimeout, WorkerCheckTimeout)+s.BMCTimeout > MaxWatchTick:
-		return fmt.Errorf("%s_PROBE_INTERVAL=%s + max(%s_PROBE_TIMEOUT=%s, worker check %s) + %s_BMC_TIMEOUT=%s = %s: want <= %s; "+
-			"the watch heartbeats once per probe tick and is cut off after %s without one, so a host whose BMC or network "+
-			"does not answer would never be reported", Prefix, s.ProbeInterval, Prefix, s.ProbeTimeout, WorkerCheckTimeout,
-			Prefix, s.BMCTimeout, s.ProbeInterval+max(s.ProbeTimeout, WorkerCheckTimeout)+s.BMCTimeout, MaxWatchTick, WatchHeartbeatTimeout)
+	case s.longestProbe() > MaxWatchTick:
+		return fmt.Errorf("%s_PROBE_INTERVAL=%s + max(worker check %s, %s_PROBE_TIMEOUT=%s + %s_POWER_CONFIRMATIONS=%d x %s_BMC_TIMEOUT=%s) = %s: "+
+			"want <= %s; the watch heartbeats once per probe tick and is cut off after %s without one, so a host whose BMC or network "+
+			"does not answer would never be reported", Prefix, s.ProbeInterval, WorkerCheckTimeout, Prefix, s.ProbeTimeout,
+			Prefix, s.PowerConfirmations, Prefix, s.BMCTimeout, s.longestProbe(), MaxWatchTick, WatchHeartbeatTimeout)
 	case s.WorkerGrace < MinWorkerGrace:
 		return fmt.Errorf("%s_WORKER_GRACE=%s: want >= %s; an idle worker's long poll lasts up to a minute on Temporal, "+
 			"so a shorter grace would make healthy idle hosts look suspect", Prefix, s.WorkerGrace, MinWorkerGrace)

@@ -11,7 +11,7 @@ func TestLoadDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.TemporalAddress != "127.0.0.1:7233" || s.Namespace != "vmha" || s.MissesBeforeDead != 3 || s.RecoveryConcurrency != 16 {
+	if s.TemporalAddress != "127.0.0.1:7233" || s.Namespace != "vmha" || s.MissesBeforeDead != 2 || s.MissesBeforeUnreachable != 8 || s.RecoveryConcurrency != 16 {
 		t.Fatalf("defaults %+v", s)
 	}
 }
@@ -51,6 +51,10 @@ func TestValidateRefusesSettingsThatBreakTheWatch(t *testing.T) {
 		{"probe timeout eats the heartbeat", map[string]string{"VMHA_PROBE_TIMEOUT": "3s"}, "VMHA_PROBE_TIMEOUT=3s"},
 		{"probe interval eats the heartbeat", map[string]string{"VMHA_PROBE_INTERVAL": "2s"}, "VMHA_PROBE_INTERVAL=2s"},
 		{"probe timeout above the interval is fine", map[string]string{"VMHA_PROBE_TIMEOUT": "1s", "VMHA_PROBE_INTERVAL": "200ms"}, ""},
+		{"confirmations on the first miss eat the heartbeat", map[string]string{"VMHA_POWER_CONFIRMATIONS": "4"}, "VMHA_POWER_CONFIRMATIONS=4"},
+		{"one miss is too little for a death", map[string]string{"VMHA_MISSES_BEFORE_DEAD": "1"}, "VMHA_MISSES_BEFORE_DEAD=1"},
+		{"unreachable before dead", map[string]string{"VMHA_MISSES_BEFORE_UNREACHABLE": "1"}, "VMHA_MISSES_BEFORE_UNREACHABLE=1"},
+		{"unreachable before suspect", map[string]string{"VMHA_MISSES_BEFORE_SUSPECT": "9"}, "VMHA_MISSES_BEFORE_UNREACHABLE=8"},
 		{"worker grace zero", map[string]string{"VMHA_WORKER_GRACE": "0s"}, "VMHA_WORKER_GRACE=0s"},
 		{"worker grace under the long poll", map[string]string{"VMHA_WORKER_GRACE": "30s"}, "VMHA_WORKER_GRACE=30s"},
 		{"worker grace one minute", map[string]string{"VMHA_WORKER_GRACE": "1m"}, ""},
@@ -85,7 +89,7 @@ func TestValidateHeartbeatSettings(t *testing.T) {
 		set  func(*Settings)
 		want string
 	}{
-		{"threshold under two probes", func(s *Settings) { s.HeartbeatStoppedAfter = 400 * time.Millisecond }, "VMHA_HEARTBEAT_STOPPED_AFTER=400ms"},
+		{"threshold under two probes", func(s *Settings) { s.HeartbeatStoppedAfter = 150 * time.Millisecond }, "VMHA_HEARTBEAT_STOPPED_AFTER=150ms"},
 		{"negative threshold", func(s *Settings) { s.HeartbeatStoppedAfter = -time.Second }, "VMHA_HEARTBEAT_STOPPED_AFTER=-1s"},
 		{"negative reminder", func(s *Settings) { s.UnknownReminder = -time.Minute }, "VMHA_UNKNOWN_REMINDER=-1m0s"},
 		{"verdicts off", func(s *Settings) { s.HeartbeatStoppedAfter = 0 }, ""},
