@@ -57,7 +57,7 @@ func TestClusterOnPostgres(t *testing.T) {
 	started := time.Now()
 	nodes := make([]*node, len(nodeIPs))
 	for i, ip := range nodeIPs {
-		nodes[i] = startNode(t, bin, ip, frontendPort, pg)
+		nodes[i] = startNode(t, bin, ip, frontendPort, pg.nodeEnv())
 	}
 	for _, n := range nodes {
 		n.waitReady(t, 2*time.Minute)
@@ -308,10 +308,23 @@ type node struct {
 	cmd         *exec.Cmd
 	log         string
 	exited      chan struct{}
-	readyAt     time.Time
+	// startedAt is when the process was started, readyAt when it said its frontend serves.
+	startedAt, readyAt time.Time
 }
 
-func startNode(t *testing.T, bin, ip string, frontendPort int, pg postgres) *node {
+// nodeEnv are the settings of a cluster node on this PostgreSQL.
+func (pg postgres) nodeEnv() []string {
+	return []string{
+		"VMHA_PERSISTENCE=postgres",
+		"VMHA_POSTGRES_ADDRESS=" + pg.address,
+		"VMHA_POSTGRES_USER=" + pg.user,
+		"VMHA_POSTGRES_PASSWORD_FILE=" + pg.passwordFile,
+		"VMHA_HISTORY_SHARDS=8",
+	}
+}
+
+// startNode starts `vmha server` listening on ip with env (VMHA_PERSISTENCE and what goes with it).
+func startNode(t *testing.T, bin, ip string, frontendPort int, env []string) *node {
 	t.Helper()
 	n := &node{ip: ip, address: net.JoinHostPort(ip, strconv.Itoa(frontendPort)), exited: make(chan struct{})}
 	n.log = filepath.Join(t.TempDir(), "node-"+ip+".log")
@@ -320,18 +333,14 @@ func startNode(t *testing.T, bin, ip string, frontendPort int, pg postgres) *nod
 		t.Fatal(err)
 	}
 	n.cmd = exec.Command(bin, "server")
-	n.cmd.Env = append(withoutVMHA(os.Environ()),
-		"VMHA_PERSISTENCE=postgres",
+	n.cmd.Env = append(append(withoutVMHA(os.Environ()),
 		"VMHA_TEMPORAL_ADDRESS="+n.address,
-		"VMHA_POSTGRES_ADDRESS="+pg.address,
-		"VMHA_POSTGRES_USER="+pg.user,
-		"VMHA_POSTGRES_PASSWORD_FILE="+pg.passwordFile,
-		"VMHA_HISTORY_SHARDS=8",
 		"VMHA_UI_PORT=0",
 		"VMHA_EMBEDDED_CONTROLLER=false",
 		"VMHA_LOG_LEVEL=warn",
-	)
+	), env...)
 	n.cmd.Stdout, n.cmd.Stderr = out, out
+	n.startedAt = time.Now()
 	if err := n.cmd.Start(); err != nil {
 		t.Fatalf("start node %s: %v", ip, err)
 	}
