@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -122,7 +123,8 @@ func TestUnitsPolicy(t *testing.T) {
 	}
 }
 
-// TestEnvExamples checks that each example environment file sets only settings vmha has, and no secret.
+// TestEnvExamples checks that each example environment file names only settings vmha has, set or commented out,
+// and sets no secret.
 func TestEnvExamples(t *testing.T) {
 	known := map[string]bool{}
 	st := reflect.TypeFor[config.Settings]()
@@ -131,10 +133,20 @@ func TestEnvExamples(t *testing.T) {
 			known[config.Prefix+"_"+name] = true
 		}
 	}
+	commented := regexp.MustCompile(`(?m)^#(` + config.Prefix + `_[A-Z0-9_]+)=`)
 	for _, env := range units {
 		vars := envExample(t, env)
 		if len(vars) == 0 {
 			t.Errorf("%s.example: sets nothing", env)
+		}
+		data, err := os.ReadFile(env + ".example")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range commented.FindAllStringSubmatch(string(data), -1) {
+			if !known[m[1]] {
+				t.Errorf("%s.example: commented-out %s is not a vmha setting (vmha help env)", env, m[1])
+			}
 		}
 		for name, value := range vars {
 			if !known[name] {
