@@ -19,8 +19,15 @@ import (
 	"vmha/types"
 )
 
-// cpuSampleGap is the time between the two node CPU samples whose difference is the load.
-const cpuSampleGap = 150 * time.Millisecond
+// The node's CPU load is the difference of two samples of its CPU counters, at least cpuSampleGap apart. A
+// sampler takes one every cpuSampleEvery in the background, so Stats measures the load since the last sample at
+// once: a recovery's placement waits for every candidate's Stats. A sample older than cpuSampleMaxAge (the sampler
+// stalled) is not used; Stats then takes a fresh pair, cpuSampleGap apart.
+const (
+	cpuSampleGap    = 150 * time.Millisecond
+	cpuSampleEvery  = 2 * time.Second
+	cpuSampleMaxAge = 10 * time.Second
+)
 
 // eventLoop is libvirt's default event implementation. libvirt keeps it per process: it must be registered once,
 // before the connections whose events (lifecycle, keepalive, close) it should deliver, and one goroutine runs it
@@ -60,6 +67,10 @@ type Libvirt struct {
 	mu     sync.Mutex
 	sess   *session
 	closed bool
+
+	cpuMu     sync.Mutex
+	cpuLast   *libvirt.NodeCPUStats
+	cpuLastAt time.Time
 }
 
 var _ activities.Hypervisor = (*Libvirt)(nil)
@@ -96,7 +107,43 @@ func Open(ctx context.Context, uri string, logger *slog.Logger) (*Libvirt, error
 		return nil, err
 	}
 	l.sess = s
+	go l.sampleCPU()
 	return l, nil
+}
+
+// sampleCPU keeps a recent sample of the node's CPU counters until Close (see cpuSampleEvery).
+func (l *Libvirt) sampleCPU() {
+	tick := time.NewTicker(cpuSampleEvery)
+	defer tick.Stop()
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), cpuSampleEvery)
+		var now *libvirt.NodeCPUStats
+		err := l.do(ctx, func(c *libvirt.Connect) error {
+			var err error
+			now, err = c.GetCPUStats(int(libvirt.NODE_CPU_STATS_ALL_CPUS), 0)
+			return err
+		})
+		cancel()
+		if err == nil {
+			l.swapCPUSample(now, time.Now())
+		} else {
+			l.logger.Debug("sample node CPU", "uri", l.uri, "error", err)
+		}
+		select {
+		case <-l.done:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// swapCPUSample keeps sample as the latest and returns the one it replaces.
+func (l *Libvirt) swapCPUSample(sample *libvirt.NodeCPUStats, at time.Time) (*libvirt.NodeCPUStats, time.Time) {
+	l.cpuMu.Lock()
+	defer l.cpuMu.Unlock()
+	prev, prevAt := l.cpuLast, l.cpuLastAt
+	l.cpuLast, l.cpuLastAt = sample, at
+	return prev, prevAt
 }
 
 // dial opens a connection. NewConnect cannot be cancelled, so it runs aside and a late connection is closed.
@@ -491,14 +538,15 @@ func describe(dom *libvirt.Domain) (activities.Domain, error) {
 	return activities.Domain{UUID: id, Name: name, State: stateOf(s, reason)}, nil
 }
 
-// Stats reads the node's CPU load (two samples cpuSampleGap apart), its memory, and sums the active domains.
+// Stats reads the node's CPU load (since the background sampler's last sample, or two fresh samples cpuSampleGap
+// apart), its memory, and sums the active domains.
 // Host and SharedStorageOK are the caller's.
 func (l *Libvirt) Stats(ctx context.Context) (types.HostStats, error) {
 	var st types.HostStats
-	var before, after *libvirt.NodeCPUStats
+	var now *libvirt.NodeCPUStats
 	err := l.do(ctx, func(c *libvirt.Connect) error {
 		var err error
-		if before, err = c.GetCPUStats(int(libvirt.NODE_CPU_STATS_ALL_CPUS), 0); err != nil {
+		if now, err = c.GetCPUStats(int(libvirt.NODE_CPU_STATS_ALL_CPUS), 0); err != nil {
 			return fmt.Errorf("node CPU stats: %w", err)
 		}
 		return l.nodeAndDomains(c, &st)
@@ -506,11 +554,19 @@ func (l *Libvirt) Stats(ctx context.Context) (types.HostStats, error) {
 	if err != nil {
 		return types.HostStats{}, fmt.Errorf("stats of %s: %w", l.uri, err)
 	}
+	nowAt := time.Now()
+	prev, prevAt := l.swapCPUSample(now, nowAt)
+	if age := nowAt.Sub(prevAt); prev != nil && age >= cpuSampleGap && age <= cpuSampleMaxAge {
+		st.CPULoad = cpuLoad(prev, now)
+		st.SampledAt = nowAt.UTC()
+		return st, nil
+	}
 	select {
 	case <-ctx.Done():
 		return types.HostStats{}, ctx.Err()
 	case <-time.After(cpuSampleGap):
 	}
+	var after *libvirt.NodeCPUStats
 	err = l.do(ctx, func(c *libvirt.Connect) error {
 		var err error
 		after, err = c.GetCPUStats(int(libvirt.NODE_CPU_STATS_ALL_CPUS), 0)
@@ -519,8 +575,10 @@ func (l *Libvirt) Stats(ctx context.Context) (types.HostStats, error) {
 	if err != nil {
 		return types.HostStats{}, fmt.Errorf("node CPU stats of %s: %w", l.uri, err)
 	}
-	st.CPULoad = cpuLoad(before, after)
-	st.SampledAt = time.Now().UTC()
+	afterAt := time.Now()
+	l.swapCPUSample(after, afterAt)
+	st.CPULoad = cpuLoad(now, after)
+	st.SampledAt = afterAt.UTC()
 	return st, nil
 }
 

@@ -186,6 +186,50 @@ func TestStats(t *testing.T) {
 	}
 }
 
+// TestStatsUsesTheBackgroundSample (issue 11): with a sample of the CPU counters at least cpuSampleGap old, Stats
+// measures the load since it and takes no second sample, so placement does not wait; with none it takes a fresh pair.
+func TestStatsUsesTheBackgroundSample(t *testing.T) {
+	ctx := context.Background()
+	l := open(t, testURI)
+	sample := func() *libvirt.NodeCPUStats {
+		var s *libvirt.NodeCPUStats
+		if err := l.do(ctx, func(c *libvirt.Connect) error {
+			var err error
+			s, err = c.GetCPUStats(int(libvirt.NODE_CPU_STATS_ALL_CPUS), 0)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	// The sampler's first sample, taken at Open, must land before the test's own.
+	for first := time.Now(); ; time.Sleep(5 * time.Millisecond) {
+		l.cpuMu.Lock()
+		sampled := l.cpuLast != nil
+		l.cpuMu.Unlock()
+		if sampled || time.Since(first) > 5*time.Second {
+			break
+		}
+	}
+	// Which path ran shows in the time it took: a fresh pair always waits cpuSampleGap between its samples.
+	l.swapCPUSample(sample(), time.Now().Add(-time.Second))
+	begin := time.Now()
+	if _, err := l.Stats(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(begin); took >= cpuSampleGap {
+		t.Fatalf("Stats with a 1 s old sample took %s: it waited for a fresh pair", took)
+	}
+	l.swapCPUSample(nil, time.Time{})
+	begin = time.Now()
+	if _, err := l.Stats(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(begin); took < cpuSampleGap {
+		t.Fatalf("Stats without a sample took %s: less than the gap between two samples", took)
+	}
+}
+
 func TestWatchDefinitions(t *testing.T) {
 	ctx := context.Background()
 	l := open(t, testURI)

@@ -65,6 +65,10 @@ func (w *world) milestonesOf(t *testing.T, x, vm, uuid string, off time.Time, de
 	}
 	recovery := w.latestRecoveryOf(t, uuid, x)
 	steps := w.activityTimes(t, recovery, "")
+	if rounds := w.workflows(t, fmt.Sprintf("WorkflowType = '%s' AND %s = '%s'", types.HostRecoveryWorkflow, types.HostAttr.GetName(), x)); len(rounds) > 0 {
+		w.logTimeline(t, slices.Max(rounds), off)
+	}
+	w.logTimeline(t, recovery, off)
 	m.placed = steps.completed["Place"].Sub(off)
 	m.defined = steps.completed["DefineFromCatalog"].Sub(off)
 	m.startIssued = steps.started["StartDomain"].Sub(off)
@@ -255,4 +259,35 @@ func printRoundTrips(dials, bmcs []time.Duration) {
 	fmt.Printf("\nround trips on the lab (%d of each), ms\n\n| what | median | p99 | max |\n|---|---|---|---|\n", len(dials))
 	fmt.Printf("| TCP connect to the probe port | %.2f | %.2f | %.2f |\n", q(dials, 0.5), q(dials, 0.99), q(dials, 1))
 	fmt.Printf("| BMC power reading (one IPMI session) | %.2f | %.2f | %.2f |\n", q(bmcs, 0.5), q(bmcs, 0.99), q(bmcs, 1))
+}
+
+// logTimeline logs every event of a workflow's history with its time from t0 (VMHA_BENCH_TIMELINE=1): where a
+// recovery's time goes, event by event.
+func (w *world) logTimeline(t *testing.T, workflowID string, t0 time.Time) {
+	if os.Getenv("VMHA_BENCH_TIMELINE") == "" {
+		return
+	}
+	var lines []string
+	names := map[int64]string{}
+	iter := w.client.GetWorkflowHistory(context.Background(), workflowID, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	for iter.HasNext() {
+		e, err := iter.Next()
+		if err != nil {
+			t.Fatalf("history of %s: %v", workflowID, err)
+		}
+		name := ""
+		switch a := e.GetAttributes().(type) {
+		case *historypb.HistoryEvent_ActivityTaskScheduledEventAttributes:
+			name = a.ActivityTaskScheduledEventAttributes.GetActivityType().GetName()
+			names[e.GetEventId()] = name
+		case *historypb.HistoryEvent_ActivityTaskStartedEventAttributes:
+			name = names[a.ActivityTaskStartedEventAttributes.GetScheduledEventId()]
+		case *historypb.HistoryEvent_ActivityTaskCompletedEventAttributes:
+			name = names[a.ActivityTaskCompletedEventAttributes.GetScheduledEventId()]
+		case *historypb.HistoryEvent_StartChildWorkflowExecutionInitiatedEventAttributes:
+			name = a.StartChildWorkflowExecutionInitiatedEventAttributes.GetWorkflowType().GetName()
+		}
+		lines = append(lines, fmt.Sprintf("%7.3f %s %s", e.GetEventTime().AsTime().Sub(t0).Seconds(), e.GetEventType(), name))
+	}
+	t.Logf("timeline of %s:\n%s", workflowID, strings.Join(lines, "\n"))
 }
