@@ -430,3 +430,22 @@ func TestLoadServerTLSRefusesMisfits(t *testing.T) {
 		t.Fatalf("server certificate of the client CA: %v", err)
 	}
 }
+
+func TestWarnIfOpen(t *testing.T) {
+	for _, tc := range []struct {
+		listen string
+		tls    *TLSFiles
+		warn   bool
+	}{
+		{"0.0.0.0", nil, true},
+		{"10.250.0.1", nil, true},
+		{"127.0.0.1", nil, false},
+		{"0.0.0.0", &TLSFiles{Cert: "c", Key: "k", ClientCA: "ca"}, false},
+	} {
+		var logs bytes.Buffer
+		warnIfOpen(Options{ListenAddress: tc.listen, FrontendPort: 7233, TLS: tc.tls}, slog.New(slog.NewTextHandler(&logs, nil)))
+		if got := strings.Count(logs.String(), "level=ERROR"); got != map[bool]int{true: 1, false: 0}[tc.warn] {
+			t.Errorf("listen %s, TLS %v: %d error lines %q, want one exactly when open", tc.listen, tc.tls != nil, got, logs.String())
+		}
+	}
+}
