@@ -39,12 +39,12 @@ func TestBenchCluster(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	waitMembers(ctx, t, nodes[0].address, nodeIPs)
+	waitMembers(ctx, t, nodes[0], nodeIPs)
 	nodes[2].stop()
 	nodes[2] = startNode(t, bin, nodeIPs[2], port, pg.nodeEnv())
 	nodes[2].waitReady(t, 2*time.Minute)
 	t.Logf("restart (existing database, two nodes running): node %s serving after %.2f s", nodes[2].ip, nodes[2].readyAt.Sub(nodes[2].startedAt).Seconds())
-	waitMembers(ctx, t, nodes[0].address, nodeIPs)
+	waitMembers(ctx, t, nodes[0], nodeIPs)
 
 	embedded := startNode(t, bin, "127.0.0.5", port, []string{"VMHA_PERSISTENCE=sqlite", "VMHA_DATA_DIR=" + t.TempDir()})
 	embedded.waitReady(t, time.Minute)

@@ -4,6 +4,8 @@ package production
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -27,8 +29,10 @@ import (
 	"go.temporal.io/sdk/workflow"
 	"go.temporal.io/server/api/adminservice/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"vmha/infra/certs"
 	"vmha/types"
 )
 
@@ -46,18 +50,27 @@ var quiet = sdklog.NewStructuredLogger(slog.New(slog.NewTextHandler(os.Stderr, &
 // nodeIPs are the cluster nodes' addresses: each node has its own, as on real hosts, and they all use the same ports.
 var nodeIPs = []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"}
 
-// TestClusterOnPostgres starts PostgreSQL and three `vmha server` nodes at once against it, checks that they form one
-// cluster, that a workflow started through one node runs and is listed through the others, and that the cluster
-// keeps serving, in-flight and new workflows alike, when one node is SIGKILLed.
+// TestClusterOnPostgres starts PostgreSQL and three `vmha server` nodes at once against it, each serving mTLS with
+// its own certificate from `vmha certs`, checks that they form one cluster, that a workflow started through one node
+// runs and is listed through the others, and that the cluster keeps serving, in-flight and new workflows alike, when
+// one node is SIGKILLed.
 func TestClusterOnPostgres(t *testing.T) {
 	pg := startPostgres(t)
 	bin := vmhaBinary(t)
 	frontendPort := freeFrontendPort(t, nodeIPs)
+	ca := newCA(t)
+	// The test's clients act as a controller: every call in vmha's namespace, and cluster-wide reads.
+	me := ca.issue(t, certs.Request{Role: certs.RoleController, Name: "cluster-test"})
 
 	started := time.Now()
 	nodes := make([]*node, len(nodeIPs))
 	for i, ip := range nodeIPs {
-		nodes[i] = startNode(t, bin, ip, frontendPort, pg.nodeEnv())
+		server := ca.issue(t, certs.Request{Role: certs.RoleServer, Name: "node-" + ip, IPs: []net.IP{net.ParseIP(ip)}})
+		nodes[i] = startNode(t, bin, ip, frontendPort, append(pg.nodeEnv(),
+			"VMHA_SERVER_TLS_CERT="+server.Cert, "VMHA_SERVER_TLS_KEY="+server.Key, "VMHA_SERVER_TLS_CLIENT_CA="+ca.cert))
+		nodes[i].tls = ca.clientTLS(t, me, ip)
+		// Cluster administration (DescribeCluster) is the server role's alone: the test reads membership as the node.
+		nodes[i].adminTLS = ca.clientTLS(t, server, ip)
 	}
 	for _, n := range nodes {
 		n.waitReady(t, 2*time.Minute)
@@ -66,11 +79,20 @@ func TestClusterOnPostgres(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	waitMembers(ctx, t, nodes[1].address, nodeIPs)
+	waitMembers(ctx, t, nodes[1], nodeIPs)
+
+	// A client without a certificate is refused by a cluster node as by the embedded server.
+	anonymous := ca.clientTLS(t, certs.Files{}, nodes[2].ip)
+	if c, err := client.DialContext(ctx, client.Options{HostPort: nodes[2].address, Namespace: namespace, Logger: quiet,
+		ConnectionOptions: client.ConnectionOptions{TLS: anonymous}}); err == nil {
+		c.Close()
+		t.Errorf("node %s accepted a client without a certificate", nodes[2].ip)
+	}
 
 	clients := make([]client.Client, len(nodes))
 	for i, n := range nodes {
-		c, err := client.DialContext(ctx, client.Options{HostPort: n.address, Namespace: namespace, Logger: quiet})
+		c, err := client.DialContext(ctx, client.Options{HostPort: n.address, Namespace: namespace, Logger: quiet,
+			ConnectionOptions: client.ConnectionOptions{TLS: n.tls}})
 		if err != nil {
 			t.Fatalf("dial node %s: %v", n.ip, err)
 		}
@@ -132,7 +154,7 @@ func TestClusterOnPostgres(t *testing.T) {
 	}
 	t.Logf("in-flight workflow completed %.1f s after SIGKILL", time.Since(killed).Seconds())
 	waitListed(ctx, t, clients[1], inFlight)
-	waitMembers(ctx, t, nodes[2].address, nodeIPs[1:])
+	waitMembers(ctx, t, nodes[2], nodeIPs[1:])
 }
 
 // echoWorkflow sleeps, then echoes its input through an activity: a timer, a workflow task and an activity task,
@@ -190,10 +212,15 @@ func waitListed(ctx context.Context, t *testing.T, c client.Client, id string) {
 }
 
 // waitMembers waits until every ring of the cluster (frontend, history, matching, worker) has exactly the nodes on
-// ips, as the node at address describes the cluster.
-func waitMembers(ctx context.Context, t *testing.T, address string, ips []string) {
+// ips, as node n describes the cluster.
+func waitMembers(ctx context.Context, t *testing.T, n *node, ips []string) {
 	t.Helper()
-	conn, err := grpc.NewClient(address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	address := n.address
+	creds := insecure.NewCredentials()
+	if n.adminTLS != nil {
+		creds = credentials.NewTLS(n.adminTLS)
+	}
+	conn, err := grpc.NewClient(address, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		t.Fatalf("connect to %s: %v", address, err)
 	}
@@ -308,6 +335,8 @@ type node struct {
 	cmd         *exec.Cmd
 	log         string
 	exited      chan struct{}
+	// tls is how the test's clients dial it, adminTLS how it reads cluster membership; nil: plain gRPC.
+	tls, adminTLS *tls.Config
 	// startedAt is when the process was started, readyAt when it said its frontend serves.
 	startedAt, readyAt time.Time
 }
@@ -449,4 +478,49 @@ func freePort(t *testing.T, ip string) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// testCA is a CA made with vmha's own certificate code (`vmha certs`), in a temporary directory.
+type testCA struct{ dir, cert string }
+
+func newCA(t *testing.T) testCA {
+	t.Helper()
+	dir := t.TempDir()
+	files, err := certs.CreateCA(dir, "cluster test CA", 48*time.Hour)
+	if err != nil {
+		t.Fatalf("create CA: %v", err)
+	}
+	return testCA{dir: dir, cert: files.Cert}
+}
+
+func (ca testCA) issue(t *testing.T, req certs.Request) certs.Files {
+	t.Helper()
+	req.ValidFor = 24 * time.Hour
+	files, err := certs.Issue(ca.dir, req)
+	if err != nil {
+		t.Fatalf("issue %s certificate %s: %v", req.Role, req.Name, err)
+	}
+	return files
+}
+
+// clientTLS presents the certificate in files (none when empty) and verifies the server as serverName.
+func (ca testCA) clientTLS(t *testing.T, files certs.Files, serverName string) *tls.Config {
+	t.Helper()
+	pem, err := os.ReadFile(ca.cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		t.Fatalf("CA %s: no certificate", ca.cert)
+	}
+	conf := &tls.Config{RootCAs: roots, ServerName: serverName, MinVersion: tls.VersionTLS12}
+	if files.Cert != "" {
+		cert, err := tls.LoadX509KeyPair(files.Cert, files.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conf.Certificates = []tls.Certificate{cert}
+	}
+	return conf
 }
