@@ -157,6 +157,8 @@ func dialTLS(t *testing.T, s *Server, conf *tls.Config) (client.Client, error) {
 		HostPort: s.FrontendAddress(), Namespace: testNamespace,
 		Logger:            sdklog.NewStructuredLogger(slog.New(slog.NewTextHandler(io.Discard, nil))),
 		ConnectionOptions: client.ConnectionOptions{TLS: conf},
+		// Often enough for the workers below to record a few while they run.
+		WorkerHeartbeatInterval: time.Second,
 	})
 	if err == nil {
 		t.Cleanup(c.Close)
@@ -264,6 +266,7 @@ func TestMutualTLSRoles(t *testing.T) {
 	if err := run.Get(ctx, &got); err != nil || got != "hv1 stats" {
 		t.Fatalf("ProbeHost = %q, %v; want the hypervisor's answer", got, err)
 	}
+	time.Sleep(2 * time.Second)
 	hw.Stop()
 	cw.Stop()
 	if l := logs.String(); strings.Contains(l, "temporal call denied") {
