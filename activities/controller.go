@@ -145,11 +145,14 @@ func (c *Controller) WatchHost(ctx context.Context, in WatchInput) (types.Probe,
 		p := w.probe(ctx)
 		activity.RecordHeartbeat(ctx, p.Key())
 		// A probe with power not yet confirmed is never reported: one BMC reading never counts alone. Nor is a
-		// network that has just begun to fail while it cannot decide anything yet: the next probe, due at once
-		// (the failed connect outlasted the tick), decides, and the monitor hears one change instead of two.
+		// network that has just begun to fail while it cannot decide anything yet: the next probe runs at once,
+		// without waiting for the tick, and decides; the monitor hears one change instead of two.
 		undecided := w.misses > 0 && w.misses < c.Probe.MissesBeforeDead
 		if p.Power != "" && !undecided && (p.Key() != last || time.Now().After(deadline)) {
 			return p, nil
+		}
+		if undecided && ctx.Err() == nil {
+			continue
 		}
 		select {
 		case <-ctx.Done():
@@ -206,9 +209,9 @@ func (c *Controller) resumeWatch(in WatchInput) *hostWatch {
 }
 
 // probe takes one look at the host: a TCP connect and, when they can matter, the BMC and the storage heartbeat.
-// While the network fails, power is read alongside the connect rather than after it, and on the first miss the
-// readings that confirm a power change are taken back to back at once: when the next connect fails too, the
-// evidence for "dead" is complete and nothing waits for a later tick.
+// While the network fails, power is read alongside the connect, not after it, and a power change is read again back
+// to back until confirmed: the probe right after the first miss (which comes at once) ends with the second connect's
+// verdict and a confirmed reading, the whole evidence for "dead", in the time of the slower of the two.
 func (w *hostWatch) probe(ctx context.Context) types.Probe {
 	failing := w.misses > 0
 	var wg sync.WaitGroup
@@ -230,14 +233,13 @@ func (w *hostWatch) probe(ctx context.Context) types.Probe {
 		}()
 	}
 	if failing {
-		details = w.readEvidence(ctx, 1)
+		details = w.readEvidence(ctx, w.c.Probe.PowerConfirmations)
 	}
 	wg.Wait()
 	if netErr != nil {
 		details = append(details, netErr.Error())
 		if w.misses == 0 {
 			w.networkLost()
-			details = append(details, w.readEvidence(ctx, w.c.Probe.PowerConfirmations)...)
 		}
 		w.misses++
 	} else {

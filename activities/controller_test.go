@@ -144,25 +144,30 @@ func defaultRules(p *activities.ProbeSettings) {
 	p.MissesBeforeSuspect, p.MissesBeforeDead, p.MissesBeforeUnreachable = 3, 2, 8
 }
 
-// TestWatchHostReportsAPowerLossOnceComplete (issue 11): on the first miss the BMC is read back to back until its
-// "off" is confirmed, and the second miss completes the evidence: the watch reports one change, straight from
-// up/on to down/off, with how long the network has been silent, and nothing in between.
+// TestWatchHostReportsAPowerLossOnceComplete (issue 11): the probe after the first miss comes at once and reads the
+// BMC back to back alongside its connect until the "off" is confirmed, so the second miss completes the evidence: the
+// watch reports one change, straight from up/on to down/off, with how long the network has been silent.
 func TestWatchHostReportsAPowerLossOnceComplete(t *testing.T) {
-	f := newWatchFixtureWith(t, defaultRules)
+	const interval = 2 * time.Second
+	f := newWatchFixtureWith(t, func(p *activities.ProbeSettings) { defaultRules(p); p.Interval = interval })
 	last := f.watch(t, types.Probe{}, time.Minute)
 	f.ln.Close()
 	f.power.set(types.PowerOff)
 	before := f.power.count()
+	begin := time.Now()
 	p := f.watch(t, last, time.Minute)
+	if took := time.Since(begin); took >= interval {
+		t.Fatalf("the power loss was reported after %s: the probe after the first miss waited for the %s tick", took, interval)
+	}
 	if p.Reach != types.ReachDown || p.Power != types.PowerOff {
 		t.Fatalf("first report after the power loss: %s, want down/off at once", p.Key())
 	}
 	if p.Unreachable <= 0 {
 		t.Fatalf("report of a down network says it has been silent for %s", p.Unreachable)
 	}
-	// Two readings on the first miss confirm "off"; the second miss's probe reads once more alongside its connect.
-	if n := f.power.count() - before; n != 3 {
-		t.Fatalf("%d BMC readings from the first miss to the report, want 3 (two back to back, one with the next connect)", n)
+	// The probe right after the first miss reads "off" twice, back to back, alongside its connect: confirmed.
+	if n := f.power.count() - before; n != 2 {
+		t.Fatalf("%d BMC readings from the first miss to the report, want 2 (back to back, alongside the second connect)", n)
 	}
 }
 

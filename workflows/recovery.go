@@ -26,11 +26,12 @@ type HostRecoveryInput struct {
 // that cannot be read are reported too: each may be a VM left down.
 func HostRecovery(ctx workflow.Context, in HostRecoveryInput) (types.RecoveryResult, error) {
 	res := types.RecoveryResult{Host: in.Host, Incident: in.Incident, Round: in.Round}
-	// The settings, the host's HA VMs and the list of hosts do not depend on each other: all three are asked at once.
+	// The settings, the host's HA VMs and the hosts with their stats do not depend on each other: all are asked at
+	// once (the stats as soon as the host list is in).
 	policyRead, listingRead := askPolicy(ctx), haVMsOf(ctx, in.Host)
-	var hostsRead workflow.Future
+	var snapshot *hostSnapshot
 	if !in.OnOwner {
-		hostsRead = listHosts(ctx)
+		snapshot = askSnapshot(ctx, in.Host)
 	}
 	var policy types.Policy
 	if err := policyRead.Get(ctx, &policy); err != nil {
@@ -44,9 +45,9 @@ func HostRecovery(ctx workflow.Context, in HostRecoveryInput) (types.RecoveryRes
 	res.Unreadable = listing.Unreadable
 	unreadable := reportUnreadable(ctx, in.Host, listing.Unreadable)
 	var candidates []types.Candidate
-	if hostsRead != nil && len(listing.VMs) > 0 {
+	if snapshot != nil {
 		var err error
-		if candidates, err = withStats(ctx, hostsRead, in.Host); err != nil {
+		if candidates, err = snapshot.get(ctx); err != nil {
 			return res, err
 		}
 	}
@@ -86,36 +87,48 @@ func reportUnreadable(ctx workflow.Context, host string, files []types.Unreadabl
 
 // clusterSnapshot lists the hosts and asks every healthy one (but the failed one) for its stats.
 func clusterSnapshot(ctx workflow.Context, failed string) ([]types.Candidate, error) {
-	return withStats(ctx, listHosts(ctx), failed)
+	return askSnapshot(ctx, failed).get(ctx)
 }
 
-// listHosts lists the hosts and their states (a []types.Candidate).
-func listHosts(ctx workflow.Context) workflow.Future {
-	return workflow.ExecuteActivity(says(controllerOptions(ctx), "list the hosts and their states"), controller.ListHosts)
+// hostSnapshot is a look at the cluster under way: the host list, then every healthy host's stats.
+type hostSnapshot struct {
+	hosts []types.Candidate
+	err   error
+	stats []workflow.Future
 }
 
-// withStats waits for the host list and asks every healthy host (but the failed one) for its stats, all at once.
-// A host that does not answer within seconds simply has no stats, which keeps it out of placement.
-func withStats(ctx workflow.Context, hostsRead workflow.Future, failed string) ([]types.Candidate, error) {
-	var hosts []types.Candidate
-	if err := hostsRead.Get(ctx, &hosts); err != nil {
-		return nil, fmt.Errorf("list hosts: %w", err)
+// askSnapshot lists the hosts and, as soon as the list is in, asks every healthy host (but the failed one) for its
+// stats, all at once, without waiting for them.
+func askSnapshot(ctx workflow.Context, failed string) *hostSnapshot {
+	s := &hostSnapshot{}
+	if s.err = workflow.ExecuteActivity(says(controllerOptions(ctx), "list the hosts and their states"), controller.ListHosts).Get(ctx, &s.hosts); s.err != nil {
+		s.err = fmt.Errorf("list hosts: %w", s.err)
+		return s
 	}
-	stats := make([]workflow.Future, len(hosts))
-	for i, h := range hosts {
+	s.stats = make([]workflow.Future, len(s.hosts))
+	for i, h := range s.hosts {
 		if h.Spec.Name != failed && h.State == types.HostHealthy {
-			stats[i] = workflow.ExecuteActivity(says(statsOptions(ctx, h.Spec.Name), "load and free memory of %s", h.Spec.Name), onHost.HostStats)
+			s.stats[i] = workflow.ExecuteActivity(says(statsOptions(ctx, h.Spec.Name), "load and free memory of %s", h.Spec.Name), onHost.HostStats)
 		}
 	}
-	for i, f := range stats {
+	return s
+}
+
+// get waits for the stats. A host that does not answer within seconds simply has no stats, which keeps it out of
+// placement.
+func (s *hostSnapshot) get(ctx workflow.Context) ([]types.Candidate, error) {
+	if s.err != nil {
+		return nil, s.err
+	}
+	for i, f := range s.stats {
 		if f == nil {
 			continue
 		}
-		if err := f.Get(ctx, &hosts[i].Stats); err != nil {
-			workflow.GetLogger(ctx).Warn("no stats", "host", hosts[i].Spec.Name, "error", err)
+		if err := f.Get(ctx, &s.hosts[i].Stats); err != nil {
+			workflow.GetLogger(ctx).Warn("no stats", "host", s.hosts[i].Spec.Name, "error", err)
 		}
 	}
-	return hosts, nil
+	return s.hosts, nil
 }
 
 // recoverAll runs one RecoverVM child per VM in priority order, at most RecoveryConcurrency at a time.

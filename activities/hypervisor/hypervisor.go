@@ -68,9 +68,15 @@ type Libvirt struct {
 	sess   *session
 	closed bool
 
-	cpuMu     sync.Mutex
-	cpuLast   *libvirt.NodeCPUStats
-	cpuLastAt time.Time
+	// The background sampler's two latest samples of the node's CPU counters, newest first.
+	cpuMu      sync.Mutex
+	cpuSamples [2]cpuSample
+}
+
+// cpuSample is the node's CPU counters at one moment.
+type cpuSample struct {
+	stats *libvirt.NodeCPUStats
+	at    time.Time
 }
 
 var _ activities.Hypervisor = (*Libvirt)(nil)
@@ -125,7 +131,7 @@ func (l *Libvirt) sampleCPU() {
 		})
 		cancel()
 		if err == nil {
-			l.swapCPUSample(now, time.Now())
+			l.keepCPUSample(cpuSample{stats: now, at: time.Now()})
 		} else {
 			l.logger.Debug("sample node CPU", "uri", l.uri, "error", err)
 		}
@@ -137,13 +143,24 @@ func (l *Libvirt) sampleCPU() {
 	}
 }
 
-// swapCPUSample keeps sample as the latest and returns the one it replaces.
-func (l *Libvirt) swapCPUSample(sample *libvirt.NodeCPUStats, at time.Time) (*libvirt.NodeCPUStats, time.Time) {
+// keepCPUSample makes sample the newest of the two kept.
+func (l *Libvirt) keepCPUSample(sample cpuSample) {
 	l.cpuMu.Lock()
 	defer l.cpuMu.Unlock()
-	prev, prevAt := l.cpuLast, l.cpuLastAt
-	l.cpuLast, l.cpuLastAt = sample, at
-	return prev, prevAt
+	l.cpuSamples[1], l.cpuSamples[0] = l.cpuSamples[0], sample
+}
+
+// cpuBaseline is the newest kept sample at least cpuSampleGap and at most cpuSampleMaxAge before now: the one
+// taken just now may be too close to measure anything, the one before it is then about cpuSampleEvery old.
+func (l *Libvirt) cpuBaseline(now time.Time) (cpuSample, bool) {
+	l.cpuMu.Lock()
+	defer l.cpuMu.Unlock()
+	for _, s := range l.cpuSamples {
+		if age := now.Sub(s.at); s.stats != nil && age >= cpuSampleGap && age <= cpuSampleMaxAge {
+			return s, true
+		}
+	}
+	return cpuSample{}, false
 }
 
 // dial opens a connection. NewConnect cannot be cancelled, so it runs aside and a late connection is closed.
@@ -555,9 +572,8 @@ func (l *Libvirt) Stats(ctx context.Context) (types.HostStats, error) {
 		return types.HostStats{}, fmt.Errorf("stats of %s: %w", l.uri, err)
 	}
 	nowAt := time.Now()
-	prev, prevAt := l.swapCPUSample(now, nowAt)
-	if age := nowAt.Sub(prevAt); prev != nil && age >= cpuSampleGap && age <= cpuSampleMaxAge {
-		st.CPULoad = cpuLoad(prev, now)
+	if base, ok := l.cpuBaseline(nowAt); ok {
+		st.CPULoad = cpuLoad(base.stats, now)
 		st.SampledAt = nowAt.UTC()
 		return st, nil
 	}
@@ -575,10 +591,8 @@ func (l *Libvirt) Stats(ctx context.Context) (types.HostStats, error) {
 	if err != nil {
 		return types.HostStats{}, fmt.Errorf("node CPU stats of %s: %w", l.uri, err)
 	}
-	afterAt := time.Now()
-	l.swapCPUSample(after, afterAt)
 	st.CPULoad = cpuLoad(now, after)
-	st.SampledAt = afterAt.UTC()
+	st.SampledAt = time.Now().UTC()
 	return st, nil
 }
 

@@ -186,47 +186,62 @@ func TestStats(t *testing.T) {
 	}
 }
 
-// TestStatsUsesTheBackgroundSample (issue 11): with a sample of the CPU counters at least cpuSampleGap old, Stats
-// measures the load since it and takes no second sample, so placement does not wait; with none it takes a fresh pair.
+// TestStatsUsesTheBackgroundSample (issue 11): with a sample of the CPU counters between cpuSampleGap and
+// cpuSampleMaxAge old, Stats measures the load since it at once, so placement does not wait; a sample taken just
+// now is too close, and the one before it serves; with none usable it takes a fresh pair, cpuSampleGap apart.
 func TestStatsUsesTheBackgroundSample(t *testing.T) {
 	ctx := context.Background()
 	l := open(t, testURI)
-	sample := func() *libvirt.NodeCPUStats {
-		var s *libvirt.NodeCPUStats
-		if err := l.do(ctx, func(c *libvirt.Connect) error {
-			var err error
-			s, err = c.GetCPUStats(int(libvirt.NODE_CPU_STATS_ALL_CPUS), 0)
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
-	// The sampler's first sample, taken at Open, must land before the test's own.
-	for first := time.Now(); ; time.Sleep(5 * time.Millisecond) {
+	// The sampler's first sample, taken at Open, lands before the test sets its own; the next comes 2 s later.
+	for first := time.Now(); time.Since(first) < 5*time.Second; time.Sleep(5 * time.Millisecond) {
 		l.cpuMu.Lock()
-		sampled := l.cpuLast != nil
+		sampled := l.cpuSamples[0].stats != nil
 		l.cpuMu.Unlock()
-		if sampled || time.Since(first) > 5*time.Second {
+		if sampled {
 			break
 		}
 	}
-	// Which path ran shows in the time it took: a fresh pair always waits cpuSampleGap between its samples.
-	l.swapCPUSample(sample(), time.Now().Add(-time.Second))
+	var counters *libvirt.NodeCPUStats
+	if err := l.do(ctx, func(c *libvirt.Connect) error {
+		var err error
+		counters, err = c.GetCPUStats(int(libvirt.NODE_CPU_STATS_ALL_CPUS), 0)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	for _, c := range []struct {
+		name    string
+		samples [2]time.Duration // ages of the two kept samples, newest first; 0: none
+		fresh   bool
+	}{
+		{"a 1 s old sample", [2]time.Duration{time.Second, 0}, false},
+		{"one just taken, one 2 s old", [2]time.Duration{10 * time.Millisecond, 2 * time.Second}, false},
+		{"only one just taken", [2]time.Duration{10 * time.Millisecond, 0}, true},
+		{"only stale ones", [2]time.Duration{cpuSampleMaxAge + time.Second, cpuSampleMaxAge + 2*time.Second}, true},
+		{"none", [2]time.Duration{0, 0}, true},
+	} {
+		var kept [2]cpuSample
+		for i, age := range c.samples {
+			if age > 0 {
+				kept[i] = cpuSample{stats: counters, at: now.Add(-age)}
+			}
+		}
+		l.cpuMu.Lock()
+		l.cpuSamples = kept
+		l.cpuMu.Unlock()
+		if _, ok := l.cpuBaseline(now); ok == c.fresh {
+			t.Errorf("%s: baseline found = %t, want %t", c.name, ok, !c.fresh)
+		}
+	}
+	// Stats itself: with a usable sample it answers without the pause a fresh pair needs.
+	l.keepCPUSample(cpuSample{stats: counters, at: time.Now().Add(-time.Second)})
 	begin := time.Now()
 	if _, err := l.Stats(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if took := time.Since(begin); took >= cpuSampleGap {
 		t.Fatalf("Stats with a 1 s old sample took %s: it waited for a fresh pair", took)
-	}
-	l.swapCPUSample(nil, time.Time{})
-	begin = time.Now()
-	if _, err := l.Stats(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if took := time.Since(begin); took < cpuSampleGap {
-		t.Fatalf("Stats without a sample took %s: less than the gap between two samples", took)
 	}
 }
 
