@@ -66,10 +66,16 @@ func operatorWorkflow(name string) bool {
 // Every denial is logged at warn level with the caller's subject, role and the API.
 type authorizer struct {
 	namespace string
-	logger    *slog.Logger
+	// tasks finds the queue of the activity a hypervisor answers (activityQueues).
+	tasks  taskQueueFinder
+	logger *slog.Logger
 }
 
-func (a *authorizer) Authorize(_ context.Context, claims *authorization.Claims, target *authorization.CallTarget) (authorization.Result, error) {
+type taskQueueFinder interface {
+	queueOf(ctx context.Context, namespace string, token []byte) (string, error)
+}
+
+func (a *authorizer) Authorize(ctx context.Context, claims *authorization.Claims, target *authorization.CallTarget) (authorization.Result, error) {
 	// Health checks and GetSystemInfo, which every SDK client calls when it connects; the TLS handshake already
 	// verified the caller's certificate.
 	if authorization.IsHealthCheckAPI(target.APIName) {
@@ -81,7 +87,7 @@ func (a *authorizer) Authorize(_ context.Context, claims *authorization.Claims, 
 	} else {
 		c.err = fmt.Errorf("no client certificate")
 	}
-	reason := a.decide(c, target)
+	reason := a.decide(ctx, c, target)
 	if reason == "" {
 		return authorization.Result{Decision: authorization.DecisionAllow, Principal: &commonpb.Principal{Type: authType, Name: c.subject}}, nil
 	}
@@ -91,7 +97,7 @@ func (a *authorizer) Authorize(_ context.Context, claims *authorization.Claims, 
 }
 
 // decide returns why the call is denied, or "" when it is allowed.
-func (a *authorizer) decide(c caller, target *authorization.CallTarget) string {
+func (a *authorizer) decide(ctx context.Context, c caller, target *authorization.CallTarget) string {
 	if c.err != nil {
 		return c.err.Error()
 	}
@@ -127,7 +133,7 @@ func (a *authorizer) decide(c caller, target *authorization.CallTarget) string {
 		}
 		return operatorCall(method, target.Request)
 	case certs.RoleHypervisor:
-		return hypervisorCall(c.id.Name, method, target.Request)
+		return a.hypervisorCall(ctx, c.id.Name, method, target.Request)
 	}
 	return fmt.Sprintf("role %s may not call %s", c.id.Role, method)
 }
@@ -158,9 +164,10 @@ func operatorCall(method string, request any) string {
 }
 
 // hypervisorCall allows what a hypervisor worker does (workers.RunHypervisor): describe the namespace and its own
-// task queue at start, poll its own queue and the share queue, heartbeat and answer the activity tasks it got,
-// record and end its worker's heartbeats, and report a stray copy on itself (ResolveStrayCopy for its own host).
-func hypervisorCall(host, method string, request any) string {
+// task queue at start, poll its own queue and the share queue, heartbeat and answer the activity tasks of those
+// queues, record and end its worker's heartbeats, and report a stray copy on itself (ResolveStrayCopy for its own
+// host).
+func (a *authorizer) hypervisorCall(ctx context.Context, host, method string, request any) string {
 	own := types.HostTaskQueue(host)
 	ownOrShare := func(q string) bool { return q == own || q == types.ShareTaskQueue }
 	switch req := request.(type) {
@@ -176,9 +183,22 @@ func hypervisorCall(host, method string, request any) string {
 			return ""
 		}
 		return fmt.Sprintf("hypervisor %s may poll %s and %s only, not %s", host, own, types.ShareTaskQueue, req.GetTaskQueue().GetName())
-	case *workflowservice.RecordActivityTaskHeartbeatRequest, *workflowservice.RespondActivityTaskCompletedRequest,
-		*workflowservice.RespondActivityTaskFailedRequest, *workflowservice.RespondActivityTaskCanceledRequest:
-		// By task token, as the SDK answers the tasks its polls got. (The by-ID variants are not allowed.)
+	case interface{ GetTaskToken() []byte }:
+		switch request.(type) {
+		case *workflowservice.RecordActivityTaskHeartbeatRequest, *workflowservice.RespondActivityTaskCompletedRequest,
+			*workflowservice.RespondActivityTaskFailedRequest, *workflowservice.RespondActivityTaskCanceledRequest:
+		default:
+			return fmt.Sprintf("role hypervisor may not call %s", method)
+		}
+		// By task token, as the SDK answers the tasks its polls got (the by-ID variants are not allowed), and only
+		// for an activity of its own queues: see activityQueues.
+		q, err := a.tasks.queueOf(ctx, a.namespace, req.GetTaskToken())
+		if err != nil {
+			return fmt.Sprintf("hypervisor %s answers a task token that cannot be checked: %v", host, err)
+		}
+		if !ownOrShare(q) {
+			return fmt.Sprintf("hypervisor %s may answer tasks of %s and %s only, not of %s", host, own, types.ShareTaskQueue, q)
+		}
 		return ""
 	case *workflowservice.RecordWorkerHeartbeatRequest:
 		for _, hb := range req.GetWorkerHeartbeat() {

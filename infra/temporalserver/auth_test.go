@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/x509/pkix"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"strings"
@@ -34,6 +35,16 @@ func claimsOf(t *testing.T, role, name string) *authorization.Claims {
 		t.Fatalf("GetClaims(%s): %v", subject, err)
 	}
 	return c
+}
+
+// fakeTasks stands for activityQueues: a token here is the name of its activity's queue.
+type fakeTasks struct{}
+
+func (fakeTasks) queueOf(_ context.Context, _ string, token []byte) (string, error) {
+	if len(token) == 0 {
+		return "", errors.New("not an activity task token")
+	}
+	return string(token), nil
 }
 
 func wfs(method string) string { return api.WorkflowServicePrefix + method }
@@ -83,9 +94,15 @@ func TestAuthorizerRoles(t *testing.T) {
 			{"DescribeNamespace", &workflowservice.DescribeNamespaceRequest{Namespace: ns}, true},
 			{"DescribeTaskQueue", &workflowservice.DescribeTaskQueueRequest{Namespace: ns, TaskQueue: queue(types.HostTaskQueue("hv1"))}, true},
 			{"DescribeTaskQueue", &workflowservice.DescribeTaskQueueRequest{Namespace: ns, TaskQueue: queue(types.HostTaskQueue("hv2"))}, false},
-			{"RecordActivityTaskHeartbeat", &workflowservice.RecordActivityTaskHeartbeatRequest{Namespace: ns}, true},
-			{"RespondActivityTaskCompleted", &workflowservice.RespondActivityTaskCompletedRequest{Namespace: ns}, true},
-			{"RespondActivityTaskFailed", &workflowservice.RespondActivityTaskFailedRequest{Namespace: ns}, true},
+			{"RecordActivityTaskHeartbeat", &workflowservice.RecordActivityTaskHeartbeatRequest{Namespace: ns, TaskToken: []byte(types.HostTaskQueue("hv1"))}, true},
+			{"RespondActivityTaskCompleted", &workflowservice.RespondActivityTaskCompletedRequest{Namespace: ns, TaskToken: []byte(types.ShareTaskQueue)}, true},
+			{"RespondActivityTaskFailed", &workflowservice.RespondActivityTaskFailedRequest{Namespace: ns, TaskToken: []byte(types.HostTaskQueue("hv1"))}, true},
+			{"RespondActivityTaskCanceled", &workflowservice.RespondActivityTaskCanceledRequest{Namespace: ns, TaskToken: []byte(types.HostTaskQueue("hv1"))}, true},
+			{"RespondActivityTaskCompleted", &workflowservice.RespondActivityTaskCompletedRequest{Namespace: ns, TaskToken: []byte(types.ControllerTaskQueue)}, false},
+			{"RecordActivityTaskHeartbeat", &workflowservice.RecordActivityTaskHeartbeatRequest{Namespace: ns, TaskToken: []byte(types.HostTaskQueue("hv2"))}, false},
+			{"RespondActivityTaskFailed", &workflowservice.RespondActivityTaskFailedRequest{Namespace: ns}, false},
+			{"RespondWorkflowTaskCompleted", &workflowservice.RespondWorkflowTaskCompletedRequest{Namespace: ns, TaskToken: []byte(types.HostTaskQueue("hv1"))}, false},
+			{"RespondQueryTaskCompleted", &workflowservice.RespondQueryTaskCompletedRequest{Namespace: ns, TaskToken: []byte(types.HostTaskQueue("hv1"))}, false},
 			{"RespondActivityTaskCompletedById", &workflowservice.RespondActivityTaskCompletedByIdRequest{Namespace: ns}, false},
 			{"RecordWorkerHeartbeat", &workflowservice.RecordWorkerHeartbeatRequest{Namespace: ns, WorkerHeartbeat: []*workerpb.WorkerHeartbeat{
 				{TaskQueue: types.HostTaskQueue("hv1")}, {TaskQueue: types.ShareTaskQueue}}}, true},
@@ -158,7 +175,7 @@ func TestAuthorizerRoles(t *testing.T) {
 	} {
 		claims := claimsOf(t, tc.role, tc.name)
 		var logs bytes.Buffer
-		a := &authorizer{namespace: ns, logger: slog.New(slog.NewTextHandler(&logs, nil))}
+		a := &authorizer{namespace: ns, tasks: fakeTasks{}, logger: slog.New(slog.NewTextHandler(&logs, nil))}
 		for _, c := range tc.calls {
 			logs.Reset()
 			target := &authorization.CallTarget{APIName: wfs(c.method), Request: c.req}

@@ -217,7 +217,7 @@ func startLocked(ctx context.Context, o ClusterOptions, ports map[primitives.Ser
 	}
 	conf := clusterConfig(o, ports, frontendAddress)
 	sec.apply(conf)
-	ts, err := runTemporal(conf, nil, o.Logger, sec.serverOptions(o.Namespace, o.Logger)...)
+	ts, err := runTemporal(conf, nil, o.Logger, sec.serverOptions(o.Namespace, frontendAddress, o.Logger)...)
 	if err != nil {
 		return nil, errors.Join(err, lock.unlock())
 	}

@@ -325,7 +325,7 @@ func startTemporal(o Options, sqlConf *config.SQL, frontendAddress string, sec *
 		}
 		hosts[primitives.ServiceName(name)] = static.SingleLocalHost(host)
 	}
-	return runTemporal(conf, hosts, o.Logger, sec.serverOptions(o.Namespace, o.Logger)...)
+	return runTemporal(conf, hosts, o.Logger, sec.serverOptions(o.Namespace, frontendAddress, o.Logger)...)
 }
 
 // runTemporal creates and starts a server with conf. Its services find each other through hosts, or, when hosts is

@@ -116,14 +116,15 @@ func (t *serverTLS) clientConfig() *tls.Config {
 // client CA), nil when the frontend serves plain gRPC. vmha server's embedded controller dials with it.
 func (s *Server) ClientTLS() *tls.Config { return s.tls.clientConfig() }
 
-// serverOptions install vmha's authorizer and claim mapper on a frontend that serves mTLS; without TLS (nil) there
-// is no certificate to authorize by, and Temporal's defaults let every caller do anything.
-func (t *serverTLS) serverOptions(namespace string, logger *slog.Logger) []temporal.ServerOption {
+// serverOptions install vmha's authorizer and claim mapper on a frontend that serves mTLS on frontendAddress;
+// without TLS (nil) there is no certificate to authorize by, and Temporal's defaults let every caller do anything.
+func (t *serverTLS) serverOptions(namespace, frontendAddress string, logger *slog.Logger) []temporal.ServerOption {
 	if t == nil {
 		return nil
 	}
+	tasks := activityQueues{frontendAddress: frontendAddress, tls: t.clientConfig()}
 	return []temporal.ServerOption{
-		temporal.WithAuthorizer(&authorizer{namespace: namespace, logger: logger}),
+		temporal.WithAuthorizer(&authorizer{namespace: namespace, tasks: tasks, logger: logger}),
 		temporal.WithClaimMapper(func(*config.Config) authorization.ClaimMapper { return claimMapper{} }),
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
 	taskqueuepb "go.temporal.io/api/taskqueue/v1"
 	"go.temporal.io/api/workflowservice/v1"
@@ -32,6 +33,7 @@ import (
 	sdklog "go.temporal.io/sdk/log"
 	"go.temporal.io/sdk/worker"
 	"go.temporal.io/sdk/workflow"
+	"go.temporal.io/server/common/tasktoken"
 
 	"vmha/activities"
 	"vmha/infra/certs"
@@ -228,6 +230,65 @@ func probeHost(ctx workflow.Context) (string, error) {
 	return out, err
 }
 
+// stepsOnTwoQueues runs a host step on hv1's queue and a controller step ("Fence") at once.
+func stepsOnTwoQueues(ctx workflow.Context) error {
+	host := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue: types.HostTaskQueue("hv1"), StartToCloseTimeout: time.Minute}), "HostStats")
+	fence := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue: "controller-steps", StartToCloseTimeout: time.Minute}), "Fence")
+	if err := host.Get(ctx, nil); err != nil {
+		return err
+	}
+	return fence.Get(ctx, nil)
+}
+
+// forgeTaskToken: hv1 takes the host step's task, then answers with that token rewritten to name the controller's
+// step of the same workflow: denied, while the real token is accepted.
+func forgeTaskToken(t *testing.T, controller, hv1 client.Client) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	run, err := controller.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: "two-steps", TaskQueue: types.ControllerTaskQueue}, "StepsOnTwoQueues")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = controller.TerminateWorkflow(context.Background(), run.GetID(), "", "test over") }()
+	task, err := hv1.WorkflowService().PollActivityTaskQueue(ctx, &workflowservice.PollActivityTaskQueueRequest{
+		Namespace: testNamespace, TaskQueue: &taskqueuepb.TaskQueue{Name: types.HostTaskQueue("hv1")}, Identity: "hv1"})
+	if err != nil || task.GetActivityType().GetName() != "HostStats" {
+		t.Fatalf("hv1 polls its queue: %v, %v; want the HostStats task", task.GetActivityType(), err)
+	}
+	var fenceEvent int64
+	var fenceID string
+	iter := controller.GetWorkflowHistory(ctx, run.GetID(), run.GetRunID(), false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	for iter.HasNext() {
+		e, err := iter.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a := e.GetActivityTaskScheduledEventAttributes(); a.GetActivityType().GetName() == "Fence" {
+			fenceEvent, fenceID = e.GetEventId(), a.GetActivityId()
+		}
+	}
+	tok, err := tasktoken.NewSerializer().Deserialize(task.GetTaskToken())
+	if err != nil || fenceEvent == 0 {
+		t.Fatalf("token %v, fence scheduled at event %d", err, fenceEvent)
+	}
+	tok.ScheduledEventId, tok.ActivityId = fenceEvent, fenceID
+	forged, err := tasktoken.NewSerializer().Serialize(tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = hv1.WorkflowService().RespondActivityTaskCompleted(ctx, &workflowservice.RespondActivityTaskCompletedRequest{
+		Namespace: testNamespace, TaskToken: forged, Identity: "hv1"})
+	mustDeny(t, "hv1 answers the controller's step with a forged token", err)
+	_, err = hv1.WorkflowService().RespondActivityTaskCompleted(ctx, &workflowservice.RespondActivityTaskCompletedRequest{
+		Namespace: testNamespace, TaskToken: task.GetTaskToken(), Identity: "hv1"})
+	if err != nil {
+		t.Errorf("hv1 answers its own task: %v", err)
+	}
+}
+
 // TestMutualTLSRoles starts the server with mTLS and checks, over the network, what each role's certificate may do.
 func TestMutualTLSRoles(t *testing.T) {
 	p := newPKI(t)
@@ -249,6 +310,7 @@ func TestMutualTLSRoles(t *testing.T) {
 	// included: both workers work through the authorizer.
 	cw := worker.New(controller, types.ControllerTaskQueue, worker.Options{})
 	cw.RegisterWorkflowWithOptions(probeHost, workflow.RegisterOptions{Name: "ProbeHost"})
+	cw.RegisterWorkflowWithOptions(stepsOnTwoQueues, workflow.RegisterOptions{Name: "StepsOnTwoQueues"})
 	hw := worker.New(hv1, types.HostTaskQueue("hv1"), worker.Options{DisableWorkflowWorker: true})
 	hw.RegisterActivityWithOptions(hostStats, activity.RegisterOptions{Name: "HostStats"})
 	for _, w := range []worker.Worker{cw, hw} {
@@ -268,10 +330,11 @@ func TestMutualTLSRoles(t *testing.T) {
 	}
 	time.Sleep(2 * time.Second)
 	hw.Stop()
-	cw.Stop()
 	if l := logs.String(); strings.Contains(l, "temporal call denied") {
 		t.Fatalf("the workers met a denial (start, poll, heartbeat, answer and shutdown must all pass):\n%s", l)
 	}
+	forgeTaskToken(t, controller, hv1)
+	cw.Stop()
 
 	// A host monitor to signal (nobody runs it: only who may signal it matters).
 	monitor := types.HostMonitorID("hv1")
