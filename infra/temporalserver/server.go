@@ -96,7 +96,7 @@ func (s *Server) Stop() error {
 	if s.ui != nil {
 		errs = append(errs, s.ui.stop())
 	}
-	errs = append(errs, s.temporal.stop())
+	errs = append(errs, s.temporal.stop(), s.tls.close())
 	return errors.Join(errs...)
 }
 

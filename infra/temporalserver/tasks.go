@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"sync"
 	"time"
 
 	commonpb "go.temporal.io/api/common/v1"
@@ -21,25 +22,51 @@ const lookupTimeout = 5 * time.Second
 // to the worker that polled it, and when a worker answers one the server checks its workflow, event and attempt but
 // neither its activity type nor its queue: a hypervisor that served one task of a workflow (and so knows its run ID)
 // could otherwise forge a token that answers another activity of that workflow, a controller's fencing step say.
-// It reads the workflow's mutable state through the frontend's admin API with the server's own certificate.
+// It reads the workflow's mutable state through the frontend's admin API with the server's own certificate, on one
+// connection kept for the server's life (a TLS handshake per answer would cost more than the read).
 type activityQueues struct {
 	frontendAddress string
 	tls             *tls.Config
+
+	once sync.Once
+	conn *grpc.ClientConn
+	err  error
 }
 
-func (q activityQueues) queueOf(ctx context.Context, namespace string, token []byte) (string, error) {
+func (q *activityQueues) admin() (adminservice.AdminServiceClient, error) {
+	q.once.Do(func() {
+		// NewClient connects at the first call, when the frontend serves.
+		q.conn, q.err = grpc.NewClient(q.frontendAddress, grpc.WithTransportCredentials(credentials.NewTLS(q.tls)))
+	})
+	if q.err != nil {
+		return nil, fmt.Errorf("dial the frontend to check task tokens: %w", q.err)
+	}
+	return adminservice.NewAdminServiceClient(q.conn), nil
+}
+
+// close ends the connection, if one was made.
+func (q *activityQueues) close() error {
+	if q.conn == nil {
+		return nil
+	}
+	if err := q.conn.Close(); err != nil {
+		return fmt.Errorf("close the task token checker's connection: %w", err)
+	}
+	return nil
+}
+
+func (q *activityQueues) queueOf(ctx context.Context, namespace string, token []byte) (string, error) {
 	tok, err := tasktoken.NewSerializer().Deserialize(token)
 	if err != nil || tok.GetWorkflowId() == "" || tok.GetRunId() == "" {
 		return "", fmt.Errorf("not an activity task token")
 	}
+	admin, err := q.admin()
+	if err != nil {
+		return "", err
+	}
 	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
 	defer cancel()
-	conn, err := grpc.NewClient(q.frontendAddress, grpc.WithTransportCredentials(credentials.NewTLS(q.tls)))
-	if err != nil {
-		return "", fmt.Errorf("dial the frontend to check a task token: %w", err)
-	}
-	defer conn.Close()
-	resp, err := adminservice.NewAdminServiceClient(conn).DescribeMutableState(ctx, &adminservice.DescribeMutableStateRequest{
+	resp, err := admin.DescribeMutableState(ctx, &adminservice.DescribeMutableStateRequest{
 		Namespace: namespace, SkipForceReload: true,
 		Execution: &commonpb.WorkflowExecution{WorkflowId: tok.GetWorkflowId(), RunId: tok.GetRunId()},
 	})

@@ -36,6 +36,16 @@ type serverTLS struct {
 	// serverName is a name the server certificate carries, which the in-process clients verify it by (they dial
 	// a loopback address the certificate need not name).
 	serverName string
+	// tasks is the authorizer's task token checker, made with the first serverOptions.
+	tasks *activityQueues
+}
+
+// close ends the task token checker's connection; nil-safe.
+func (t *serverTLS) close() error {
+	if t == nil || t.tasks == nil {
+		return nil
+	}
+	return t.tasks.close()
 }
 
 // loadServerTLS reads the files and checks what would otherwise fail later with a handshake error in some
@@ -122,7 +132,10 @@ func (t *serverTLS) serverOptions(namespace, frontendAddress string, logger *slo
 	if t == nil {
 		return nil
 	}
-	tasks := activityQueues{frontendAddress: frontendAddress, tls: t.clientConfig()}
+	if t.tasks == nil {
+		t.tasks = &activityQueues{frontendAddress: frontendAddress, tls: t.clientConfig()}
+	}
+	tasks := t.tasks
 	return []temporal.ServerOption{
 		temporal.WithAuthorizer(&authorizer{namespace: namespace, tasks: tasks, logger: logger}),
 		temporal.WithClaimMapper(func(*config.Config) authorization.ClaimMapper { return claimMapper{} }),
