@@ -71,6 +71,7 @@ type authorizer struct {
 	logger *slog.Logger
 }
 
+// taskQueueFinder tells the queue of the pending activity a task token names ("" when none is pending).
 type taskQueueFinder interface {
 	queueOf(ctx context.Context, namespace string, token []byte) (string, error)
 }
@@ -183,20 +184,15 @@ func (a *authorizer) hypervisorCall(ctx context.Context, host, method string, re
 			return ""
 		}
 		return fmt.Sprintf("hypervisor %s may poll %s and %s only, not %s", host, own, types.ShareTaskQueue, req.GetTaskQueue().GetName())
-	case interface{ GetTaskToken() []byte }:
-		switch request.(type) {
-		case *workflowservice.RecordActivityTaskHeartbeatRequest, *workflowservice.RespondActivityTaskCompletedRequest,
-			*workflowservice.RespondActivityTaskFailedRequest, *workflowservice.RespondActivityTaskCanceledRequest:
-		default:
-			return fmt.Sprintf("role hypervisor may not call %s", method)
-		}
+	case *workflowservice.RecordActivityTaskHeartbeatRequest, *workflowservice.RespondActivityTaskCompletedRequest,
+		*workflowservice.RespondActivityTaskFailedRequest, *workflowservice.RespondActivityTaskCanceledRequest:
 		// By task token, as the SDK answers the tasks its polls got (the by-ID variants are not allowed), and only
 		// for an activity of its own queues: see activityQueues.
-		q, err := a.tasks.queueOf(ctx, a.namespace, req.GetTaskToken())
+		q, err := a.tasks.queueOf(ctx, a.namespace, req.(interface{ GetTaskToken() []byte }).GetTaskToken())
 		if err != nil {
 			return fmt.Sprintf("hypervisor %s answers a task token that cannot be checked: %v", host, err)
 		}
-		if !ownOrShare(q) {
+		if q != "" && !ownOrShare(q) {
 			return fmt.Sprintf("hypervisor %s may answer tasks of %s and %s only, not of %s", host, own, types.ShareTaskQueue, q)
 		}
 		return ""

@@ -37,12 +37,16 @@ func claimsOf(t *testing.T, role, name string) *authorization.Claims {
 	return c
 }
 
-// fakeTasks stands for activityQueues: a token here is the name of its activity's queue.
+// fakeTasks stands for activityQueues: a token here is the name of its activity's queue, "gone" one of an activity
+// no longer pending.
 type fakeTasks struct{}
 
 func (fakeTasks) queueOf(_ context.Context, _ string, token []byte) (string, error) {
-	if len(token) == 0 {
+	switch string(token) {
+	case "":
 		return "", errors.New("not an activity task token")
+	case "gone":
+		return "", nil
 	}
 	return string(token), nil
 }
@@ -101,6 +105,7 @@ func TestAuthorizerRoles(t *testing.T) {
 			{"RespondActivityTaskCompleted", &workflowservice.RespondActivityTaskCompletedRequest{Namespace: ns, TaskToken: []byte(types.ControllerTaskQueue)}, false},
 			{"RecordActivityTaskHeartbeat", &workflowservice.RecordActivityTaskHeartbeatRequest{Namespace: ns, TaskToken: []byte(types.HostTaskQueue("hv2"))}, false},
 			{"RespondActivityTaskFailed", &workflowservice.RespondActivityTaskFailedRequest{Namespace: ns}, false},
+			{"RecordActivityTaskHeartbeat", &workflowservice.RecordActivityTaskHeartbeatRequest{Namespace: ns, TaskToken: []byte("gone")}, true},
 			{"RespondWorkflowTaskCompleted", &workflowservice.RespondWorkflowTaskCompletedRequest{Namespace: ns, TaskToken: []byte(types.HostTaskQueue("hv1"))}, false},
 			{"RespondQueryTaskCompleted", &workflowservice.RespondQueryTaskCompletedRequest{Namespace: ns, TaskToken: []byte(types.HostTaskQueue("hv1"))}, false},
 			{"RespondActivityTaskCompletedById", &workflowservice.RespondActivityTaskCompletedByIdRequest{Namespace: ns}, false},

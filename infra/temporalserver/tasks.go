@@ -4,11 +4,13 @@ import (
 	"cmp"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
 
 	commonpb "go.temporal.io/api/common/v1"
+	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/server/api/adminservice/v1"
 	"go.temporal.io/server/common/tasktoken"
 	"google.golang.org/grpc"
@@ -55,6 +57,8 @@ func (q *activityQueues) close() error {
 	return nil
 }
 
+// queueOf is the queue of the pending activity token names, or "" when there is none (the workflow or the activity
+// is gone): the server then refuses the token itself, with the NotFound an SDK expects for an activity that ended.
 func (q *activityQueues) queueOf(ctx context.Context, namespace string, token []byte) (string, error) {
 	tok, err := tasktoken.NewSerializer().Deserialize(token)
 	if err != nil || tok.GetWorkflowId() == "" || tok.GetRunId() == "" {
@@ -70,6 +74,10 @@ func (q *activityQueues) queueOf(ctx context.Context, namespace string, token []
 		Namespace: namespace, SkipForceReload: true,
 		Execution: &commonpb.WorkflowExecution{WorkflowId: tok.GetWorkflowId(), RunId: tok.GetRunId()},
 	})
+	var notFound *serviceerror.NotFound
+	if errors.As(err, &notFound) {
+		return "", nil
+	}
 	if err != nil {
 		return "", fmt.Errorf("read workflow %s run %s of the task token: %w", tok.GetWorkflowId(), tok.GetRunId(), err)
 	}
@@ -85,5 +93,5 @@ func (q *activityQueues) queueOf(ctx context.Context, namespace string, token []
 			}
 		}
 	}
-	return "", fmt.Errorf("workflow %s has no pending activity %s (event %d)", tok.GetWorkflowId(), tok.GetActivityId(), tok.GetScheduledEventId())
+	return "", nil
 }

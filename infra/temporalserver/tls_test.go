@@ -287,6 +287,13 @@ func forgeTaskToken(t *testing.T, controller, hv1 client.Client) {
 	if err != nil {
 		t.Errorf("hv1 answers its own task: %v", err)
 	}
+	// The SDK cancels an activity whose heartbeat gets NotFound: a finished task must still get that, not a denial.
+	_, err = hv1.WorkflowService().RecordActivityTaskHeartbeat(ctx, &workflowservice.RecordActivityTaskHeartbeatRequest{
+		Namespace: testNamespace, TaskToken: task.GetTaskToken(), Identity: "hv1"})
+	var notFound *serviceerror.NotFound
+	if !errors.As(err, &notFound) {
+		t.Errorf("hv1 heartbeats its finished task: %v, want NotFound", err)
+	}
 }
 
 // TestMutualTLSRoles starts the server with mTLS and checks, over the network, what each role's certificate may do.
