@@ -341,24 +341,6 @@ func runTemporal(conf *config.Config, hosts map[primitives.ServiceName]static.Ho
 	if err != nil {
 		return nil, fmt.Errorf("temporal claim mapper: %w", err)
 	}
-	dyn := dynamicconfig.StaticClient{
-		// Values of the Temporal CLI's dev server: a bigger mutable state cache, and visibility queries
-		// (the Web UI's lists) not throttled to the production default.
-		dynamicconfig.HistoryCacheHostLevelMaxSize.Key():                 8096,
-		dynamicconfig.FrontendMaxNamespaceVisibilityRPSPerInstance.Key(): 100,
-		// Every hypervisor worker long-polls (3 polls per host) and every monitor's watch heartbeats: the
-		// production defaults (1,200 concurrent polls, 2,400 RPS per namespace) refuse them from ~400 hosts on.
-		dynamicconfig.FrontendMaxConcurrentLongRunningRequestsPerInstance.Key(): 50000,
-		dynamicconfig.FrontendMaxNamespaceRPSPerInstance.Key():                  20000,
-		dynamicconfig.FrontendRPS.Key():                                         20000,
-		dynamicconfig.MatchingRPS.Key():                                         20000,
-		dynamicconfig.HistoryRPS.Key():                                          20000,
-		// A recovery's controller steps (settings, host list, placement, notifications) run on the task queue of
-		// the workflow that schedules them: eager execution hands each to that worker in the reply to its workflow
-		// task, one matching round trip less per step on the way to a VM's restart.
-		dynamicconfig.EnableActivityEagerExecution.Key(): true,
-	}
-
 	defer func() {
 		if r := recover(); r != nil {
 			f, ok := r.(fatalPanic)
@@ -375,7 +357,7 @@ func runTemporal(conf *config.Config, hosts map[primitives.ServiceName]static.Ho
 		temporal.WithLogger(bridge),
 		temporal.WithAuthorizer(authorizer),
 		temporal.WithClaimMapper(func(*config.Config) authorization.ClaimMapper { return claimMapper }),
-		temporal.WithDynamicConfigClient(dyn),
+		temporal.WithDynamicConfigClient(dynamicConfig()),
 	}, extra...)...)
 	if err != nil {
 		return nil, fmt.Errorf("create temporal server: %w", err)
@@ -384,6 +366,27 @@ func runTemporal(conf *config.Config, hosts map[primitives.ServiceName]static.Ho
 		return nil, fmt.Errorf("start temporal server on %s: %w", conf.PublicClient.HostPort, err)
 	}
 	return &embedded{server: ts, log: bridge}, nil
+}
+
+// dynamicConfig is the dynamic configuration every vmha Temporal server runs with.
+func dynamicConfig() dynamicconfig.StaticClient {
+	return dynamicconfig.StaticClient{
+		// Values of the Temporal CLI's dev server: a bigger mutable state cache, and visibility queries
+		// (the Web UI's lists) not throttled to the production default.
+		dynamicconfig.HistoryCacheHostLevelMaxSize.Key():                 8096,
+		dynamicconfig.FrontendMaxNamespaceVisibilityRPSPerInstance.Key(): 100,
+		// Every hypervisor worker long-polls (3 polls per host) and every monitor's watch heartbeats: the
+		// production defaults (1,200 concurrent polls, 2,400 RPS per namespace) refuse them from ~400 hosts on.
+		dynamicconfig.FrontendMaxConcurrentLongRunningRequestsPerInstance.Key(): 50000,
+		dynamicconfig.FrontendMaxNamespaceRPSPerInstance.Key():                  20000,
+		dynamicconfig.FrontendRPS.Key():                                         20000,
+		dynamicconfig.MatchingRPS.Key():                                         20000,
+		dynamicconfig.HistoryRPS.Key():                                          20000,
+		// A recovery's controller steps (settings, host list, placement, notifications) run on the task queue of
+		// the workflow that schedules them: eager execution hands each to that worker in the reply to its workflow
+		// task, one matching round trip less per step on the way to a VM's restart.
+		dynamicconfig.EnableActivityEagerExecution.Key(): true,
+	}
 }
 
 // ensureSearchAttributes adds the vmha search attributes the namespace lacks, and tells whether it added any: a
