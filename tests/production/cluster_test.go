@@ -7,9 +7,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/user"
@@ -21,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	sdklog "go.temporal.io/sdk/log"
@@ -51,9 +54,9 @@ var quiet = sdklog.NewStructuredLogger(slog.New(slog.NewTextHandler(os.Stderr, &
 var nodeIPs = []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"}
 
 // TestClusterOnPostgres starts PostgreSQL and three `vmha server` nodes at once against it, each serving mTLS with
-// its own certificate from `vmha certs`, checks that they form one cluster, that a workflow started through one node
-// runs and is listed through the others, and that the cluster keeps serving, in-flight and new workflows alike, when
-// one node is SIGKILLed.
+// its own certificate from `vmha certs`, one of them with the Web UI and a controller replica, checks that they form
+// one cluster, that a workflow started through one node runs and is listed through the others (and that node's UI),
+// and that the cluster keeps serving, in-flight and new workflows alike, when one node is SIGKILLed.
 func TestClusterOnPostgres(t *testing.T) {
 	pg := startPostgres(t)
 	bin := vmhaBinary(t)
@@ -62,12 +65,21 @@ func TestClusterOnPostgres(t *testing.T) {
 	// The test's clients act as a controller: every call in vmha's namespace, and cluster-wide reads.
 	me := ca.issue(t, certs.Request{Role: certs.RoleController, Name: "cluster-test"})
 
+	// The last node runs as README's management machines do: with the Web UI and a controller replica.
+	uiPort := freePort(t, nodeIPs[2])
+	full := []string{"VMHA_EMBEDDED_CONTROLLER=true", "VMHA_METRICS_ADDR=", "VMHA_UI_ADDRESS=" + nodeIPs[2],
+		"VMHA_UI_PORT=" + strconv.Itoa(uiPort)}
+
 	started := time.Now()
 	nodes := make([]*node, len(nodeIPs))
 	for i, ip := range nodeIPs {
 		server := ca.issue(t, certs.Request{Role: certs.RoleServer, Name: "node-" + ip, IPs: []net.IP{net.ParseIP(ip)}})
-		nodes[i] = startNode(t, bin, ip, frontendPort, append(pg.nodeEnv(),
-			"VMHA_SERVER_TLS_CERT="+server.Cert, "VMHA_SERVER_TLS_KEY="+server.Key, "VMHA_SERVER_TLS_CLIENT_CA="+ca.cert))
+		env := append(pg.nodeEnv(),
+			"VMHA_SERVER_TLS_CERT="+server.Cert, "VMHA_SERVER_TLS_KEY="+server.Key, "VMHA_SERVER_TLS_CLIENT_CA="+ca.cert)
+		if i == 2 {
+			env = append(env, full...)
+		}
+		nodes[i] = startNode(t, bin, ip, frontendPort, env)
 		nodes[i].tls = ca.clientTLS(t, me, ip)
 		// Cluster administration (DescribeCluster) is the server role's alone: the test reads membership as the node.
 		nodes[i].adminTLS = ca.clientTLS(t, server, ip)
@@ -114,6 +126,7 @@ func TestClusterOnPostgres(t *testing.T) {
 		t.Fatalf("workflow %s through node %s: result %q, want %q", first, nodes[2].ip, got, "echo first")
 	}
 	waitListed(ctx, t, clients[2], first)
+	waitControllerAndUI(ctx, t, clients[0], net.JoinHostPort(nodeIPs[2], strconv.Itoa(uiPort)), first)
 
 	// In flight across the kill: started through node 1, sleeping while node 1 dies.
 	inFlight := startEcho(ctx, t, clients[0], "in flight", 3*time.Second)
@@ -192,6 +205,36 @@ func echoResult(ctx context.Context, t *testing.T, c client.Client, id string) s
 		t.Fatalf("result of workflow %s: %v", id, err)
 	}
 	return out
+}
+
+// waitControllerAndUI waits until the embedded controller polls its queue (seen through another node) and checks that
+// the Web UI lists workflow id, through its node's mTLS frontend.
+func waitControllerAndUI(ctx context.Context, t *testing.T, c client.Client, ui, id string) {
+	t.Helper()
+	for {
+		resp, err := c.DescribeTaskQueue(ctx, types.ControllerTaskQueue, enumspb.TASK_QUEUE_TYPE_WORKFLOW)
+		if err == nil && len(resp.GetPollers()) > 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no controller polls %s: %v (last error %v)", types.ControllerTaskQueue, ctx.Err(), err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+ui+"/api/v1/namespaces/"+namespace+"/workflows", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("web UI at %s: %v", ui, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), id) {
+		t.Fatalf("web UI at %s does not list workflow %s: %s %.300s", ui, id, resp.Status, body)
+	}
 }
 
 // waitListed waits until visibility lists workflow id as completed, found by vmha's VmhaHost search attribute.
