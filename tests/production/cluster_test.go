@@ -41,7 +41,9 @@ import (
 
 const (
 	namespace = "vmha"
-	taskQueue = "production-cluster-test"
+	// clusterName is the DNS name of every node (one A record each), in their certificates too.
+	clusterName = "temporal.cluster.test"
+	taskQueue   = "production-cluster-test"
 	// testHost is the VmhaHost search attribute of the test's workflows: it proves the namespace and vmha's search
 	// attributes were registered on the cluster.
 	testHost = "cluster-test"
@@ -73,7 +75,8 @@ func TestClusterOnPostgres(t *testing.T) {
 	started := time.Now()
 	nodes := make([]*node, len(nodeIPs))
 	for i, ip := range nodeIPs {
-		server := ca.issue(t, certs.Request{Role: certs.RoleServer, Name: "node-" + ip, IPs: []net.IP{net.ParseIP(ip)}})
+		server := ca.issue(t, certs.Request{Role: certs.RoleServer, Name: "node-" + ip, DNSNames: []string{clusterName},
+			IPs: []net.IP{net.ParseIP(ip)}})
 		env := append(pg.nodeEnv(),
 			"VMHA_SERVER_TLS_CERT="+server.Cert, "VMHA_SERVER_TLS_KEY="+server.Key, "VMHA_SERVER_TLS_CLIENT_CA="+ca.cert)
 		if i == 2 {
@@ -111,12 +114,22 @@ func TestClusterOnPostgres(t *testing.T) {
 		defer c.Close()
 		clients[i] = c
 	}
-	// The worker polls node 2 only: every workflow below starts on another node's frontend.
-	w := worker.New(clients[1], taskQueue, worker.Options{})
+	// The worker dials the cluster by its DNS name, as README tells hypervisors and controllers to: the SDK resolves
+	// every node's address and spreads its calls over them, so it must carry on through the others when node 1 dies.
+	dnsServer := serveDNS(t, clusterName, nodeIPs)
+	byName, err := client.DialContext(ctx, client.Options{
+		HostPort: "dns://" + dnsServer + "/" + net.JoinHostPort(clusterName, strconv.Itoa(frontendPort)), Namespace: namespace,
+		Logger: quiet, ConnectionOptions: client.ConnectionOptions{TLS: ca.clientTLS(t, me, clusterName)},
+	})
+	if err != nil {
+		t.Fatalf("dial the cluster as %s (DNS at %s): %v", clusterName, dnsServer, err)
+	}
+	defer byName.Close()
+	w := worker.New(byName, taskQueue, worker.Options{})
 	w.RegisterWorkflow(echoWorkflow)
 	w.RegisterActivity(echoActivity)
 	if err := w.Start(); err != nil {
-		t.Fatalf("start worker on node %s: %v", nodes[1].ip, err)
+		t.Fatalf("start worker on %s: %v", clusterName, err)
 	}
 	defer w.Stop()
 
