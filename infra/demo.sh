@@ -53,6 +53,9 @@ start() {
 	trap 'echo "demo: failed; stopping what started (make stop)" >&2; stop' ERR
 	"$LAB" up 3
 	if ! server_pid >/dev/null; then
+		# The lab starts afresh, so does vmha's history: a history left by an older build of vmha may not replay
+		# under this one's workflow code (its monitors would stall), and it names VMs the new lab does not have.
+		rm -rf "$VMHA_DATA_DIR"
 		"$VMHA_BIN" server >"$STATE/server.log" 2>&1 &
 		echo $! >"$STATE/server.pid"
 	fi
@@ -73,7 +76,7 @@ $("$VMHA_BIN" hosts)
 
 VM '$VM' runs on $host.
 
-  Web UI (filter with VmhaHost="$host"):            http://${VMHA_TEMPORAL_ADDRESS%:*}:$VMHA_UI_PORT/namespaces/$VMHA_NAMESPACE/workflows
+  Web UI (filter with VmhaHost="$host"):            http://${VMHA_UI_ADDRESS:-127.0.0.1}:$VMHA_UI_PORT/namespaces/$VMHA_NAMESPACE/workflows
   Pull the plug on $host through its BMC:             infra/lab/lab.sh power-off $host
   Where does '$VM' run now (every host, via virsh):  infra/lab/lab.sh domains
   Host states, then recent recoveries:                VMHA_TEMPORAL_ADDRESS=$VMHA_TEMPORAL_ADDRESS bin/vmha hosts

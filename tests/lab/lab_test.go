@@ -142,7 +142,6 @@ func setUp(t *testing.T) *world {
 	w.bin = vmhaBinary(t)
 	w.env = append(os.Environ(),
 		"VMHA_TEMPORAL_ADDRESS="+temporalAddr, "VMHA_NAMESPACE="+namespace, "VMHA_UI_PORT="+uiPort,
-		"VMHA_UI_ADDRESS="+strings.Split(temporalAddr, ":")[0],
 		"VMHA_DATA_DIR="+filepath.Join(w.dir, "data"), "VMHA_METRICS_ADDR=127.0.0.1:0",
 		"VMHA_WEBHOOK_URL="+w.hooks.url, "VMHA_WEBHOOK_SECRET="+webhookKey, "VMHA_LOG_LEVEL=info")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
