@@ -66,8 +66,11 @@ func TestComposeMatchesTheTestedCluster(t *testing.T) {
 	}
 
 	temporal := project.Services["temporal"]
-	if db := env(temporal, "DB"); db != "postgres12" && db != "postgres12_pgx" {
-		t.Errorf("service temporal: DB=%s, want postgres12 or postgres12_pgx (the v12 schema vmha's nodes use)", db)
+	// infra/temporalserver/postgres.go: the pgx plugin, pools of 10.
+	for key, want := range map[string]string{"DB": "postgres12_pgx", "SQL_MAX_CONNS": "10", "SQL_MAX_IDLE_CONNS": "10"} {
+		if got := env(temporal, key); got != want {
+			t.Errorf("service temporal: %s=%s, want %s as a vmha cluster node", key, got, want)
+		}
 	}
 	if got, want := env(temporal, "NUM_HISTORY_SHARDS"), settingDefault(t, "HistoryShards"); got != want {
 		t.Errorf("service temporal: NUM_HISTORY_SHARDS=%s, want %s (VMHA_HISTORY_SHARDS's default)", got, want)

@@ -1,10 +1,13 @@
 package temporalserver
 
 import (
+	"fmt"
+	"os"
 	"strings"
 	"testing"
 
 	"go.temporal.io/server/common/primitives"
+	"gopkg.in/yaml.v3"
 )
 
 func TestClusterOptionsValidate(t *testing.T) {
@@ -72,5 +75,33 @@ func TestPostgresConnString(t *testing.T) {
 	}
 	if conf := p.sqlConfig("temporal"); conf.TLS == nil || !conf.TLS.EnableHostVerification || conf.TLS.CaFile != p.TLSCAFile {
 		t.Errorf("TLS: Temporal's config %+v, want host verification against %s", conf.TLS, p.TLSCAFile)
+	}
+}
+
+// TestComposeDynamicConfig keeps docker-compose.yml's Temporal on the dynamic configuration of a cluster node: every
+// value a node sets, infra/compose/dynamicconfig.yaml sets too, equal.
+func TestComposeDynamicConfig(t *testing.T) {
+	data, err := os.ReadFile("../compose/dynamicconfig.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var file map[string][]struct {
+		Value any `yaml:"value"`
+	}
+	if err := yaml.Unmarshal(data, &file); err != nil {
+		t.Fatalf("infra/compose/dynamicconfig.yaml: %v", err)
+	}
+	compose := map[string]string{}
+	for key, values := range file {
+		if len(values) != 1 {
+			t.Errorf("infra/compose/dynamicconfig.yaml: %s has %d values, want one for every constraint", key, len(values))
+			continue
+		}
+		compose[strings.ToLower(key)] = fmt.Sprint(values[0].Value)
+	}
+	for key, want := range clusterDynamicConfig() {
+		if got, ok := compose[key.String()]; !ok || got != fmt.Sprint(want) {
+			t.Errorf("infra/compose/dynamicconfig.yaml: %s = %q, want %v as on a cluster node", key, got, want)
+		}
 	}
 }
