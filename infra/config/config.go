@@ -54,7 +54,7 @@ type Settings struct {
 	WebhookSecret string `envconfig:"WEBHOOK_SECRET" desc:"shared secret of the X-Vmha-Signature HMAC-SHA256 header"`
 
 	ProbeInterval           time.Duration `envconfig:"PROBE_INTERVAL" default:"100ms" desc:"time between two probes of a host"`
-	ProbeTimeout            time.Duration `envconfig:"PROBE_TIMEOUT" default:"100ms" desc:"TCP connect timeout of the network probe (docs/bench-lab.md has the measured round trips it is chosen from)"`
+	ProbeTimeout            time.Duration `envconfig:"PROBE_TIMEOUT" default:"50ms" desc:"TCP connect timeout of the network probe (docs/bench-lab.md has the measured round trips it is chosen from)"`
 	BMCTimeout              time.Duration `envconfig:"BMC_TIMEOUT" default:"1s" desc:"timeout of one IPMI exchange (PROBE_INTERVAL + max(2s, PROBE_TIMEOUT + POWER_CONFIRMATIONS x BMC_TIMEOUT) must be <= 4s)"`
 	MissesBeforeSuspect     int           `envconfig:"MISSES_BEFORE_SUSPECT" default:"3" desc:"consecutive network misses that make a host suspect"`
 	MissesBeforeDead        int           `envconfig:"MISSES_BEFORE_DEAD" default:"2" desc:"consecutive network misses that, with the BMC confirming power off or fault, make a host dead (>= 2)"`
