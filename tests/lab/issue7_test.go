@@ -459,12 +459,11 @@ func (w *world) watchdogScenario(t *testing.T) {
 
 func printHangTable(samples []hangTiming) {
 	col := func(f func(hangTiming) time.Duration) (float64, float64, float64) {
-		v := make([]float64, len(samples))
+		v := make([]time.Duration, len(samples))
 		for i, s := range samples {
-			v[i] = f(s).Seconds()
+			v[i] = f(s)
 		}
-		sort.Float64s(v)
-		return v[0], v[len(v)/2], v[len(v)-1]
+		return spread(v)
 	}
 	fmt.Printf("\nvmha lab: the VM's host hangs (every process stopped, link down, BMC on) -> VM running elsewhere (%d runs)\n\n", len(samples))
 	fmt.Println("| phase | min s | median s | max s |")

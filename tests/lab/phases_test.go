@@ -183,28 +183,27 @@ func (w *world) bareStart(t *testing.T, host string, runs int) []time.Duration {
 	return took
 }
 
+// spread is the min, median and max of d, in seconds.
+func spread(d []time.Duration) (float64, float64, float64) {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[0].Seconds(), s[len(s)/2].Seconds(), s[len(s)-1].Seconds()
+}
+
 func printPhaseTable(samples []milestones, bare []time.Duration) {
-	spread := func(v []float64) (float64, float64, float64) {
-		sort.Float64s(v)
-		return v[0], v[len(v)/2], v[len(v)-1]
-	}
 	fmt.Printf("\nvmha lab: BMC power-off of the VM's host -> VM running elsewhere, milestones from the power-off (%d runs)\n\n", len(samples))
 	fmt.Println("| milestone | min s | median s | max s |")
 	fmt.Println("|---|---|---|---|")
 	for _, row := range phaseRows {
-		v := make([]float64, len(samples))
+		v := make([]time.Duration, len(samples))
 		for i, s := range samples {
-			v[i] = row.f(s).Seconds()
+			v[i] = row.f(s)
 		}
 		lo, med, hi := spread(v)
 		fmt.Printf("| %s | %.3f | %.3f | %.3f |\n", row.name, lo, med, hi)
 	}
 	if len(bare) > 0 {
-		v := make([]float64, len(bare))
-		for i, d := range bare {
-			v[i] = d.Seconds()
-		}
-		lo, med, hi := spread(v)
+		lo, med, hi := spread(bare)
 		fmt.Printf("| QEMU's own start: virsh start -> running (virsh), same VM size and polling, %d runs | %.3f | %.3f | %.3f |\n",
 			len(bare), lo, med, hi)
 	}
