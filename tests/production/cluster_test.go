@@ -56,8 +56,8 @@ var quiet = sdklog.NewStructuredLogger(slog.New(slog.NewTextHandler(os.Stderr, &
 var nodeIPs = []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"}
 
 // TestClusterOnPostgres starts PostgreSQL and three `vmha server` nodes at once against it, each serving mTLS with
-// its own certificate from `vmha certs`, one of them with the Web UI and a controller replica, checks that they form
-// one cluster, that a workflow started through one node runs and is listed through the others (and that node's UI),
+// its own certificate from `vmha certs`, two of them with a controller replica and one with the Web UI, checks that
+// they form one cluster, that a workflow started through one node runs and is listed through the others (and that node's UI),
 // and that the cluster keeps serving, in-flight and new workflows alike, when one node is SIGKILLed.
 func TestClusterOnPostgres(t *testing.T) {
 	pg := startPostgres(t)
@@ -67,10 +67,11 @@ func TestClusterOnPostgres(t *testing.T) {
 	// The test's clients act as a controller: every call in vmha's namespace, and cluster-wide reads.
 	me := ca.issue(t, certs.Request{Role: certs.RoleController, Name: "cluster-test"})
 
-	// The last node runs as README's management machines do: with the Web UI and a controller replica.
+	// Nodes 2 and 3 run as README's management machines do, each with a controller replica, node 3 with the Web UI
+	// too; node 1, the one killed, runs neither.
 	uiPort := freePort(t, nodeIPs[2])
-	full := []string{"VMHA_EMBEDDED_CONTROLLER=true", "VMHA_METRICS_ADDR=", "VMHA_UI_ADDRESS=" + nodeIPs[2],
-		"VMHA_UI_PORT=" + strconv.Itoa(uiPort)}
+	controller := []string{"VMHA_EMBEDDED_CONTROLLER=true", "VMHA_METRICS_ADDR="}
+	ui := []string{"VMHA_UI_ADDRESS=" + nodeIPs[2], "VMHA_UI_PORT=" + strconv.Itoa(uiPort)}
 
 	started := time.Now()
 	nodes := make([]*node, len(nodeIPs))
@@ -79,8 +80,11 @@ func TestClusterOnPostgres(t *testing.T) {
 			IPs: []net.IP{net.ParseIP(ip)}})
 		env := append(pg.nodeEnv(),
 			"VMHA_SERVER_TLS_CERT="+server.Cert, "VMHA_SERVER_TLS_KEY="+server.Key, "VMHA_SERVER_TLS_CLIENT_CA="+ca.cert)
+		if i > 0 {
+			env = append(env, controller...)
+		}
 		if i == 2 {
-			env = append(env, full...)
+			env = append(env, ui...)
 		}
 		nodes[i] = startNode(t, bin, ip, frontendPort, env)
 		nodes[i].tls = ca.clientTLS(t, me, ip)
@@ -220,18 +224,25 @@ func echoResult(ctx context.Context, t *testing.T, c client.Client, id string) s
 	return out
 }
 
-// waitControllerAndUI waits until the embedded controller polls its queue (seen through another node) and checks that
-// the Web UI lists workflow id, through its node's mTLS frontend.
+// waitControllerAndUI waits until two controller replicas (two processes) poll their queue, as seen through another
+// node, and checks that the Web UI lists workflow id, through its node's mTLS frontend.
 func waitControllerAndUI(ctx context.Context, t *testing.T, c client.Client, ui, id string) {
 	t.Helper()
+	var pollers []string
 	for {
 		resp, err := c.DescribeTaskQueue(ctx, types.ControllerTaskQueue, enumspb.TASK_QUEUE_TYPE_WORKFLOW)
-		if err == nil && len(resp.GetPollers()) > 0 {
+		pollers = pollers[:0]
+		for _, p := range resp.GetPollers() {
+			if !slices.Contains(pollers, p.GetIdentity()) {
+				pollers = append(pollers, p.GetIdentity())
+			}
+		}
+		if err == nil && len(pollers) >= 2 {
 			break
 		}
 		select {
 		case <-ctx.Done():
-			t.Fatalf("no controller polls %s: %v (last error %v)", types.ControllerTaskQueue, ctx.Err(), err)
+			t.Fatalf("controller replicas polling %s: %v, want two: %v (last error %v)", types.ControllerTaskQueue, pollers, ctx.Err(), err)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
