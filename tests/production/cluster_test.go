@@ -63,6 +63,7 @@ func TestClusterOnPostgres(t *testing.T) {
 	pg := startPostgres(t)
 	bin := vmhaBinary(t)
 	frontendPort := freeFrontendPort(t, nodeIPs)
+	refusesWrongPassword(t, bin, pg, frontendPort)
 	ca := newCA(t)
 	// The test's clients act as a controller: every call in vmha's namespace, and cluster-wide reads.
 	me := ca.issue(t, certs.Request{Role: certs.RoleController, Name: "cluster-test"})
@@ -185,6 +186,31 @@ func TestClusterOnPostgres(t *testing.T) {
 	t.Logf("in-flight workflow completed %.1f s after SIGKILL", time.Since(killed).Seconds())
 	waitListed(ctx, t, clients[1], inFlight)
 	waitMembers(ctx, t, nodes[2], nodeIPs[1:])
+}
+
+// refusesWrongPassword starts a node with a wrong PostgreSQL password: it must exit with an error that names the
+// server and the user, and must not print the password.
+func refusesWrongPassword(t *testing.T, bin string, pg postgres, frontendPort int) {
+	t.Helper()
+	const wrong = "not-the-password-4242"
+	bad := pg
+	bad.passwordFile = filepath.Join(t.TempDir(), "wrong-password")
+	if err := os.WriteFile(bad.passwordFile, []byte(wrong+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "server")
+	cmd.Env = append(append(withoutVMHA(os.Environ()), "VMHA_TEMPORAL_ADDRESS="+net.JoinHostPort(nodeIPs[0], strconv.Itoa(frontendPort)),
+		"VMHA_UI_PORT=0", "VMHA_EMBEDDED_CONTROLLER=false"), bad.nodeEnv()...)
+	out, err := cmd.CombinedOutput()
+	if err == nil || ctx.Err() != nil {
+		t.Fatalf("node with a wrong PostgreSQL password: exit %v (%v), want an error at once:\n%s", err, ctx.Err(), out)
+	}
+	if text := string(out); strings.Contains(text, wrong) || !strings.Contains(text, pg.address) ||
+		!strings.Contains(text, "password authentication failed") {
+		t.Errorf("node with a wrong PostgreSQL password said %q: want the server %s and the reason, never the password", text, pg.address)
+	}
 }
 
 // echoWorkflow sleeps, then echoes its input through an activity: a timer, a workflow task and an activity task,
