@@ -313,3 +313,48 @@ func TestWatchHostSeesReturningWorkerQuickly(t *testing.T) {
 		t.Fatalf("after %s the watch still reports %s: the returning worker was not looked up again", time.Since(began).Round(time.Millisecond), p.Key())
 	}
 }
+
+// heartbeatsOf is a share whose heartbeats the test writes.
+type heartbeatsOf map[string]types.Heartbeat
+
+func (h heartbeatsOf) ReadHeartbeat(_ context.Context, host string) (types.Heartbeat, error) {
+	hb, ok := h[host]
+	if !ok {
+		return types.Heartbeat{}, activities.ErrNotFound
+	}
+	return hb, nil
+}
+
+// TestHostListTakesFreshStatsFromHeartbeats (issue 11): a healthy host's stats come from its storage heartbeat when
+// they are at most 10 s old; stale ones, ones from a clock far ahead, another host's, and those of a host that is not
+// healthy are not taken, so a recovery asks those hosts itself.
+func TestHostListTakesFreshStatsFromHeartbeats(t *testing.T) {
+	now := time.Now()
+	stats := func(host string, age time.Duration) *types.HostStats {
+		return &types.HostStats{Host: host, MemoryFreeMiB: 2048, SharedStorageOK: true, SampledAt: now.Add(-age)}
+	}
+	beats := heartbeatsOf{
+		"fresh":   {Host: "fresh", Stats: stats("fresh", time.Second)},
+		"stale":   {Host: "stale", Stats: stats("stale", time.Minute)},
+		"ahead":   {Host: "ahead", Stats: stats("ahead", -time.Minute)},
+		"other":   {Host: "other", Stats: stats("someone", time.Second)},
+		"none":    {Host: "none"},
+		"suspect": {Host: "suspect", Stats: stats("suspect", time.Second)},
+	}
+	var hosts []types.Candidate
+	for _, h := range []string{"fresh", "stale", "ahead", "other", "none", "missing", "suspect"} {
+		state := types.HostHealthy
+		if h == "suspect" {
+			state = types.HostSuspect
+		}
+		hosts = append(hosts, types.Candidate{Spec: types.HostSpec{Name: h}, State: state})
+	}
+	c := &activities.Controller{Heartbeats: beats, Probe: activities.ProbeSettings{BMCTimeout: time.Second}}
+	activities.StatsFromHeartbeats(c, context.Background(), hosts)
+	for _, h := range hosts {
+		got := !h.Stats.SampledAt.IsZero()
+		if want := h.Spec.Name == "fresh"; got != want {
+			t.Errorf("%s: stats taken = %t, want %t (%+v)", h.Spec.Name, got, want, h.Stats)
+		}
+	}
+}

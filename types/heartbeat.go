@@ -14,6 +14,9 @@ type Heartbeat struct {
 	// Watchdog says whether this host fences itself when it cannot renew: a hardware watchdog armed with Timeout
 	// and petted only after each successful renewal.
 	Watchdog WatchdogState `json:"watchdog"`
+	// Stats are the host's load and memory as its worker last measured them, in the background every few seconds:
+	// a recovery places VMs with them instead of asking every host at the time of the failure.
+	Stats *HostStats `json:"stats,omitempty"`
 }
 
 // WatchdogState is a host's self-fencing guarantee, as its worker reports it.

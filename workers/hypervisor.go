@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.temporal.io/sdk/client"
@@ -59,6 +60,7 @@ type HostWorkers struct {
 	Share     *ShareSupervisor
 	Keeper    *activities.Keeper
 	Heartbeat *heartbeat.Writer
+	Stats     *HostStatsCache
 	logger    *slog.Logger
 
 	cancel context.CancelFunc
@@ -98,22 +100,71 @@ func HypervisorWorkers(c client.Client, s config.Settings, hv activities.Hypervi
 		Logger:   logger,
 		Share:    s.SharePath,
 	}
-	return &HostWorkers{Own: own, Share: share, Keeper: keeper, Heartbeat: HostHeartbeat(s, logger), logger: logger}
+	stats := &HostStatsCache{Host: s.HostName, Hypervisor: hv, Every: statsEvery, Logger: logger}
+	beat := HostHeartbeat(s, logger)
+	beat.Stats = stats.Latest
+	return &HostWorkers{Own: own, Share: share, Keeper: keeper, Heartbeat: beat, Stats: stats, logger: logger}
+}
+
+// statsEvery is how often a host measures its stats for its heartbeat: placement takes them as long as they are at
+// most 10 s old (activities.statsMaxAge), so a missed measurement or two only make a recovery ask the host itself.
+const statsEvery = 2 * time.Second
+
+// HostStatsCache measures the host's load, memory and running VMs (libvirt) every Every in the background and keeps
+// the latest for its storage heartbeat, which must never wait for libvirt: a renewal is the host's proof of life. A
+// measurement that fails clears them, so no heartbeat carries stats of a host that can no longer measure them. They
+// say the host sees the shared storage: they reach a reader only inside a heartbeat this host just wrote there.
+type HostStatsCache struct {
+	Host       string
+	Hypervisor activities.Hypervisor
+	Every      time.Duration
+	Logger     *slog.Logger
+	latest     atomic.Pointer[types.HostStats]
+}
+
+// Latest is the newest measurement, nil when there is none.
+func (c *HostStatsCache) Latest() *types.HostStats { return c.latest.Load() }
+
+// Run measures until ctx ends.
+func (c *HostStatsCache) Run(ctx context.Context) {
+	tick := time.NewTicker(c.Every)
+	defer tick.Stop()
+	for {
+		mctx, cancel := context.WithTimeout(ctx, c.Every)
+		st, err := c.Hypervisor.Stats(mctx)
+		cancel()
+		if err != nil {
+			c.latest.Store(nil)
+			c.Logger.Debug("host stats for the heartbeat", "error", err)
+		} else {
+			st.Host, st.SharedStorageOK = c.Host, true
+			c.latest.Store(&st)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // Start starts the host's own worker and checks the share once (starting the share worker if its marker is
-// visible), then supervises the share, runs the keeper and renews the storage heartbeat in the background until
-// ctx ends or Stop.
+// visible), then supervises the share, runs the keeper, measures the host's stats and renews the storage heartbeat
+// in the background until ctx ends or Stop.
 func (h *HostWorkers) Start(ctx context.Context) error {
 	if err := h.Own.Start(); err != nil {
 		return fmt.Errorf("start worker: %w", err)
 	}
 	ctx, h.cancel = context.WithCancel(ctx)
 	h.Share.Step(ctx)
-	h.done.Add(3)
+	h.done.Add(4)
 	go func() {
 		defer h.done.Done()
 		h.Heartbeat.Run(ctx)
+	}()
+	go func() {
+		defer h.done.Done()
+		h.Stats.Run(ctx)
 	}()
 	go func() {
 		defer h.done.Done()

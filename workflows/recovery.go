@@ -97,8 +97,8 @@ type hostSnapshot struct {
 	stats []workflow.Future
 }
 
-// askSnapshot lists the hosts and, as soon as the list is in, asks every healthy host (but the failed one) for its
-// stats, all at once, without waiting for them.
+// askSnapshot lists the hosts and, as soon as the list is in, asks every healthy host (but the failed one) whose
+// storage heartbeat carried no fresh stats for them, all at once, without waiting for them.
 func askSnapshot(ctx workflow.Context, failed string) *hostSnapshot {
 	s := &hostSnapshot{}
 	if s.err = workflow.ExecuteActivity(says(controllerOptions(ctx), "list the hosts and their states"), controller.ListHosts).Get(ctx, &s.hosts); s.err != nil {
@@ -107,7 +107,8 @@ func askSnapshot(ctx workflow.Context, failed string) *hostSnapshot {
 	}
 	s.stats = make([]workflow.Future, len(s.hosts))
 	for i, h := range s.hosts {
-		if h.Spec.Name != failed && h.State == types.HostHealthy {
+		// Stats the host's storage heartbeat carried (fresh, see Controller.ListHosts) need no asking.
+		if h.Spec.Name != failed && h.State == types.HostHealthy && h.Stats.SampledAt.IsZero() {
 			s.stats[i] = workflow.ExecuteActivity(says(statsOptions(ctx, h.Spec.Name), "load and free memory of %s", h.Spec.Name), onHost.HostStats)
 		}
 	}

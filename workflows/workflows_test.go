@@ -40,6 +40,8 @@ type cluster struct {
 	notifyDelay time.Duration
 	// runs says which VMs run where ("name@host"), for DomainState.
 	runs map[string]bool
+	// statsInList makes ListHosts carry each host's stats, as fresh storage heartbeats let the controller do.
+	statsInList bool
 }
 
 func newCluster(hosts ...string) *cluster {
@@ -201,10 +203,14 @@ func newEnv(t *testing.T, c *cluster, policy types.Policy) *testsuite.TestWorkfl
 		out := make([]types.Candidate, len(c.hosts))
 		for i, h := range c.hosts {
 			out[i] = types.Candidate{Spec: h.Spec, State: h.State}
+			if c.statsInList {
+				out[i].Stats = h.Stats
+			}
 		}
 		return out, nil
 	})
 	env.OnActivity(onHost.HostStats, mock.Anything).Return(func(ctx context.Context) (types.HostStats, error) {
+		c.record("stats " + hostOf(ctx))
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		for _, h := range c.hosts {
@@ -604,6 +610,32 @@ func TestHostRecoveryInPriorityOrder(t *testing.T) {
 	}
 	if len(res.Outcomes) != 3 {
 		t.Fatalf("outcomes %+v", res.Outcomes)
+	}
+}
+
+// TestHostRecoveryAsksOnlyHostsWithoutStats (issue 11): a host whose storage heartbeat carried fresh stats (the
+// controller's host list has them) is not asked again; without them every healthy survivor is asked, the dead host
+// never.
+func TestHostRecoveryAsksOnlyHostsWithoutStats(t *testing.T) {
+	for _, inList := range []bool{false, true} {
+		c := newCluster("hv1", "hv2", "hv3")
+		c.statsInList = inList
+		c.vms = []types.VMRecord{vm("web", 1, "hv1")}
+		env := newEnv(t, c, defaultPolicy)
+		env.ExecuteWorkflow(HostRecovery, HostRecoveryInput{Host: "hv1", Incident: "i1", Round: 1, Cause: "test"})
+		var res types.RecoveryResult
+		if err := env.GetWorkflowResult(&res); err != nil || !res.Complete() {
+			t.Fatalf("stats in the host list %t: %+v, %v", inList, res, err)
+		}
+		asked := c.callsWith("stats")
+		slices.Sort(asked)
+		want := []string{"stats hv2", "stats hv3"}
+		if inList {
+			want = nil
+		}
+		if !slices.Equal(asked, want) {
+			t.Errorf("stats in the host list %t: asked %v, want %v", inList, asked, want)
+		}
 	}
 }
 

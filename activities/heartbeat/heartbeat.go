@@ -57,7 +57,10 @@ type Writer struct {
 	// Watchdog (nil: arming failed, run without). Arming only once the share answers keeps a host that boots
 	// without its share (a failed nofail mount, an NFS server down) out of a reset loop, and costs nothing: a
 	// heartbeat says "armed" only once the watchdog is, and a worker that died armed left its watchdog running.
-	Arm    func() watchdog.Watchdog
+	Arm func() watchdog.Watchdog
+	// Stats, if set, gives the host's latest stats for each renewal to carry (nil: none yet). It must not block: a
+	// renewal is the host's proof of life.
+	Stats  func() *types.HostStats
 	Logger *slog.Logger
 
 	// busy is set while a renewal runs in the filesystem, including one Bounded gave up on.
@@ -106,6 +109,9 @@ func (w *Writer) renew(ctx context.Context, wd types.WatchdogState) (types.Heart
 		return types.Heartbeat{}, fmt.Errorf("%s: %w", what, ErrHung)
 	}
 	hb := types.Heartbeat{Host: w.Host, At: time.Now().UTC(), Interval: w.interval(), Watchdog: wd}
+	if w.Stats != nil {
+		hb.Stats = w.Stats()
+	}
 	return activities.Bounded(ctx, w.Timeout, what, func() (types.Heartbeat, error) {
 		defer w.busy.Store(false)
 		if _, err := catalog.CheckMarker(w.Root); err != nil {

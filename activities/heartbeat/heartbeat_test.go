@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -291,6 +292,30 @@ func TestCounterGoesOnAfterRestart(t *testing.T) {
 	hb, err := w2.Renew(ctx)
 	if err != nil || hb.Counter != 6 || hb.Watchdog.Armed {
 		t.Fatalf("restarted writer wrote %+v, %v; want counter 6, no watchdog", hb, err)
+	}
+}
+
+// TestRenewalCarriesTheLatestStats (issue 11): each renewal carries the stats the worker measured last, and a
+// reader gets them back; none measured yet, none carried.
+func TestRenewalCarriesTheLatestStats(t *testing.T) {
+	root := share(t)
+	ctx := context.Background()
+	var latest *types.HostStats
+	w := &Writer{Root: root, Host: "hv1", Timeout: time.Second, Stats: func() *types.HostStats { return latest }}
+	r := NewReader(root, time.Second)
+	if _, err := w.Renew(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if hb, err := r.ReadHeartbeat(ctx, "hv1"); err != nil || hb.Stats != nil {
+		t.Fatalf("heartbeat before any stats: %+v, %v; want none carried", hb, err)
+	}
+	latest = &types.HostStats{Host: "hv1", CPULoad: 0.25, MemoryFreeMiB: 1024, SharedStorageOK: true, SampledAt: time.Now().UTC().Round(0)}
+	if _, err := w.Renew(ctx); err != nil {
+		t.Fatal(err)
+	}
+	hb, err := r.ReadHeartbeat(ctx, "hv1")
+	if err != nil || hb.Stats == nil || !reflect.DeepEqual(*hb.Stats, *latest) {
+		t.Fatalf("heartbeat after a measurement: %+v, %v; want stats %+v", hb, err, *latest)
 	}
 }
 

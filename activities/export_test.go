@@ -1,0 +1,4 @@
+package activities
+
+// StatsFromHeartbeats is Controller.statsFromHeartbeats, for the tests of package activities_test.
+var StatsFromHeartbeats = (*Controller).statsFromHeartbeats
