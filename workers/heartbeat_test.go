@@ -1,13 +1,11 @@
 package workers
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,33 +14,15 @@ import (
 	"vmha/infra/config"
 )
 
-// syncBuffer is a log sink safe for the writer's goroutine.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // runHeartbeat runs HostHeartbeat's writer on a new share until the returned stop is called.
-func runHeartbeat(t *testing.T, s config.Settings) (root string, logs *syncBuffer, stop func()) {
+func runHeartbeat(t *testing.T, s config.Settings) (root string, logs *lockedLog, stop func()) {
 	t.Helper()
 	root = t.TempDir()
 	if _, _, err := catalog.Init(context.Background(), root, time.Second); err != nil {
 		t.Fatal(err)
 	}
 	s.SharePath, s.HostName, s.ShareTimeout, s.HeartbeatInterval = root, "hv1", time.Second, 10*time.Millisecond
-	logs = &syncBuffer{}
+	logs = &lockedLog{}
 	w := HostHeartbeat(s, slog.New(slog.NewTextHandler(logs, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

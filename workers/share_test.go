@@ -57,10 +57,14 @@ func (l *lockedLog) Write(p []byte) (int, error) {
 	return l.buf.Write(p)
 }
 
-func (l *lockedLog) count(s string) int {
+func (l *lockedLog) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return strings.Count(l.buf.String(), s)
+	return l.buf.String()
+}
+
+func (l *lockedLog) count(s string) int {
+	return strings.Count(l.String(), s)
 }
 
 func supervisor(root string, f *fakeShareWorker, log *lockedLog, interval time.Duration) *ShareSupervisor {
@@ -99,7 +103,7 @@ func TestShareSupervisorSteps(t *testing.T) {
 		t.Fatalf("share worker started %d times without the share marker", starts)
 	}
 	if n := log.count(missing); n != 1 || log.count("level=ERROR") != 1 {
-		t.Errorf("logged %q %d times (errors: %d), want once:\n%s", missing, n, log.count("level=ERROR"), log.buf.String())
+		t.Errorf("logged %q %d times (errors: %d), want once:\n%s", missing, n, log.count("level=ERROR"), log)
 	}
 	if _, err := os.Stat(catalog.VMHADir(root)); err == nil {
 		t.Error("the supervisor created vmha's directory on the mount point")
