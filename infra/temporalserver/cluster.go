@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"time"
 
-	"go.temporal.io/server/common/cluster"
 	"go.temporal.io/server/common/config"
 	"go.temporal.io/server/common/dynamicconfig"
 	"go.temporal.io/server/common/primitives"
@@ -242,37 +241,19 @@ func clusterDynamicConfig() dynamicconfig.StaticClient {
 }
 
 func clusterConfig(o ClusterOptions, ports map[primitives.ServiceName]config.RPC, frontendAddress string) *config.Config {
-	var conf config.Config
-	conf.Global.Membership.MaxJoinDuration = joinTimeout
-	conf.Global.Membership.BroadcastAddress = o.BroadcastAddress
-	conf.Persistence.DefaultStore = "temporal"
-	conf.Persistence.VisibilityStore = "visibility"
-	conf.Persistence.NumHistoryShards = o.HistoryShards
-	conf.Persistence.DataStores = map[string]config.DataStore{
-		"temporal":   {SQL: o.Postgres.sqlConfig(o.Postgres.Database)},
-		"visibility": {SQL: o.Postgres.sqlConfig(o.Postgres.VisibilityDatabase)},
-	}
-	conf.ClusterMetadata = &cluster.Config{
-		FailoverVersionIncrement: 10,
-		MasterClusterName:        clusterName,
-		CurrentClusterName:       clusterName,
-		ClusterInformation: map[string]cluster.ClusterInformation{
-			// The address other Temporal clusters would replicate through; one cluster has no use for it, and the
-			// last node to start records its own.
-			clusterName: {Enabled: true, InitialFailoverVersion: 1, RPCAddress: frontendAddress},
-		},
-	}
-	conf.DCRedirectionPolicy.Policy = "noop"
-	conf.Services = map[string]config.Service{}
+	services := map[string]config.Service{}
 	for name, rpc := range ports {
 		rpc.BindOnIP = o.ListenAddress
-		conf.Services[string(name)] = config.Service{RPC: rpc}
+		services[string(name)] = config.Service{RPC: rpc}
 	}
-	conf.Archival.History.State = "disabled"
-	conf.Archival.Visibility.State = "disabled"
-	conf.NamespaceDefaults.Archival.History.State = "disabled"
-	conf.NamespaceDefaults.Archival.Visibility.State = "disabled"
-	// The worker service (schedules, batch jobs) dials its own node's frontend.
-	conf.PublicClient.HostPort = frontendAddress
-	return &conf
+	store := config.Persistence{
+		DefaultStore:     "temporal",
+		VisibilityStore:  "visibility",
+		NumHistoryShards: o.HistoryShards,
+		DataStores: map[string]config.DataStore{
+			"temporal":   {SQL: o.Postgres.sqlConfig(o.Postgres.Database)},
+			"visibility": {SQL: o.Postgres.sqlConfig(o.Postgres.VisibilityDatabase)},
+		},
+	}
+	return temporalConfig(o.BroadcastAddress, store, services, frontendAddress)
 }

@@ -257,41 +257,53 @@ func prepareDatabase(sqlConf *config.SQL, namespace string) error {
 }
 
 func serverConfig(o Options, sqlConf *config.SQL, frontendAddress string) (*config.Config, error) {
-	var conf config.Config
-	conf.Global.Membership.MaxJoinDuration = 30 * time.Second
-	conf.Global.Membership.BroadcastAddress = internalHost
-	conf.Persistence.DefaultStore = "sqlite"
-	conf.Persistence.VisibilityStore = "sqlite"
-	// Fixed when the database is created; one shard is plenty for one SQLite writer.
-	conf.Persistence.NumHistoryShards = 1
-	conf.Persistence.DataStores = map[string]config.DataStore{"sqlite": {SQL: sqlConf}}
-	conf.ClusterMetadata = &cluster.Config{
-		FailoverVersionIncrement: 10,
-		MasterClusterName:        clusterName,
-		CurrentClusterName:       clusterName,
-		ClusterInformation: map[string]cluster.ClusterInformation{
-			clusterName: {Enabled: true, InitialFailoverVersion: 1, RPCAddress: frontendAddress},
-		},
-	}
-	conf.DCRedirectionPolicy.Policy = "noop"
-	conf.Services = map[string]config.Service{}
-	conf.Services[string(primitives.FrontendService)] = config.Service{
-		RPC: config.RPC{GRPCPort: o.FrontendPort, BindOnIP: o.ListenAddress},
+	services := map[string]config.Service{
+		string(primitives.FrontendService): {RPC: config.RPC{GRPCPort: o.FrontendPort, BindOnIP: o.ListenAddress}},
 	}
 	for _, name := range []primitives.ServiceName{primitives.HistoryService, primitives.MatchingService, primitives.WorkerService} {
 		port, err := freePort(internalHost)
 		if err != nil {
 			return nil, fmt.Errorf("port for temporal %s service: %w", name, err)
 		}
-		conf.Services[string(name)] = config.Service{RPC: config.RPC{GRPCPort: port, BindOnIP: internalHost}}
+		services[string(name)] = config.Service{RPC: config.RPC{GRPCPort: port, BindOnIP: internalHost}}
 	}
+	store := config.Persistence{
+		DefaultStore:    "sqlite",
+		VisibilityStore: "sqlite",
+		// Fixed when the database is created; one shard is plenty for one SQLite writer.
+		NumHistoryShards: 1,
+		DataStores:       map[string]config.DataStore{"sqlite": {SQL: sqlConf}},
+	}
+	return temporalConfig(internalHost, store, services, frontendAddress), nil
+}
+
+// temporalConfig is the configuration of one Temporal cluster of its own, as every vmha server runs: the embedded
+// server and a cluster node differ only in the address they broadcast, where they keep their data and where their
+// services listen.
+func temporalConfig(broadcast string, store config.Persistence, services map[string]config.Service, frontendAddress string) *config.Config {
+	var conf config.Config
+	conf.Global.Membership.MaxJoinDuration = joinTimeout
+	conf.Global.Membership.BroadcastAddress = broadcast
+	conf.Persistence = store
+	conf.ClusterMetadata = &cluster.Config{
+		FailoverVersionIncrement: 10,
+		MasterClusterName:        clusterName,
+		CurrentClusterName:       clusterName,
+		ClusterInformation: map[string]cluster.ClusterInformation{
+			// The address other Temporal clusters would replicate through; one cluster has no use for it, and the
+			// last cluster node to start records its own.
+			clusterName: {Enabled: true, InitialFailoverVersion: 1, RPCAddress: frontendAddress},
+		},
+	}
+	conf.DCRedirectionPolicy.Policy = "noop"
+	conf.Services = services
 	conf.Archival.History.State = "disabled"
 	conf.Archival.Visibility.State = "disabled"
 	conf.NamespaceDefaults.Archival.History.State = "disabled"
 	conf.NamespaceDefaults.Archival.Visibility.State = "disabled"
-	// The worker service (schedules, batch jobs) dials the frontend through this.
+	// The worker service (schedules, batch jobs) dials its own node's frontend through this.
 	conf.PublicClient.HostPort = frontendAddress
-	return &conf, nil
+	return &conf
 }
 
 // fatalPanic carries a Logger.Fatal of the server up to startTemporal, which turns it into an error.
