@@ -164,18 +164,15 @@ func StartClusterNode(ctx context.Context, o ClusterOptions) (srv *Server, err e
 		}
 	}
 	frontendAddress := net.JoinHostPort(dialHost(o.ListenAddress), strconv.Itoa(o.FrontendPort))
-	var uiListener net.Listener
-	if o.UIPort != 0 {
-		addr := net.JoinHostPort(o.UIAddress, strconv.Itoa(o.UIPort))
-		if uiListener, err = net.Listen("tcp", addr); err != nil {
-			return nil, fmt.Errorf("web UI listen on %s: %w", addr, err)
-		}
-		defer func() {
-			if srv == nil {
-				_ = uiListener.Close()
-			}
-		}()
+	ui, err := listenUI(o.UIAddress, o.UIPort)
+	if err != nil {
+		return nil, err
 	}
+	defer func() {
+		if srv == nil {
+			ui.close()
+		}
+	}()
 
 	ts, err := startLocked(ctx, o, ports, frontendAddress, sec)
 	if err != nil {
@@ -191,14 +188,7 @@ func StartClusterNode(ctx context.Context, o ClusterOptions) (srv *Server, err e
 		o.Logger.Warn("temporal: search attributes added to the namespace; workflows that set them are refused "+
 			"until every node has re-read it", "namespace", o.Namespace, "within", namespaceRefresh)
 	}
-	s := &Server{temporal: ts, frontendAddress: frontendAddress, tls: sec}
-	if uiListener != nil {
-		if s.ui, err = startWebUI(uiListener, frontendAddress, o.Namespace, sec, o.UIWriteActions, o.Logger); err != nil {
-			return nil, errors.Join(err, s.Stop())
-		}
-		s.uiAddress = net.JoinHostPort(dialHost(o.UIAddress), strconv.Itoa(o.UIPort))
-	}
-	return s, nil
+	return serve(ts, frontendAddress, sec, ui, o.Namespace, o.UIWriteActions, o.Logger)
 }
 
 // namespaceRefresh is Temporal's default namespace cache refresh interval (system.namespaceCacheRefreshInterval).

@@ -128,18 +128,15 @@ func Start(ctx context.Context, o Options) (srv *Server, err error) {
 	if err := checkPortFree(o.ListenAddress, o.FrontendPort); err != nil {
 		return nil, fmt.Errorf("frontend port: %w", err)
 	}
-	var uiListener net.Listener
-	if o.UIPort != 0 {
-		addr := net.JoinHostPort(o.UIAddress, strconv.Itoa(o.UIPort))
-		if uiListener, err = net.Listen("tcp", addr); err != nil {
-			return nil, fmt.Errorf("web UI listen on %s: %w", addr, err)
-		}
-		defer func() {
-			if srv == nil {
-				_ = uiListener.Close()
-			}
-		}()
+	ui, err := listenUI(o.UIAddress, o.UIPort)
+	if err != nil {
+		return nil, err
 	}
+	defer func() {
+		if srv == nil {
+			ui.close()
+		}
+	}()
 
 	ts, err := startTemporal(o, sqlConf, frontendAddress, sec)
 	if err != nil {
@@ -159,13 +156,47 @@ func Start(ctx context.Context, o Options) (srv *Server, err error) {
 			return nil, err
 		}
 	}
-	s := &Server{temporal: ts, frontendAddress: frontendAddress, tls: sec}
-	if uiListener != nil {
-		if s.ui, err = startWebUI(uiListener, frontendAddress, o.Namespace, sec, o.UIWriteActions, o.Logger); err != nil {
-			return nil, errors.Join(err, s.Stop())
-		}
-		s.uiAddress = net.JoinHostPort(dialHost(o.UIAddress), strconv.Itoa(o.UIPort))
+	return serve(ts, frontendAddress, sec, ui, o.Namespace, o.UIWriteActions, o.Logger)
+}
+
+// uiEndpoint is the Web UI's listener, opened before the server starts so that a taken port fails the start at once.
+type uiEndpoint struct {
+	listener net.Listener
+	// address is the host:port to browse to (loopback when listening on all addresses).
+	address string
+}
+
+// listenUI listens for the Web UI on address:port; nil for port 0 (no UI).
+func listenUI(address string, port int) (*uiEndpoint, error) {
+	if port == 0 {
+		return nil, nil
 	}
+	addr := net.JoinHostPort(address, strconv.Itoa(port))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("web UI listen on %s: %w", addr, err)
+	}
+	return &uiEndpoint{listener: ln, address: net.JoinHostPort(dialHost(address), strconv.Itoa(port))}, nil
+}
+
+// close closes the listener of a UI that never started.
+func (u *uiEndpoint) close() {
+	if u != nil {
+		_ = u.listener.Close()
+	}
+}
+
+// serve is the running ts as a Server, with the Web UI on ui unless it is nil; when the UI fails, it stops ts too.
+func serve(ts *embedded, frontendAddress string, sec *serverTLS, ui *uiEndpoint, namespace string, writeActions bool, logger *slog.Logger) (*Server, error) {
+	s := &Server{temporal: ts, frontendAddress: frontendAddress, tls: sec}
+	if ui == nil {
+		return s, nil
+	}
+	var err error
+	if s.ui, err = startWebUI(ui.listener, frontendAddress, namespace, sec, writeActions, logger); err != nil {
+		return nil, errors.Join(err, s.Stop())
+	}
+	s.uiAddress = ui.address
 	return s, nil
 }
 
