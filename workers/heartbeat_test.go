@@ -33,17 +33,6 @@ func runHeartbeat(t *testing.T, s config.Settings) (root string, logs *lockedLog
 	return root, logs, func() { cancel(); <-done }
 }
 
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // TestHostHeartbeatArmsLabWatchdog: with VMHA_WATCHDOG_DEVICE=file:PATH the worker arms the lab watchdog after
 // its first renewal, pets it, announces it in the heartbeat, and disarms it on stop.
 func TestHostHeartbeatArmsLabWatchdog(t *testing.T) {
@@ -53,11 +42,11 @@ func TestHostHeartbeatArmsLabWatchdog(t *testing.T) {
 	}
 	root, _, stop := runHeartbeat(t, config.Settings{WatchdogDevice: "file:" + dev, WatchdogTimeout: 4 * time.Second})
 	r := heartbeat.NewReader(root, time.Second)
-	waitUntil(t, "an armed heartbeat", func() bool {
+	waitFor(t, "an armed heartbeat", func() bool {
 		hb, err := r.ReadHeartbeat(context.Background(), "hv1")
 		return err == nil && hb.Watchdog.Armed && hb.Watchdog.Timeout == 4*time.Second && hb.Watchdog.Device == "file:"+dev
 	})
-	waitUntil(t, "two pets", func() bool {
+	waitFor(t, "two pets", func() bool {
 		data, _ := os.ReadFile(dev)
 		return strings.Count(string(data), "pet\n") >= 2
 	})
@@ -78,7 +67,7 @@ func TestHostHeartbeatWithoutWatchdog(t *testing.T) {
 	root, logs, stop := runHeartbeat(t, config.Settings{WatchdogDevice: "file:" + missing, WatchdogTimeout: 4 * time.Second})
 	defer stop()
 	r := heartbeat.NewReader(root, time.Second)
-	waitUntil(t, "renewals", func() bool {
+	waitFor(t, "renewals", func() bool {
 		hb, err := r.ReadHeartbeat(context.Background(), "hv1")
 		return err == nil && hb.Counter >= 3
 	})
