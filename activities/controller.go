@@ -8,6 +8,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
@@ -43,6 +44,22 @@ type ProbeSettings struct {
 	// reads it, before it counts as stopped. An armed watchdog counts as having fenced the host after its timeout
 	// plus this margin.
 	HeartbeatStoppedAfter time.Duration
+	// Budget is how many probes a second this controller spends on all the hosts it watches (0: no limit). Up to
+	// Budget x Interval hosts, each is probed every Interval; beyond, less often, so that a large fleet costs the
+	// controller (and the server it shares a machine with) what a small one does.
+	Budget int
+}
+
+// maxBudgetInterval bounds how far the budget stretches a host's probe interval: a power loss is still seen within
+// about this long, and the watch still heartbeats well inside its timeout.
+const maxBudgetInterval = 2 * time.Second
+
+// interval is the time between two probes of one host while watching hosts in all.
+func (p ProbeSettings) interval(hosts int64) time.Duration {
+	if p.Budget <= 0 {
+		return p.Interval
+	}
+	return min(max(p.Interval, time.Duration(hosts)*time.Second/time.Duration(p.Budget)), max(p.Interval, maxBudgetInterval))
 }
 
 // missesBeforeDown is the number of consecutive misses after which the network counts as down, given the power.
@@ -65,6 +82,9 @@ type Controller struct {
 	// Heartbeats reads the hosts' storage heartbeats; nil where the controller does not see the share (no hung or
 	// storage-lost verdicts then).
 	Heartbeats HeartbeatReader
+
+	// watching counts the WatchHost activities running in this process, for the probe budget.
+	watching atomic.Int64
 }
 
 // Signal and update names shared by the workflows and the activities that reach them through the client.
@@ -139,9 +159,12 @@ func (c *Controller) WatchHost(ctx context.Context, in WatchInput) (types.Probe,
 		last = in.Last.Key()
 	}
 	deadline := time.Now().Add(in.WatchFor)
-	ticker := time.NewTicker(c.Probe.Interval)
-	defer ticker.Stop()
+	c.watching.Add(1)
+	defer c.watching.Add(-1)
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
 	for {
+		started := time.Now()
 		p := w.probe(ctx)
 		activity.RecordHeartbeat(ctx, p.Key())
 		// A probe with power not yet confirmed is never reported: one BMC reading never counts alone. Nor is a
@@ -154,10 +177,12 @@ func (c *Controller) WatchHost(ctx context.Context, in WatchInput) (types.Probe,
 		if undecided && ctx.Err() == nil {
 			continue
 		}
+		// Probes start one interval apart, however long each took; the interval follows the budget.
+		timer.Reset(time.Until(started.Add(c.Probe.interval(c.watching.Load()))))
 		select {
 		case <-ctx.Done():
 			return types.Probe{}, ctx.Err()
-		case <-ticker.C:
+		case <-timer.C:
 		}
 	}
 }

@@ -358,3 +358,23 @@ func TestHostListTakesFreshStatsFromHeartbeats(t *testing.T) {
 		}
 	}
 }
+
+// TestProbeBudgetStretchesTheInterval (issue 11): up to Budget x Interval hosts each is probed every Interval; a
+// larger fleet is probed less often, so the controller spends Budget probes a second, and never less often than
+// every 2 s; without a budget, every Interval.
+func TestProbeBudgetStretchesTheInterval(t *testing.T) {
+	p := activities.ProbeSettings{Interval: 100 * time.Millisecond, Budget: 4000}
+	for _, c := range []struct {
+		hosts int64
+		want  time.Duration
+	}{{1, 100 * time.Millisecond}, {400, 100 * time.Millisecond}, {1000, 250 * time.Millisecond},
+		{5000, 1250 * time.Millisecond}, {100000, 2 * time.Second}} {
+		if got := activities.ProbeIntervalFor(p, c.hosts); got != c.want {
+			t.Errorf("%d hosts: interval %s, want %s", c.hosts, got, c.want)
+		}
+	}
+	p.Budget = 0
+	if got := activities.ProbeIntervalFor(p, 100000); got != p.Interval {
+		t.Errorf("no budget, 100000 hosts: interval %s, want %s", got, p.Interval)
+	}
+}

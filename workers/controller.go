@@ -77,6 +77,7 @@ func NewController(s config.Settings, c client.Client, power activities.PowerCon
 			MissesBeforeSuspect:     s.MissesBeforeSuspect,
 			MissesBeforeDead:        s.MissesBeforeDead,
 			MissesBeforeUnreachable: s.MissesBeforeUnreachable,
+			Budget:                  s.ProbeBudget,
 			PowerConfirmations:      s.PowerConfirmations,
 			WorkerGrace:             s.WorkerGrace,
 			BMCIdleInterval:         s.BMCIdleInterval,

@@ -58,6 +58,7 @@ type Settings struct {
 	BMCTimeout              time.Duration `envconfig:"BMC_TIMEOUT" default:"1s" desc:"timeout of one IPMI exchange (PROBE_INTERVAL + max(2s, PROBE_TIMEOUT + POWER_CONFIRMATIONS x BMC_TIMEOUT) must be <= 4s)"`
 	MissesBeforeSuspect     int           `envconfig:"MISSES_BEFORE_SUSPECT" default:"3" desc:"consecutive network misses that make a host suspect"`
 	MissesBeforeDead        int           `envconfig:"MISSES_BEFORE_DEAD" default:"2" desc:"consecutive network misses that, with the BMC confirming power off or fault, make a host dead (>= 2)"`
+	ProbeBudget             int           `envconfig:"PROBE_BUDGET" default:"4000" desc:"probes a second one controller replica spends on all its hosts (0: no limit): beyond PROBE_BUDGET x PROBE_INTERVAL hosts each is probed less often, every 2 s at most"`
 	MissesBeforeUnreachable int           `envconfig:"MISSES_BEFORE_UNREACHABLE" default:"8" desc:"consecutive network misses that make a host whose power is on or unknown unreachable: isolated, hung or unknown"`
 	PowerConfirmations      int           `envconfig:"POWER_CONFIRMATIONS" default:"2" desc:"equal BMC readings in a row before a power change counts"`
 	WorkerGrace             time.Duration `envconfig:"WORKER_GRACE" default:"90s" desc:"a host worker not seen polling for this long counts as gone (>= 1m)"`
@@ -120,6 +121,8 @@ func (s Settings) Validate() error {
 	case s.MissesBeforeUnreachable < max(s.MissesBeforeDead, s.MissesBeforeSuspect):
 		return fmt.Errorf("%s_MISSES_BEFORE_UNREACHABLE=%d: want >= MISSES_BEFORE_DEAD (%d) and MISSES_BEFORE_SUSPECT (%d)",
 			Prefix, s.MissesBeforeUnreachable, s.MissesBeforeDead, s.MissesBeforeSuspect)
+	case s.ProbeBudget < 0:
+		return fmt.Errorf("%s_PROBE_BUDGET=%d: want >= 0 (0: no limit)", Prefix, s.ProbeBudget)
 	case s.PowerConfirmations < 1:
 		return fmt.Errorf("%s_POWER_CONFIRMATIONS=%d: want >= 1", Prefix, s.PowerConfirmations)
 	case s.ProbeTimeout <= 0 || s.BMCTimeout <= 0:

@@ -26,6 +26,7 @@ func TestLoadNamesTheBadSetting(t *testing.T) {
 		{"VMHA_OVERCOMMIT_RATIO", "0.5", "VMHA_OVERCOMMIT_RATIO=0.5"},
 		{"VMHA_TLS_CERT", "/etc/vmha/cert.pem", `VMHA_TLS_KEY=""`},
 		{"VMHA_MAX_WATCHES", "0", "VMHA_MAX_WATCHES=0"},
+		{"VMHA_PROBE_BUDGET", "-1", "VMHA_PROBE_BUDGET=-1"},
 	} {
 		t.Run(c.key, func(t *testing.T) {
 			t.Setenv(c.key, c.value)
