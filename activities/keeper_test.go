@@ -60,6 +60,57 @@ func newKeeper(h *activities.Host, s *strays) *activities.Keeper {
 		Every: time.Hour, ForgetGrace: 100 * time.Millisecond}
 }
 
+// runKeeper runs k until ctx ends and returns once its libvirt event watch delivers: an event sent before that
+// would be missed. It watches a domain of its own that is not HA, defined and undefined until its event comes
+// through.
+func runKeeper(ctx context.Context, t *testing.T, k *activities.Keeper) {
+	t.Helper()
+	seen := make(chan string, 64)
+	k.Hypervisor = watched{Hypervisor: k.Hypervisor, seen: seen}
+	go k.Run(ctx)
+	probe := uuid.NewString()
+	xml := "<domain type='test'><name>watch-probe-" + probe[:8] + "</name><uuid>" + probe +
+		"</uuid><memory>1024</memory><os><type>hvm</type></os></domain>"
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if time.Now().After(deadline) {
+			t.Fatal("the keeper's event watch delivered nothing within 30 s")
+		}
+		if _, err := k.Hypervisor.Define(ctx, xml); err != nil {
+			t.Fatal(err)
+		}
+		if err := k.Hypervisor.Undefine(ctx, probe); err != nil {
+			t.Fatal(err)
+		}
+		for wait := time.After(200 * time.Millisecond); ; {
+			select {
+			case id := <-seen:
+				if id == probe {
+					return
+				}
+				continue
+			case <-wait:
+			}
+			break
+		}
+	}
+}
+
+// watched is a host's libvirt that also tells the test the UUID of each domain whose event its watch delivers.
+type watched struct {
+	activities.Hypervisor
+	seen chan<- string
+}
+
+func (w watched) WatchDefinitions(ctx context.Context, fn func(activities.DomainEvent)) error {
+	return w.Hypervisor.WatchDefinitions(ctx, func(e activities.DomainEvent) {
+		select {
+		case w.seen <- e.UUID:
+		default:
+		}
+		fn(e)
+	})
+}
+
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
@@ -91,10 +142,8 @@ func TestKeeperFollowsAnOptInWithVirshMetadata(t *testing.T) {
 		}
 	})
 	t.Cleanup(func() { hv1.Hypervisor.Destroy(ctx, id); hv1.Hypervisor.Undefine(ctx, id) })
-	go newKeeper(hv1, &strays{}).Run(ctx)
-	// The keeper's first reconcile finds a VM that is not HA; its event watch is registered meanwhile (under load
-	// that takes a moment: an event sent before it would be missed).
-	time.Sleep(time.Second)
+	// The keeper's first reconcile finds a VM that is not HA.
+	runKeeper(ctx, t, newKeeper(hv1, &strays{}))
 	if _, err := cat.Get(ctx, id); err == nil {
 		t.Fatal("a VM without vmha metadata is in the catalog")
 	}
@@ -163,8 +212,7 @@ func TestKeeperForgetsAnUndefinedVMAfterTheGrace(t *testing.T) {
 	}
 	k := newKeeper(hv1, &strays{})
 	k.ForgetGrace = 500 * time.Millisecond
-	go k.Run(ctx)
-	time.Sleep(time.Second) // the keeper's event watch is registered (an undefine before it would be missed)
+	runKeeper(ctx, t, k)
 	for _, id := range []string{gone, moved} {
 		if err := hv1.Hypervisor.Undefine(ctx, id); err != nil {
 			t.Fatal(err)
