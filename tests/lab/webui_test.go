@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -35,11 +36,23 @@ func (w *world) webUI(t *testing.T, host string) {
 		}
 	}
 
-	vmRecoveries := w.workflows(t, fmt.Sprintf("WorkflowType = '%s' AND %s = '%s'", types.RecoverVMWorkflow, types.HostAttr.GetName(), host))
-	if len(vmRecoveries) == 0 {
-		t.Fatalf("no RecoverVM of %s", host)
+	// Scenario 1's recovery of vm1 from host (other scenarios recovered other VMs from it since).
+	at, err := w.where(t, "vm1")
+	if err != nil {
+		t.Fatal(err)
 	}
-	b.visit(t, w.uiURL("workflows/"+url.PathEscape(vmRecoveries[0])+"/"+w.runID(t, vmRecoveries[0])+"/history"), "web-ui-recover-vm.png",
+	uuid := w.uuidOf(t, at, "vm1")
+	var fromHost []string
+	for _, id := range w.recoveriesOfVM(t, uuid) {
+		if strings.HasPrefix(id, fmt.Sprintf("vmha-recover-vm-%s-%s-", uuid, host)) {
+			fromHost = append(fromHost, id)
+		}
+	}
+	if len(fromHost) == 0 {
+		t.Fatalf("no RecoverVM of vm1 from %s", host)
+	}
+	vm1 := slices.Min(fromHost) // the earliest incident: scenario 1's
+	b.visit(t, w.uiURL("workflows/"+url.PathEscape(vm1)+"/"+w.runID(t, vm1)+"/history"), "web-ui-recover-vm.png",
 		"Recover vm1", "claim vm1 for", "define vm1 on", "start vm1 on", "confirm vm1 runs on")
 
 	// The monitor runs for ever: its current details are on its User Metadata tab.
