@@ -19,13 +19,12 @@ import (
 	"vmha/types"
 )
 
-// The node's CPU load is the difference of two samples of its CPU counters, at least cpuSampleGap apart. A
-// sampler takes one every cpuSampleEvery in the background, so Stats measures the load since the last sample at
-// once: a recovery's placement waits for every candidate's Stats. A sample older than cpuSampleMaxAge (the sampler
-// stalled) is not used; Stats then takes a fresh pair, cpuSampleGap apart.
+// The node's CPU load is the difference of two samples of its CPU counters, at least cpuSampleGap apart. Stats keeps
+// the samples it takes and measures the load since an earlier one at once: the hypervisor worker calls it every 2 s
+// for its storage heartbeat (workers.HostStatsCache), so a recovery asking a host for its stats does not wait. A
+// sample older than cpuSampleMaxAge is not used; Stats then takes a fresh pair, cpuSampleGap apart.
 const (
 	cpuSampleGap    = 150 * time.Millisecond
-	cpuSampleEvery  = 2 * time.Second
 	cpuSampleMaxAge = 10 * time.Second
 )
 
@@ -68,7 +67,7 @@ type Libvirt struct {
 	sess   *session
 	closed bool
 
-	// The background sampler's two latest samples of the node's CPU counters, newest first.
+	// The two latest samples of the node's CPU counters Stats took, newest first.
 	cpuMu      sync.Mutex
 	cpuSamples [2]cpuSample
 }
@@ -113,45 +112,22 @@ func Open(ctx context.Context, uri string, logger *slog.Logger) (*Libvirt, error
 		return nil, err
 	}
 	l.sess = s
-	go l.sampleCPU()
 	return l, nil
 }
 
-// sampleCPU keeps a recent sample of the node's CPU counters until Close (see cpuSampleEvery).
-func (l *Libvirt) sampleCPU() {
-	tick := time.NewTicker(cpuSampleEvery)
-	defer tick.Stop()
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), cpuSampleEvery)
-		var now *libvirt.NodeCPUStats
-		err := l.do(ctx, func(c *libvirt.Connect) error {
-			var err error
-			now, err = c.GetCPUStats(int(libvirt.NODE_CPU_STATS_ALL_CPUS), 0)
-			return err
-		})
-		cancel()
-		if err == nil {
-			l.keepCPUSample(cpuSample{stats: now, at: time.Now()})
-		} else {
-			l.logger.Debug("sample node CPU", "uri", l.uri, "error", err)
-		}
-		select {
-		case <-l.done:
-			return
-		case <-tick.C:
-		}
-	}
-}
-
-// keepCPUSample makes sample the newest of the two kept.
+// keepCPUSample makes sample the newest of the two kept, unless the newest is less than cpuSampleGap older: kept
+// samples stay a gap apart, so callers faster than the gap still find one old enough.
 func (l *Libvirt) keepCPUSample(sample cpuSample) {
 	l.cpuMu.Lock()
 	defer l.cpuMu.Unlock()
+	if newest := l.cpuSamples[0]; newest.stats != nil && sample.at.Sub(newest.at) < cpuSampleGap {
+		return
+	}
 	l.cpuSamples[1], l.cpuSamples[0] = l.cpuSamples[0], sample
 }
 
 // cpuBaseline is the newest kept sample at least cpuSampleGap and at most cpuSampleMaxAge before now: the one
-// taken just now may be too close to measure anything, the one before it is then about cpuSampleEvery old.
+// taken just now may be too close to measure anything, the one before it then serves.
 func (l *Libvirt) cpuBaseline(now time.Time) (cpuSample, bool) {
 	l.cpuMu.Lock()
 	defer l.cpuMu.Unlock()
@@ -555,8 +531,8 @@ func describe(dom *libvirt.Domain) (activities.Domain, error) {
 	return activities.Domain{UUID: id, Name: name, State: stateOf(s, reason)}, nil
 }
 
-// Stats reads the node's CPU load (since the background sampler's last sample, or two fresh samples cpuSampleGap
-// apart), its memory, and sums the active domains.
+// Stats reads the node's CPU load (since an earlier sample it kept, or two fresh samples cpuSampleGap apart), its
+// memory, and sums the active domains.
 // Host and SharedStorageOK are the caller's.
 func (l *Libvirt) Stats(ctx context.Context) (types.HostStats, error) {
 	var st types.HostStats
@@ -572,7 +548,9 @@ func (l *Libvirt) Stats(ctx context.Context) (types.HostStats, error) {
 		return types.HostStats{}, fmt.Errorf("stats of %s: %w", l.uri, err)
 	}
 	nowAt := time.Now()
-	if base, ok := l.cpuBaseline(nowAt); ok {
+	base, ok := l.cpuBaseline(nowAt)
+	l.keepCPUSample(cpuSample{stats: now, at: nowAt})
+	if ok {
 		st.CPULoad = cpuLoad(base.stats, now)
 		st.SampledAt = nowAt.UTC()
 		return st, nil
@@ -591,8 +569,10 @@ func (l *Libvirt) Stats(ctx context.Context) (types.HostStats, error) {
 	if err != nil {
 		return types.HostStats{}, fmt.Errorf("node CPU stats of %s: %w", l.uri, err)
 	}
+	afterAt := time.Now()
+	l.keepCPUSample(cpuSample{stats: after, at: afterAt})
 	st.CPULoad = cpuLoad(now, after)
-	st.SampledAt = time.Now().UTC()
+	st.SampledAt = afterAt.UTC()
 	return st, nil
 }
 

@@ -186,21 +186,13 @@ func TestStats(t *testing.T) {
 	}
 }
 
-// TestStatsUsesTheBackgroundSample (issue 11): with a sample of the CPU counters between cpuSampleGap and
+// TestStatsUsesAnEarlierSample (issue 11): with a sample of the CPU counters between cpuSampleGap and
 // cpuSampleMaxAge old, Stats measures the load since it at once, so placement does not wait; a sample taken just
 // now is too close, and the one before it serves; with none usable it takes a fresh pair, cpuSampleGap apart.
-func TestStatsUsesTheBackgroundSample(t *testing.T) {
+// Stats keeps its own samples, so a host asked every 2 s (its heartbeat's stats) always has one.
+func TestStatsUsesAnEarlierSample(t *testing.T) {
 	ctx := context.Background()
 	l := open(t, testURI)
-	// The sampler's first sample, taken at Open, lands before the test sets its own; the next comes 2 s later.
-	for first := time.Now(); time.Since(first) < 5*time.Second; time.Sleep(5 * time.Millisecond) {
-		l.cpuMu.Lock()
-		sampled := l.cpuSamples[0].stats != nil
-		l.cpuMu.Unlock()
-		if sampled {
-			break
-		}
-	}
 	var counters *libvirt.NodeCPUStats
 	if err := l.do(ctx, func(c *libvirt.Connect) error {
 		var err error
@@ -242,6 +234,28 @@ func TestStatsUsesTheBackgroundSample(t *testing.T) {
 	}
 	if took := time.Since(begin); took >= cpuSampleGap {
 		t.Fatalf("Stats with a 1 s old sample took %s: it waited for a fresh pair", took)
+	}
+	// Right after, the 1 s old sample still serves (Stats kept its own, a gap later, as the newest).
+	begin = time.Now()
+	if _, err := l.Stats(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(begin); took >= cpuSampleGap {
+		t.Fatalf("a second Stats right after took %s: it waited for a fresh pair", took)
+	}
+	// With no usable sample, a fresh pair: at least the gap between them; it keeps that pair's second sample.
+	l.cpuMu.Lock()
+	l.cpuSamples = [2]cpuSample{}
+	l.cpuMu.Unlock()
+	begin = time.Now()
+	if _, err := l.Stats(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(begin); took < cpuSampleGap {
+		t.Fatalf("Stats without a sample took %s: less than the gap a fresh pair needs", took)
+	}
+	if _, ok := l.cpuBaseline(time.Now().Add(cpuSampleGap)); !ok {
+		t.Fatal("Stats kept no sample for the next call")
 	}
 }
 
