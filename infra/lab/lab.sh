@@ -42,6 +42,9 @@
 #   domains                "HOST<TAB>DOMAIN<TAB>STATE" for every domain of every powered host ("HOST" alone: none)
 #   inventory              print a vmha inventory (YAML) of the lab
 #   bmc-port HOST | address HOST | password-file HOST
+#
+# VMHA_LAB_PKI=DIR (a CA made by `vmha certs ca --dir DIR`): `up` issues each host a hypervisor certificate named
+# after it (DIR/hypervisor-hvK.pem), and its worker dials Temporal with it (mTLS; VMHA_TLS_CA defaults to DIR/ca.pem).
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -268,6 +271,15 @@ ensure_secret() {
 	chmod 600 "$f"
 }
 
+# ensure_host_cert K: with VMHA_LAB_PKI, hvK's hypervisor certificate (kept across ups: issuing refuses to overwrite).
+ensure_host_cert() {
+	[[ -n ${VMHA_LAB_PKI:-} ]] || return 0
+	[[ -s $VMHA_LAB_PKI/hypervisor-hv$1.pem ]] && return 0
+	[[ -x ${VMHA_BIN:-} ]] || die "VMHA_LAB_PKI=$VMHA_LAB_PKI: issuing hv$1's certificate needs VMHA_BIN"
+	"$VMHA_BIN" certs issue --dir "$VMHA_LAB_PKI" --role hypervisor --name "hv$1" >/dev/null ||
+		die "VMHA_LAB_PKI=$VMHA_LAB_PKI: vmha certs issue --role hypervisor --name hv$1 failed"
+}
+
 write_bmc_config() {
 	local k=$1 bd
 	bd=$(host_dir "$k")/bmc
@@ -489,6 +501,10 @@ cmd_init() {
 	[[ -x $VMHA_BIN ]] || { echo "VMHA_BIN=$VMHA_BIN is not executable: no worker" >>"$hd/worker.log"; exec sleep infinity; }
 	export VMHA_HOST_NAME=$host VMHA_LIBVIRT_URI=qemu:///system VMHA_SHARE_PATH=$LAB_DIR/share
 	export VMHA_TEMPORAL_ADDRESS=${VMHA_TEMPORAL_ADDRESS:-$NET_PREFIX.1:7233} VMHA_NAMESPACE=${VMHA_NAMESPACE:-vmha}
+	if [[ -n ${VMHA_LAB_PKI:-} ]]; then
+		export VMHA_TLS_CERT=$VMHA_LAB_PKI/hypervisor-$host.pem VMHA_TLS_KEY=$VMHA_LAB_PKI/hypervisor-$host-key.pem
+		export VMHA_TLS_CA=${VMHA_TLS_CA:-$VMHA_LAB_PKI/ca.pem}
+	fi
 	# A supervisor in miniature: a crashed worker comes back after a second.
 	while :; do
 		# lab.sh hold-worker keeps the worker down until release-worker.
@@ -597,6 +613,7 @@ cmd_up() {
 		ensure_host_net "$k"
 		write_host_config "$k"
 		ensure_secret "$k"
+		ensure_host_cert "$k"
 		write_bmc_config "$k"
 		rm -f "$(host_dir "$k")/bmc/off"
 		ensure_bmc "$k"
