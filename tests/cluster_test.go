@@ -435,7 +435,8 @@ func (c *cluster) result(id string, within time.Duration, v interface{}) {
 }
 
 // recordHistories writes the histories of the given workflows to workflows/testdata/<file>.json when
-// VMHA_RECORD_HISTORIES=1, for workflows/replay_test.go.
+// VMHA_RECORD_HISTORIES=1, for workflows/replay_test.go: the current set only, never workflows/testdata/released,
+// whose frozen histories of released builds must replay as they were recorded.
 func (c *cluster) recordHistories(files map[string]string) {
 	c.t.Helper()
 	if os.Getenv("VMHA_RECORD_HISTORIES") != "1" {

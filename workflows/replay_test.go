@@ -1,6 +1,9 @@
 package workflows_test
 
 import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"log/slog"
 	"os"
@@ -15,11 +18,43 @@ import (
 	"vmha/workflows"
 )
 
-// TestReplayRecordedHistories replays histories recorded from real runs (tests/integration_test.go with
-// VMHA_RECORD_HISTORIES=1) against today's workflow code: a change that would break running workflows (an activity
-// added, removed or reordered, a timer moved) fails here with a non-determinism error.
+// TestReplayRecordedHistories replays, against today's workflow code, two kinds of histories:
+//   - the current set, testdata/*.json, recorded from the code as it is (tests/cluster_test.go with
+//     VMHA_RECORD_HISTORIES=1 rewrites it): a change that breaks it must be re-recorded on purpose;
+//   - every frozen set, testdata/released/<commit>/*.json, recorded by a build that was released: workflows it
+//     started may still be running when a new build takes over, and the new worker must replay them.
+//
+// When a change breaks a frozen history, guard it with workflow.GetVersion (Temporal's patching), so that runs
+// started by the old code keep taking the old path. Never re-record, edit or delete a frozen set to make this test
+// pass: that is exactly the upgrade that would stall every running monitor with TMPRL1100 (testdata/released/README.md).
 func TestReplayRecordedHistories(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join("testdata", "*.json"))
+	sets := map[string]string{"current": "testdata"}
+	released, err := filepath.Glob(filepath.Join("testdata", "released", "*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range released {
+		if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
+			sets["released/"+filepath.Base(dir)] = dir
+		}
+	}
+	if len(sets) < 2 {
+		t.Fatal("no frozen set in testdata/released: an upgrade would be checked against nothing but the code itself")
+	}
+	for name, dir := range sets {
+		t.Run(name, func(t *testing.T) {
+			if name != "current" {
+				checkFrozen(t, dir)
+			}
+			replaySet(t, dir)
+		})
+	}
+}
+
+// replaySet replays every history in dir and requires one of each workflow type vmha starts, so that a set
+// missing a type cannot pass by saying nothing about it.
+func replaySet(t *testing.T, dir string) {
+	files, err := filepath.Glob(filepath.Join(dir, "*.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +74,47 @@ func TestReplayRecordedHistories(t *testing.T) {
 	for _, typ := range []string{types.HostMonitorWorkflow, types.HostRecoveryWorkflow, types.RecoverVMWorkflow,
 		types.CreateVMWorkflow, types.ManualFailoverWorkflow, types.SchedulerWorkflow, types.ApplyInventoryWorkflow} {
 		if !covered[typ] {
-			t.Errorf("no recorded history of %s in testdata: run the integration tests with VMHA_RECORD_HISTORIES=1", typ)
+			t.Errorf("no recorded history of %s in %s: run the cluster tests with VMHA_RECORD_HISTORIES=1 (current set only)", typ, dir)
+		}
+	}
+}
+
+// checkFrozen compares a frozen set with its SHA256SUMS (made with `sha256sum *.json > SHA256SUMS` when the set was
+// frozen), so a history overwritten or dropped to get past a replay failure fails here instead.
+func checkFrozen(t *testing.T, dir string) {
+	t.Helper()
+	f, err := os.Open(filepath.Join(dir, "SHA256SUMS"))
+	if err != nil {
+		t.Fatalf("frozen set %s: %v", dir, err)
+	}
+	defer f.Close()
+	listed := map[string]bool{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		want, file, ok := strings.Cut(sc.Text(), "  ")
+		if !ok {
+			t.Fatalf("%s/SHA256SUMS: line %q is not \"<sha256>  <file>\"", dir, sc.Text())
+		}
+		listed[file] = true
+		b, err := os.ReadFile(filepath.Join(dir, file))
+		if err != nil {
+			t.Errorf("frozen history %s/%s: %v", dir, file, err)
+			continue
+		}
+		if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != want {
+			t.Errorf("frozen history %s/%s was changed: guard the workflow change with workflow.GetVersion instead", dir, file)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatalf("%s/SHA256SUMS: %v", dir, err)
+	}
+	files, err := filepath.Glob(filepath.Join(dir, "*.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, file := range files {
+		if !listed[filepath.Base(file)] {
+			t.Errorf("%s is not in %s/SHA256SUMS: a frozen set does not grow", file, dir)
 		}
 	}
 }
