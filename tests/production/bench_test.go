@@ -1,6 +1,8 @@
 package production
 
 import (
+	"vmha/tests/topology"
+
 	"context"
 	"fmt"
 	"net/url"
@@ -26,35 +28,35 @@ func TestBenchCluster(t *testing.T) {
 	if n < 1 {
 		t.Skip("VMHA_BENCH_PRODUCTION=N (workflows per topology) runs this benchmark")
 	}
-	pg := startPostgres(t)
-	bin := vmhaBinary(t)
-	port := freeFrontendPort(t, append(slices.Clone(nodeIPs), "127.0.0.5"))
-	nodes := make([]*node, len(nodeIPs))
+	pg := topology.StartPostgres(t)
+	bin := topology.VMHABinary(t)
+	port := topology.FreeFrontendPort(t, append(slices.Clone(nodeIPs), "127.0.0.5"))
+	nodes := make([]*topology.Node, len(nodeIPs))
 	for i, ip := range nodeIPs {
-		nodes[i] = startNode(t, bin, ip, port, pg.nodeEnv())
+		nodes[i] = topology.StartNode(t, bin, ip, port, pg.NodeEnv())
 	}
 	for _, nd := range nodes {
-		nd.waitReady(t, 2*time.Minute)
-		t.Logf("cold start (empty database, three nodes at once): node %s serving after %.2f s", nd.ip, nd.readyAt.Sub(nd.startedAt).Seconds())
+		nd.WaitReady(t, 2*time.Minute)
+		t.Logf("cold start (empty database, three nodes at once): node %s serving after %.2f s", nd.IP, nd.ReadyAt.Sub(nd.StartedAt).Seconds())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	waitMembers(ctx, t, nodes[0], nodeIPs)
-	nodes[2].stop()
-	nodes[2] = startNode(t, bin, nodeIPs[2], port, pg.nodeEnv())
-	nodes[2].waitReady(t, 2*time.Minute)
-	t.Logf("restart (existing database, two nodes running): node %s serving after %.2f s", nodes[2].ip, nodes[2].readyAt.Sub(nodes[2].startedAt).Seconds())
-	waitMembers(ctx, t, nodes[0], nodeIPs)
+	topology.WaitMembers(ctx, t, nodes[0], nodeIPs)
+	nodes[2].Stop()
+	nodes[2] = topology.StartNode(t, bin, nodeIPs[2], port, pg.NodeEnv())
+	nodes[2].WaitReady(t, 2*time.Minute)
+	t.Logf("restart (existing database, two nodes running): node %s serving after %.2f s", nodes[2].IP, nodes[2].ReadyAt.Sub(nodes[2].StartedAt).Seconds())
+	topology.WaitMembers(ctx, t, nodes[0], nodeIPs)
 
-	embedded := startNode(t, bin, "127.0.0.5", port, []string{"VMHA_PERSISTENCE=sqlite", "VMHA_DATA_DIR=" + t.TempDir()})
-	embedded.waitReady(t, time.Minute)
-	t.Logf("embedded SQLite server (new file) serving after %.2f s", embedded.readyAt.Sub(embedded.startedAt).Seconds())
+	embedded := topology.StartNode(t, bin, "127.0.0.5", port, []string{"VMHA_PERSISTENCE=sqlite", "VMHA_DATA_DIR=" + t.TempDir()})
+	embedded.WaitReady(t, time.Minute)
+	t.Logf("embedded SQLite server (new file) serving after %.2f s", embedded.ReadyAt.Sub(embedded.StartedAt).Seconds())
 
-	cluster := latencies(ctx, t, nodes[0].address, nodes[1].address, n)
-	t.Logf("PostgreSQL connections of the three nodes after the cluster runs: %s", pg.connections(ctx, t))
-	single := latencies(ctx, t, embedded.address, embedded.address, n)
+	cluster := latencies(ctx, t, nodes[0].Address, nodes[1].Address, n)
+	t.Logf("PostgreSQL connections of the three nodes after the cluster runs: %s", connections(ctx, t, pg))
+	single := latencies(ctx, t, embedded.Address, embedded.Address, n)
 	t.Logf("%d echo workflows one after the other, start to result:", n)
-	t.Logf("  cluster (start on %s, worker on %s): %s", nodes[0].ip, nodes[1].ip, summary(cluster))
+	t.Logf("  cluster (start on %s, worker on %s): %s", nodes[0].IP, nodes[1].IP, summary(cluster))
 	t.Logf("  embedded SQLite server:                     %s", summary(single))
 }
 
@@ -108,13 +110,13 @@ func summary(d []time.Duration) string {
 }
 
 // connections counts the sessions open on Temporal's two databases, per database.
-func (pg postgres) connections(ctx context.Context, t *testing.T) string {
+func connections(ctx context.Context, t *testing.T, pg topology.Postgres) string {
 	t.Helper()
-	password, err := os.ReadFile(pg.passwordFile)
+	password, err := os.ReadFile(pg.PasswordFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	u := url.URL{Scheme: "postgres", Host: pg.address, Path: "/postgres", User: url.UserPassword(pg.user, strings.TrimSpace(string(password))),
+	u := url.URL{Scheme: "postgres", Host: pg.Address, Path: "/postgres", User: url.UserPassword(pg.User, strings.TrimSpace(string(password))),
 		RawQuery: "sslmode=disable"}
 	conn, err := pgx.Connect(ctx, u.String())
 	if err != nil {

@@ -1,4 +1,4 @@
-package production
+package topology
 
 import (
 	"net"
@@ -8,12 +8,12 @@ import (
 	"golang.org/x/net/dns/dnsmessage"
 )
 
-// serveDNS answers A queries for name with ips on a UDP port of 127.0.0.1 and returns that address: the test's
+// ServeDNS answers A queries for name with ips on a UDP port of listenIP and returns that address: the test's
 // stand-in for the DNS name with one A record per cluster node that README tells clients to use. Other names and
 // types get an empty answer.
-func serveDNS(t *testing.T, name string, ips []string) string {
+func ServeDNS(t testing.TB, listenIP, name string, ips []string) string {
 	t.Helper()
-	conn, err := net.ListenPacket("udp", "127.0.0.1:0")
+	conn, err := net.ListenPacket("udp", net.JoinHostPort(listenIP, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
