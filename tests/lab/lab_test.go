@@ -25,12 +25,16 @@ import (
 
 	"vmha/activities"
 	"vmha/activities/notify"
+	"vmha/infra/certs"
 	"vmha/infra/lab"
+	"vmha/tests/topology"
 	"vmha/types"
 )
 
 const (
-	temporalAddr = "10.250.0.1:17233"
+	// labBridgeIP is this machine's address on the lab's bridge, where the hosts reach vmha's management side.
+	labBridgeIP  = "10.250.0.1"
+	temporalAddr = labBridgeIP + ":17233"
 	uiPort       = "18233"
 	namespace    = "vmha"
 	webhookKey   = "lab-webhook-secret"
@@ -43,15 +47,23 @@ const (
 
 // world is the running lab with vmha on it.
 type world struct {
-	t          *testing.T
-	lab        *lab.Lab
-	bin        string
-	env        []string
-	dir        string
-	client     client.Client
-	controller *exec.Cmd
-	hooks      *webhook
-	copies     copyWatch
+	t   *testing.T
+	lab *lab.Lab
+	bin string
+	// env is how vmha's processes and CLI run: the address of Temporal, the operator's certificate.
+	env []string
+	dir string
+	// address is Temporal's frontend as every client dials it; tls verifies it as serverName.
+	address, serverName string
+	// ca signed every certificate of the lab: the server's, each hypervisor's (lab.sh VMHA_LAB_PKI), the
+	// controller's (also the test's own client: it acts where only a controller may), the operator's (the CLI).
+	ca             topology.CA
+	controllerCert certs.Files
+	operatorCert   certs.Files
+	client         client.Client
+	controller     *exec.Cmd
+	hooks          *webhook
+	copies         copyWatch
 }
 
 func TestLab(t *testing.T) {
@@ -138,15 +150,44 @@ func setUp(t *testing.T) *world {
 			t.Skipf("%s missing: run make deps", tool)
 		}
 	}
-	w := &world{t: t, dir: t.TempDir(), hooks: newWebhook(t)}
+	w := newWorld(t, temporalAddr, labBridgeIP)
+	w.env = append(w.env, "VMHA_UI_PORT="+uiPort, "VMHA_DATA_DIR="+filepath.Join(w.dir, "data"))
+	w.upLab(t)
+	l := w.lab
+	server := w.ca.Issue(t, certs.Request{Role: certs.RoleServer, Name: "lab-server",
+		IPs: []net.IP{net.ParseIP(labBridgeIP), net.ParseIP("127.0.0.1")}})
+	w.start("server", "VMHA_EMBEDDED_CONTROLLER=false", "VMHA_SERVER_TLS_CERT="+server.Cert,
+		"VMHA_SERVER_TLS_KEY="+server.Key, "VMHA_SERVER_TLS_CLIENT_CA="+w.ca.Cert)
+	w.client = w.dial(t)
+	w.startController()
+	w.applyInventory(t)
+	w.waitHealthy(t, l.Hosts()...)
+	w.createVM(t, "vm1")
+	return w
+}
+
+// newWorld is a world whose processes dial Temporal at address, verifying its certificate as serverName, with
+// certificates from a new CA; the lab is not up yet.
+func newWorld(t *testing.T, address, serverName string) *world {
+	w := &world{t: t, dir: t.TempDir(), hooks: newWebhook(t), address: address, serverName: serverName}
 	w.bin = vmhaBinary(t)
-	w.env = append(os.Environ(),
-		"VMHA_TEMPORAL_ADDRESS="+temporalAddr, "VMHA_NAMESPACE="+namespace, "VMHA_UI_PORT="+uiPort,
-		"VMHA_DATA_DIR="+filepath.Join(w.dir, "data"), "VMHA_METRICS_ADDR=127.0.0.1:0",
-		"VMHA_WEBHOOK_URL="+w.hooks.url, "VMHA_WEBHOOK_SECRET="+webhookKey, "VMHA_LOG_LEVEL=info")
+	w.ca = topology.NewCA(t)
+	w.controllerCert = w.ca.Issue(t, certs.Request{Role: certs.RoleController, Name: "lab-controller"})
+	w.operatorCert = w.ca.Issue(t, certs.Request{Role: certs.RoleOperator, Name: "lab-operator"})
+	w.env = append(append(os.Environ(),
+		"VMHA_TEMPORAL_ADDRESS="+address, "VMHA_NAMESPACE="+namespace, "VMHA_METRICS_ADDR=127.0.0.1:0",
+		"VMHA_WEBHOOK_URL="+w.hooks.url, "VMHA_WEBHOOK_SECRET="+webhookKey, "VMHA_LOG_LEVEL=info"),
+		w.ca.ClientEnv(w.operatorCert, serverName)...)
+	return w
+}
+
+// upLab brings up the lab's four hosts, their workers dialing w.address with a hypervisor certificate each, and
+// tears it down at cleanup.
+func (w *world) upLab(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	l, err := lab.Up(ctx, lab.Options{N: 4, VMHABin: w.bin, Env: []string{"VMHA_TEMPORAL_ADDRESS=" + temporalAddr, "VMHA_NAMESPACE=" + namespace}})
+	l, err := lab.Up(ctx, lab.Options{N: 4, VMHABin: w.bin, Env: []string{"VMHA_TEMPORAL_ADDRESS=" + w.address,
+		"VMHA_NAMESPACE=" + namespace, "VMHA_LAB_PKI=" + w.ca.Dir, "VMHA_TLS_SERVER_NAME=" + w.serverName}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,13 +209,6 @@ func setUp(t *testing.T) *world {
 			t.Errorf("lab down: %v", err)
 		}
 	})
-	w.start("server", "VMHA_EMBEDDED_CONTROLLER=false")
-	w.client = w.dial(t)
-	w.startController()
-	w.applyInventory(t)
-	w.waitHealthy(t, l.Hosts()...)
-	w.createVM(t, "vm1")
-	return w
 }
 
 // vmhaBinary is $VMHA_BIN (make test sets it) or a fresh build.
@@ -215,7 +249,8 @@ func (w *world) start(role string, env ...string) *exec.Cmd {
 }
 
 func (w *world) startController(env ...string) {
-	w.controller = w.start("controller", append([]string{"VMHA_METRICS_ADDR=" + metricsAddr}, env...)...)
+	w.controller = w.start("controller", append(append([]string{"VMHA_METRICS_ADDR=" + metricsAddr},
+		w.ca.ClientEnv(w.controllerCert, w.serverName)...), env...)...)
 }
 
 // restartController kills the controller and starts it again with env on top of the lab's.
@@ -249,7 +284,8 @@ func metric(t *testing.T, sample string) float64 {
 func (w *world) dial(t *testing.T) client.Client {
 	deadline := time.Now().Add(time.Minute)
 	for {
-		c, err := client.Dial(client.Options{HostPort: temporalAddr, Namespace: namespace, Logger: quiet{}})
+		c, err := client.Dial(client.Options{HostPort: w.address, Namespace: namespace, Logger: quiet{},
+			ConnectionOptions: client.ConnectionOptions{TLS: w.ca.ClientTLS(t, w.controllerCert, w.serverName)}})
 		if err == nil {
 			if _, err = c.CheckHealth(context.Background(), nil); err == nil {
 				t.Cleanup(c.Close)
@@ -258,10 +294,16 @@ func (w *world) dial(t *testing.T) client.Client {
 			c.Close()
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("temporal at %s: %v", temporalAddr, err)
+			t.Fatalf("temporal at %s: %v", w.address, err)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// cliArgs are args for the Temporal CLI, dialing Temporal as the holder of cert.
+func (w *world) cliArgs(cert certs.Files, args ...string) []string {
+	return append(args, "--address", w.address, "--namespace", namespace, "--tls-cert-path", cert.Cert,
+		"--tls-key-path", cert.Key, "--tls-ca-path", w.ca.Cert, "--tls-server-name", w.serverName)
 }
 
 // vmha runs an operator command and returns its output.
@@ -641,9 +683,9 @@ func (w *world) manualFailover(t *testing.T, vm string) {
 		t.Fatal(err)
 	}
 	id := types.ManualFailoverID(x)
-	out, err := exec.Command(cli, "workflow", "start", "--address", temporalAddr, "--namespace", namespace,
+	out, err := exec.Command(cli, w.cliArgs(w.operatorCert, "workflow", "start",
 		"--task-queue", types.ControllerTaskQueue, "--type", types.ManualFailoverWorkflow, "--workflow-id", id,
-		"--input", fmt.Sprintf(`{"host":%q,"fence":true,"reason":"lab scenario 5"}`, x)).CombinedOutput()
+		"--input", fmt.Sprintf(`{"host":%q,"fence":true,"reason":"lab scenario 5"}`, x))...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("temporal workflow start: %v\n%s", err, out)
 	}

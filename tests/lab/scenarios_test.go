@@ -647,9 +647,11 @@ func (w *world) fencedSignalToHealthyHost(t *testing.T) {
 	x := w.byLoad(t)[0]
 	xVMs := vmsOn(w.running(t), x)
 	since := time.Now()
-	out, err := exec.Command(cli, "workflow", "signal", "--address", temporalAddr, "--namespace", namespace,
+	// Only a controller may signal "fenced": this is a controller's bug (or a stolen controller key), not an
+	// operator's typo, which the authorizer refuses.
+	out, err := exec.Command(cli, w.cliArgs(w.controllerCert, "workflow", "signal",
 		"--workflow-id", types.HostMonitorID(x), "--name", activities.SignalFenced,
-		"--input", `{"by":"lab scenario 13e (a typo)","reason":"wrong host"}`).CombinedOutput()
+		"--input", `{"by":"lab scenario 13e (a typo)","reason":"wrong host"}`)...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("temporal workflow signal: %v\n%s", err, out)
 	}

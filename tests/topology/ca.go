@@ -13,11 +13,12 @@ import (
 // CA is a CA made with vmha's own certificate code (`vmha certs`), in a temporary directory.
 type CA struct{ Dir, Cert string }
 
-// NewCA creates a CA valid for two days.
+// NewCA creates a CA valid for ten years, as `vmha certs ca` makes them: certificates it issues with vmha's
+// defaults (a year) fit in it.
 func NewCA(t testing.TB) CA {
 	t.Helper()
 	dir := t.TempDir()
-	files, err := certs.CreateCA(dir, "vmha test CA", 48*time.Hour)
+	files, err := certs.CreateCA(dir, "vmha test CA", 3650*24*time.Hour)
 	if err != nil {
 		t.Fatalf("create CA: %v", err)
 	}
