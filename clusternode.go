@@ -25,6 +25,7 @@ func startClusterNode(ctx context.Context, s config.Settings, host string, port 
 		UIAddress:        s.UIAddress,
 		UIWriteActions:   s.UIWriteActions,
 		TLS:              tlsFiles,
+		AllowPlaintext:   s.ServerPlaintext,
 		Namespace:        s.Namespace,
 		HistoryShards:    s.HistoryShards,
 		Postgres: temporalserver.Postgres{

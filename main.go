@@ -149,7 +149,7 @@ func serve(ctx context.Context, s config.Settings, logger *slog.Logger, out io.W
 	} else {
 		srv, err = temporalserver.Start(ctx, temporalserver.Options{
 			DataDir: s.DataDir, ListenAddress: host, FrontendPort: port, UIPort: s.UIPort, Namespace: s.Namespace, Logger: logger,
-			TLS: tlsFiles, UIAddress: s.UIAddress, UIWriteActions: s.UIWriteActions,
+			TLS: tlsFiles, AllowPlaintext: s.ServerPlaintext, UIAddress: s.UIAddress, UIWriteActions: s.UIWriteActions,
 		})
 	}
 	if err != nil {

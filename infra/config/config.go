@@ -33,6 +33,7 @@ type Settings struct {
 	ServerTLSCert     string `envconfig:"SERVER_TLS_CERT" desc:"vmha server: the frontend's certificate (vmha certs issue --role server); with SERVER_TLS_KEY and SERVER_TLS_CLIENT_CA the frontend requires client certificates and authorizes each call by the role they name"`
 	ServerTLSKey      string `envconfig:"SERVER_TLS_KEY" desc:"vmha server: the key of SERVER_TLS_CERT"`
 	ServerTLSClientCA string `envconfig:"SERVER_TLS_CLIENT_CA" desc:"vmha server: CA bundle client certificates must chain to (the ca.pem of vmha certs ca); it must also have issued SERVER_TLS_CERT"`
+	ServerPlaintext   bool   `envconfig:"SERVER_PLAINTEXT" default:"false" desc:"vmha server: serve plain gRPC, without TLS or authorization, on a non-loopback TEMPORAL_ADDRESS (for a lab behind a firewall only; loopback needs no TLS)"`
 	UIAddress         string `envconfig:"UI_ADDRESS" default:"127.0.0.1" desc:"IP address the embedded Web UI listens on"`
 	UIWriteActions    bool   `envconfig:"UI_WRITE_ACTIONS" default:"false" desc:"let the embedded Web UI terminate, cancel, signal, reset and start workflows"`
 
@@ -150,6 +151,8 @@ func (s Settings) Validate() error {
 	case (s.ServerTLSCert == "") != (s.ServerTLSKey == "") || (s.ServerTLSCert == "") != (s.ServerTLSClientCA == ""):
 		return fmt.Errorf("%s_SERVER_TLS_CERT=%q, %s_SERVER_TLS_KEY=%q and %s_SERVER_TLS_CLIENT_CA=%q: set all three or none",
 			Prefix, s.ServerTLSCert, Prefix, s.ServerTLSKey, Prefix, s.ServerTLSClientCA)
+	case s.ServerPlaintext && s.ServerTLSCert != "":
+		return fmt.Errorf("%s_SERVER_PLAINTEXT=true and %s_SERVER_TLS_CERT=%q: set one, not both", Prefix, Prefix, s.ServerTLSCert)
 	case net.ParseIP(s.UIAddress) == nil:
 		return fmt.Errorf("%s_UI_ADDRESS=%q: want an IP address (the port is %s_UI_PORT)", Prefix, s.UIAddress, Prefix)
 	case s.longestProbe() > MaxWatchTick:

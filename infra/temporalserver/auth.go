@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	commonpb "go.temporal.io/api/common/v1"
+	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/server/common/api"
 	"go.temporal.io/server/common/authorization"
@@ -46,10 +48,10 @@ func (claimMapper) GetClaims(info *authorization.AuthInfo) (*authorization.Claim
 }
 
 // operatorWorkflow tells the workflows the operator commands start, all run by the controller's worker: apply,
-// create-vm, failover, and the HA report of hosts and status.
+// create-vm and failover (the HA report of hosts and status has rules of its own, see reportStart).
 func operatorWorkflow(name string) bool {
 	switch name {
-	case types.ApplyInventoryWorkflow, types.CreateVMWorkflow, types.ManualFailoverWorkflow, types.HAReportWorkflow:
+	case types.ApplyInventoryWorkflow, types.CreateVMWorkflow, types.ManualFailoverWorkflow:
 		return true
 	}
 	return false
@@ -60,7 +62,7 @@ func operatorWorkflow(name string) bool {
 //   - controller: everything in vmha's namespace, and cluster-wide reads;
 //   - operator: reads, the operator workflows (operatorWorkflow) on the controller's queue, and the maintenance
 //     signal to a host monitor (`vmha maintenance` signals it directly); never a poll: it cannot act as a worker;
-//   - viewer: reads;
+//   - viewer: reads, and the HA report `vmha hosts` and `vmha status` start (reportStart);
 //   - hypervisor: what its worker does and nothing else (hypervisorCall).
 //
 // Every denial is logged at warn level with the caller's subject, role and the API.
@@ -128,6 +130,9 @@ func (a *authorizer) decide(ctx context.Context, c caller, target *authorization
 		if readOnly {
 			return ""
 		}
+		if req, ok := target.Request.(*workflowservice.StartWorkflowExecutionRequest); ok {
+			return reportStart(c.id.Role, req)
+		}
 	case certs.RoleOperator:
 		if readOnly {
 			return ""
@@ -144,7 +149,11 @@ func (a *authorizer) decide(ctx context.Context, c caller, target *authorization
 func operatorCall(method string, request any) string {
 	switch req := request.(type) {
 	case *workflowservice.StartWorkflowExecutionRequest:
-		if wt := req.GetWorkflowType().GetName(); !operatorWorkflow(wt) {
+		wt := req.GetWorkflowType().GetName()
+		if wt == types.HAReportWorkflow {
+			return reportStart(certs.RoleOperator, req)
+		}
+		if !operatorWorkflow(wt) {
 			return fmt.Sprintf("role operator may not start %s (only %s, %s, %s and %s)", wt, types.ApplyInventoryWorkflow,
 				types.CreateVMWorkflow, types.ManualFailoverWorkflow, types.HAReportWorkflow)
 		}
@@ -231,4 +240,60 @@ func strayReport(host string, req *workflowservice.StartWorkflowExecutionRequest
 		return deny
 	}
 	return ""
+}
+
+// maxReportTimeout bounds the run of a report a reader starts: the report takes seconds (starter.Starter gives it
+// 10 s), and a longer bound would let a reader keep workflows running on the controller.
+const maxReportTimeout = time.Minute
+
+// reportStart allows the start of an HA report (the HAReport workflow) as `vmha hosts` and `vmha status` make it
+// (starter.Starter.haReport), and nothing more. The report reads the catalog on the controller's side and returns
+// counts, so viewers may run it; what a reader must not do through it is take another workflow's ID (a monitor
+// not started yet), run it with input, on a schedule or without a time bound, take its workflow task as a worker
+// (eager start), have the server call elsewhere when it ends, replace a running workflow, or mark it with search
+// attributes the Web UI and vmha filter on.
+func reportStart(role certs.Role, req *workflowservice.StartWorkflowExecutionRequest) string {
+	why := ""
+	timeout := req.GetWorkflowExecutionTimeout().AsDuration()
+	switch {
+	case req.GetWorkflowType().GetName() != types.HAReportWorkflow:
+		return fmt.Sprintf("role %s may start only %s, not %s", role, types.HAReportWorkflow, req.GetWorkflowType().GetName())
+	case req.GetTaskQueue().GetName() != types.ControllerTaskQueue:
+		why = fmt.Sprintf("task queue %q, want %s", req.GetTaskQueue().GetName(), types.ControllerTaskQueue)
+	case !reportID(req.GetWorkflowId()):
+		why = fmt.Sprintf("workflow ID %q is not a report's (like %s)", req.GetWorkflowId(), types.HAReportID(time.Unix(0, 0)))
+	case len(req.GetInput().GetPayloads()) > 0:
+		why = "input given; it takes none"
+	case timeout <= 0 || timeout > maxReportTimeout:
+		why = fmt.Sprintf("execution timeout %s, want more than 0 and at most %s", timeout, maxReportTimeout)
+	case req.GetCronSchedule() != "":
+		why = fmt.Sprintf("cron schedule %q", req.GetCronSchedule())
+	case req.GetRequestEagerExecution():
+		why = "eager execution (it would hand the caller the workflow task)"
+	case len(req.GetCompletionCallbacks()) > 0:
+		why = "completion callbacks"
+	case req.GetWorkflowIdConflictPolicy() == enumspb.WORKFLOW_ID_CONFLICT_POLICY_TERMINATE_EXISTING,
+		req.GetWorkflowIdReusePolicy() == enumspb.WORKFLOW_ID_REUSE_POLICY_TERMINATE_IF_RUNNING:
+		why = "an ID policy that terminates a running workflow"
+	case req.GetOnConflictOptions() != nil:
+		why = "on-conflict options"
+	case len(req.GetSearchAttributes().GetIndexedFields()) > 0 || len(req.GetMemo().GetFields()) > 0:
+		why = "search attributes or a memo"
+	case req.GetContinuedFailure() != nil || req.GetLastCompletionResult() != nil || req.GetVersioningOverride() != nil:
+		why = "a continued failure, last completion result or versioning override"
+	default:
+		return ""
+	}
+	return fmt.Sprintf("role %s may start %s only as vmha hosts and vmha status do: %s", role, types.HAReportWorkflow, why)
+}
+
+// reportID tells an ID of types.HAReportID's making: its prefix and the time it names. Going through HAReportID
+// keeps the two in step: an ID of another shape is denied, never allowed.
+func reportID(id string) bool {
+	const layout = "20060102T150405.000000000Z"
+	if len(id) <= len(layout) {
+		return false
+	}
+	at, err := time.Parse(layout, id[len(id)-len(layout):])
+	return err == nil && types.HAReportID(at) == id
 }

@@ -10,13 +10,16 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	commonpb "go.temporal.io/api/common/v1"
+	enumspb "go.temporal.io/api/enums/v1"
 	taskqueuepb "go.temporal.io/api/taskqueue/v1"
 	workerpb "go.temporal.io/api/worker/v1"
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/server/common/api"
 	"go.temporal.io/server/common/authorization"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"vmha/activities"
 	"vmha/types"
@@ -64,6 +67,16 @@ func start(workflowType, id, taskQueue string, input ...any) *workflowservice.St
 			Metadata: map[string][]byte{"encoding": []byte("json/plain")}, Data: data}}}
 	}
 	return req
+}
+
+// report is an HA report's start as starter.Starter makes it, changed by change unless it is nil.
+func report(change func(*workflowservice.StartWorkflowExecutionRequest)) *workflowservice.StartWorkflowExecutionRequest {
+	r := start(types.HAReportWorkflow, types.HAReportID(time.Now()), types.ControllerTaskQueue)
+	r.WorkflowExecutionTimeout = durationpb.New(10 * time.Second)
+	if change != nil {
+		change(r)
+	}
+	return r
 }
 
 func signal(id, name string) *workflowservice.SignalWorkflowExecutionRequest {
@@ -132,7 +145,8 @@ func TestAuthorizerRoles(t *testing.T) {
 			{"StartWorkflowExecution", start(types.ManualFailoverWorkflow, types.ManualFailoverID("hv1"), types.ControllerTaskQueue), true},
 			{"StartWorkflowExecution", start(types.ApplyInventoryWorkflow, types.ApplyInventoryID, types.ControllerTaskQueue), true},
 			{"StartWorkflowExecution", start(types.CreateVMWorkflow, types.CreateVMID("web1"), types.ControllerTaskQueue), true},
-			{"StartWorkflowExecution", start(types.HAReportWorkflow, "vmha-ha-report-1", types.ControllerTaskQueue), true},
+			{"StartWorkflowExecution", report(nil), true},
+			{"StartWorkflowExecution", report(func(r *workflowservice.StartWorkflowExecutionRequest) { r.CronSchedule = "@every 1s" }), false},
 			{"StartWorkflowExecution", start(types.ManualFailoverWorkflow, types.ManualFailoverID("hv1"), types.HostTaskQueue("hv1")), false},
 			{"StartWorkflowExecution", start(types.HostRecoveryWorkflow, "vmha-recovery-hv1-x-1", types.ControllerTaskQueue), false},
 			{"StartWorkflowExecution", start(types.StrayCopyWorkflow, types.StrayCopyID("u-1", "hv1"), types.ControllerTaskQueue, strayMine), false},
@@ -156,8 +170,37 @@ func TestAuthorizerRoles(t *testing.T) {
 			{"DescribeWorkflowExecution", &workflowservice.DescribeWorkflowExecutionRequest{Namespace: ns}, true},
 			{"QueryWorkflow", &workflowservice.QueryWorkflowRequest{Namespace: ns}, true},
 			{"GetSearchAttributes", &workflowservice.GetSearchAttributesRequest{}, true},
-			{"StartWorkflowExecution", start(types.HAReportWorkflow, "vmha-ha-report-1", types.ControllerTaskQueue), false},
+			{"StartWorkflowExecution", report(nil), true},
+			{"StartWorkflowExecution", report(func(r *workflowservice.StartWorkflowExecutionRequest) { r.WorkflowId = monitor }), false},
+			{"StartWorkflowExecution", report(func(r *workflowservice.StartWorkflowExecutionRequest) { r.WorkflowId = "vmha-ha-report-1" }), false},
+			{"StartWorkflowExecution", report(func(r *workflowservice.StartWorkflowExecutionRequest) { r.TaskQueue = queue(types.ShareTaskQueue) }), false},
+			{"StartWorkflowExecution", report(func(r *workflowservice.StartWorkflowExecutionRequest) { r.WorkflowExecutionTimeout = nil }), false},
+			{"StartWorkflowExecution", report(func(r *workflowservice.StartWorkflowExecutionRequest) {
+				r.WorkflowExecutionTimeout = durationpb.New(time.Hour)
+			}), false},
+			{"StartWorkflowExecution", report(func(r *workflowservice.StartWorkflowExecutionRequest) { r.Input = start("", "", "", 1).Input }), false},
+			{"StartWorkflowExecution", report(func(r *workflowservice.StartWorkflowExecutionRequest) { r.RequestEagerExecution = true }), false},
+			{"StartWorkflowExecution", report(func(r *workflowservice.StartWorkflowExecutionRequest) {
+				r.CompletionCallbacks = []*commonpb.Callback{{}}
+			}), false},
+			{"StartWorkflowExecution", report(func(r *workflowservice.StartWorkflowExecutionRequest) {
+				r.WorkflowIdConflictPolicy = enumspb.WORKFLOW_ID_CONFLICT_POLICY_TERMINATE_EXISTING
+			}), false},
+			{"StartWorkflowExecution", report(func(r *workflowservice.StartWorkflowExecutionRequest) {
+				r.WorkflowIdReusePolicy = enumspb.WORKFLOW_ID_REUSE_POLICY_TERMINATE_IF_RUNNING
+			}), false},
+			{"StartWorkflowExecution", report(func(r *workflowservice.StartWorkflowExecutionRequest) {
+				r.SearchAttributes = &commonpb.SearchAttributes{IndexedFields: map[string]*commonpb.Payload{types.HostStateAttr.GetName(): {}}}
+			}), false},
+			{"StartWorkflowExecution", report(func(r *workflowservice.StartWorkflowExecutionRequest) {
+				r.WorkflowType = &commonpb.WorkflowType{Name: types.ManualFailoverWorkflow}
+			}), false},
+			{"StartWorkflowExecution", start(types.ManualFailoverWorkflow, types.ManualFailoverID("hv1"), types.ControllerTaskQueue), false},
 			{"SignalWorkflowExecution", signal(monitor, activities.SignalMaintenance), false},
+			{"SignalWorkflowExecution", signal(monitor, activities.SignalFenced), false},
+			{"TerminateWorkflowExecution", &workflowservice.TerminateWorkflowExecutionRequest{Namespace: ns}, false},
+			{"RequestCancelWorkflowExecution", &workflowservice.RequestCancelWorkflowExecutionRequest{Namespace: ns}, false},
+			{"PollWorkflowTaskQueue", &workflowservice.PollWorkflowTaskQueueRequest{Namespace: ns, TaskQueue: queue(types.ControllerTaskQueue)}, false},
 			{"PollActivityTaskQueue", pollActivities(types.ShareTaskQueue), false},
 			{"ListWorkflowExecutions", &workflowservice.ListWorkflowExecutionsRequest{Namespace: "temporal-system"}, false},
 		}},

@@ -36,6 +36,8 @@ type ClusterOptions struct {
 	// certificate names, as on the embedded server. Traffic between the nodes (history, matching, membership) stays
 	// plain: keep those ports on the management network.
 	TLS *TLSFiles
+	// AllowPlaintext lets the frontend serve plain gRPC on a non-loopback ListenAddress, as Options.AllowPlaintext.
+	AllowPlaintext bool
 	// Namespace is registered at the first start of the cluster with the vmha search attributes and 7 days of
 	// retention; required.
 	Namespace string
@@ -152,7 +154,9 @@ func StartClusterNode(ctx context.Context, o ClusterOptions) (srv *Server, err e
 			return nil, err
 		}
 	}
-	warnIfOpen(Options{ListenAddress: o.ListenAddress, FrontendPort: o.FrontendPort, TLS: o.TLS}, o.Logger)
+	if err := checkOpen(o.ListenAddress, o.FrontendPort, o.TLS, o.AllowPlaintext, o.Logger); err != nil {
+		return nil, err
+	}
 	ports := servicePorts(o.FrontendPort)
 	// The server cannot report a taken port as an error (it calls Logger.Fatal from a goroutine for some), so check
 	// every one first.

@@ -55,6 +55,9 @@ type Options struct {
 	UIAddress string
 	// UIWriteActions lets the Web UI terminate, cancel, signal, reset and start workflows; off by default.
 	UIWriteActions bool
+	// AllowPlaintext lets the frontend serve plain gRPC, without TLS or authorization, on a non-loopback
+	// ListenAddress (a lab behind a firewall only); without it Start refuses to. Loopback needs no TLS.
+	AllowPlaintext bool
 }
 
 const (
@@ -108,6 +111,9 @@ func Start(ctx context.Context, o Options) (srv *Server, err error) {
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
+	if err := checkOpen(o.ListenAddress, o.FrontendPort, o.TLS, o.AllowPlaintext, o.Logger); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir %s: %w", o.DataDir, err)
 	}
@@ -117,7 +123,6 @@ func Start(ctx context.Context, o Options) (srv *Server, err error) {
 			return nil, err
 		}
 	}
-	warnIfOpen(o, o.Logger)
 	sqlConf := sqliteConfig(filepath.Join(o.DataDir, dbFileName))
 	if err := prepareDatabase(sqlConf, o.Namespace); err != nil {
 		return nil, err

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 
 	"go.temporal.io/server/common/authorization"
 	"go.temporal.io/server/common/config"
@@ -149,14 +150,23 @@ func (f TLSFiles) validate() error {
 	return nil
 }
 
-// warnIfOpen says once, at error level, that a frontend on a non-loopback address without TLS lets anyone who
-// reaches it do anything, power hosts off included.
-func warnIfOpen(o Options, logger *slog.Logger) {
-	ip := net.ParseIP(o.ListenAddress)
-	if o.TLS == nil && ip != nil && !ip.IsLoopback() {
-		logger.Error("the Temporal frontend listens without TLS on a non-loopback address: anyone who can reach it can "+
-			"start, signal and terminate vmha's workflows, fail hosts over and power them off, and poll any host's task queue; "+
-			"set VMHA_SERVER_TLS_CERT, VMHA_SERVER_TLS_KEY and VMHA_SERVER_TLS_CLIENT_CA (see vmha certs)",
-			"address", net.JoinHostPort(o.ListenAddress, fmt.Sprint(o.FrontendPort)))
+// checkOpen refuses a frontend that would serve plain gRPC on a non-loopback address, where anyone who can reach it
+// could start, signal and terminate vmha's workflows, fail hosts over and power them off, and poll any host's task
+// queue, unless allowPlaintext says the operator chose that; then it says so once at error level. Loopback without
+// TLS stays allowed: only processes of this machine reach it (a one-machine trial).
+func checkOpen(listen string, port int, tlsFiles *TLSFiles, allowPlaintext bool, logger *slog.Logger) error {
+	ip := net.ParseIP(listen)
+	if tlsFiles != nil || ip == nil || ip.IsLoopback() {
+		return nil
 	}
+	address := net.JoinHostPort(listen, strconv.Itoa(port))
+	if !allowPlaintext {
+		return fmt.Errorf("the Temporal frontend would listen on %s without TLS, where anyone who can reach it can fail hosts over "+
+			"and power them off: set VMHA_SERVER_TLS_CERT, VMHA_SERVER_TLS_KEY and VMHA_SERVER_TLS_CLIENT_CA (see vmha certs), "+
+			"listen on a loopback address, or set VMHA_SERVER_PLAINTEXT=true (for a lab behind a firewall only)", address)
+	}
+	logger.Error("the Temporal frontend listens without TLS on a non-loopback address (VMHA_SERVER_PLAINTEXT=true): anyone who can "+
+		"reach it can start, signal and terminate vmha's workflows, fail hosts over and power them off, and poll any host's task "+
+		"queue; for a lab behind a firewall only", "address", address)
+	return nil
 }

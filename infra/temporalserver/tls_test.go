@@ -215,6 +215,14 @@ func startRaw(c client.Client, workflowType, id, q string, args ...any) error {
 	return err
 }
 
+// startWith starts an HAReport with o, as a raw start (nobody needs to run it).
+func startWith(c client.Client, o client.StartWorkflowOptions) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := c.ExecuteWorkflow(ctx, o, types.HAReportWorkflow)
+	return err
+}
+
 // hostStats stands for a host activity: it heartbeats once and answers with its host.
 func hostStats(ctx context.Context) (string, error) {
 	activity.RecordHeartbeat(ctx, "probing")
@@ -375,7 +383,19 @@ func TestMutualTLSRoles(t *testing.T) {
 	if err != nil || len(resp.GetExecutions()) == 0 {
 		t.Errorf("viewer lists workflows: %d, %v; want the workflows started above", len(resp.GetExecutions()), err)
 	}
-	mustDeny(t, "viewer starts HAReport", startRaw(viewer, types.HAReportWorkflow, "vmha-ha-report-test", types.ControllerTaskQueue))
+	// ... and starts the HA report as vmha hosts and status do, only so.
+	report := client.StartWorkflowOptions{ID: types.HAReportID(time.Now()), TaskQueue: types.ControllerTaskQueue,
+		WorkflowExecutionTimeout: 10 * time.Second}
+	mustAllow(t, "viewer starts HAReport", startWith(viewer, report))
+	squat := report
+	squat.ID = types.HostMonitorID("hv2")
+	mustDeny(t, "viewer starts HAReport under a monitor's ID", startWith(viewer, squat))
+	recurring := report
+	recurring.ID, recurring.CronSchedule = types.HAReportID(time.Now()), "* * * * *"
+	mustDeny(t, "viewer starts a recurring HAReport", startWith(viewer, recurring))
+	mustDeny(t, "viewer starts ManualFailover", startRaw(viewer, types.ManualFailoverWorkflow, types.ManualFailoverID("hv1"),
+		types.ControllerTaskQueue, types.FailoverRequest{Host: "hv1"}))
+	mustDeny(t, "viewer terminates a monitor", viewer.TerminateWorkflow(t.Context(), monitor, "", "test"))
 
 	// A certificate of the CA without a vmha role is denied everything but the health check.
 	cf, kf := p.unknownRole(t)
@@ -504,21 +524,57 @@ func TestLoadServerTLSRefusesMisfits(t *testing.T) {
 	}
 }
 
-func TestWarnIfOpen(t *testing.T) {
+// TestCheckOpen: plain gRPC on a non-loopback address is refused, naming the address and the settings, unless the
+// operator opted out (then one error line says what that means); loopback and TLS pass silently.
+func TestCheckOpen(t *testing.T) {
+	files := &TLSFiles{Cert: "c", Key: "k", ClientCA: "ca"}
 	for _, tc := range []struct {
-		listen string
-		tls    *TLSFiles
-		warn   bool
+		listen    string
+		tls       *TLSFiles
+		plaintext bool
+		refuse    bool
+		logged    bool
 	}{
-		{"0.0.0.0", nil, true},
-		{"10.250.0.1", nil, true},
-		{"127.0.0.1", nil, false},
-		{"0.0.0.0", &TLSFiles{Cert: "c", Key: "k", ClientCA: "ca"}, false},
+		{"0.0.0.0", nil, false, true, false},
+		{"10.250.0.1", nil, false, true, false},
+		{"::", nil, false, true, false},
+		{"10.250.0.1", nil, true, false, true},
+		{"127.0.0.1", nil, false, false, false},
+		{"127.0.0.3", nil, false, false, false},
+		{"::1", nil, false, false, false},
+		{"0.0.0.0", files, false, false, false},
 	} {
 		var logs bytes.Buffer
-		warnIfOpen(Options{ListenAddress: tc.listen, FrontendPort: 7233, TLS: tc.tls}, slog.New(slog.NewTextHandler(&logs, nil)))
-		if got := strings.Count(logs.String(), "level=ERROR"); got != map[bool]int{true: 1, false: 0}[tc.warn] {
-			t.Errorf("listen %s, TLS %v: %d error lines %q, want one exactly when open", tc.listen, tc.tls != nil, got, logs.String())
+		err := checkOpen(tc.listen, 7233, tc.tls, tc.plaintext, slog.New(slog.NewTextHandler(&logs, nil)))
+		name := fmt.Sprintf("listen %s, TLS %t, plaintext %t", tc.listen, tc.tls != nil, tc.plaintext)
+		if (err != nil) != tc.refuse {
+			t.Errorf("%s: %v, want refused %t", name, err, tc.refuse)
 		}
+		if err != nil {
+			for _, want := range []string{net.JoinHostPort(tc.listen, "7233"), "VMHA_SERVER_TLS_CERT", "VMHA_SERVER_TLS_KEY",
+				"VMHA_SERVER_TLS_CLIENT_CA", "VMHA_SERVER_PLAINTEXT=true"} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("%s: error %q does not name %s", name, err, want)
+				}
+			}
+		}
+		if got := strings.Count(logs.String(), "level=ERROR"); got != map[bool]int{true: 1, false: 0}[tc.logged] {
+			t.Errorf("%s: %d error lines %q, want one exactly when opted out", name, got, logs.String())
+		}
+	}
+}
+
+// TestStartRefusesPlaintextOnNetwork: Start checks before it creates or listens on anything.
+func TestStartRefusesPlaintextOnNetwork(t *testing.T) {
+	o := testOptions(t, filepath.Join(t.TempDir(), "data"))
+	o.ListenAddress = "0.0.0.0"
+	if s, err := Start(t.Context(), o); err == nil {
+		_ = s.Stop()
+		t.Fatal("Start without TLS on 0.0.0.0 succeeded")
+	} else if !strings.Contains(err.Error(), "VMHA_SERVER_PLAINTEXT") {
+		t.Errorf("Start: %v, want the refusal naming VMHA_SERVER_PLAINTEXT", err)
+	}
+	if _, err := os.Stat(o.DataDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("data dir after the refusal: %v, want none created", err)
 	}
 }

@@ -70,7 +70,8 @@ func denied(err error) bool {
 // controller watches the host until it is healthy (its worker polls through the authorizer), the operator pauses
 // and resumes it and lists hosts (the HA report runs on the controller and reads the catalog through the host's
 // worker on the share queue), and none of that meets a denial. The hypervisor's certificate cannot start a
-// failover, signal the monitor or serve another host's queue.
+// failover, signal the monitor or serve another host's queue. A viewer runs vmha hosts and vmha status in full
+// (the HA report is the one workflow it may start) but cannot start a failover, signal, cancel or terminate.
 func TestSecuredInstallation(t *testing.T) {
 	dir := t.TempDir()
 	logs := &lockedBuffer{}
@@ -229,14 +230,57 @@ func TestSecuredInstallation(t *testing.T) {
 		t.Errorf("hypervisor hv1 polls hv2's queue: %v, want permission denied", err)
 	}
 
-	// The viewer reads hosts, but runs nothing.
+	// The viewer runs vmha hosts and vmha status in full (their HA report included) without a denial, but
+	// changes nothing.
 	viewerClient, _ := dialAs(certs.RoleViewer, "bob")
 	viewer := starter.Starter{Client: viewerClient, Out: &out}
-	if rows, err := viewer.HostRows(opCtx); err != nil || len(rows) != 1 {
-		t.Errorf("viewer lists hosts: %+v, %v", rows, err)
+	before := len(logs.String())
+	out.Reset()
+	if rows, err := viewer.Hosts(opCtx); err != nil || len(rows) != 1 || strings.Contains(out.String(), "unknown") {
+		t.Errorf("viewer runs vmha hosts: %+v, %v\n%s\nwant hv1 with its HA VM counts", rows, err, out.String())
+	}
+	out.Reset()
+	st, code, err := viewer.Status(opCtx, 10)
+	if err != nil || code != starter.StatusAllWell || len(st.Hosts) != 1 || st.CountsError != "" || st.Hosts[0].VMs != 0 ||
+		st.Hosts[0].QueryError != "" {
+		t.Errorf("viewer runs vmha status: exit %d, %v, %+v\n%s\nwant all well with hv1's HA VM counts", code, err, st, out.String())
+	}
+	if l := logs.String()[before:]; strings.Contains(l, "temporal call denied") {
+		t.Errorf("the viewer met a denial reading hosts and status:\n%s", l)
 	}
 	if err := viewer.Maintenance(opCtx, "hv1", true); !denied(err) {
 		t.Errorf("viewer sets maintenance: %v, want permission denied", err)
+	}
+	if err := viewerClient.SignalWorkflow(opCtx, types.HostMonitorID("hv1"), "", activities.SignalFenced, nil); !denied(err) {
+		t.Errorf("viewer signals the monitor fenced: %v, want permission denied", err)
+	}
+	_, err = viewerClient.ExecuteWorkflow(opCtx, client.StartWorkflowOptions{ID: types.ManualFailoverID("hv1"), TaskQueue: types.ControllerTaskQueue},
+		types.ManualFailoverWorkflow, types.FailoverRequest{Host: "hv1", Fence: true, Reason: "viewer"})
+	if !denied(err) {
+		t.Errorf("viewer starts ManualFailover: %v, want permission denied", err)
+	}
+	_, err = viewerClient.ExecuteWorkflow(opCtx, client.StartWorkflowOptions{ID: types.HostMonitorID("hv2"), TaskQueue: types.ControllerTaskQueue,
+		WorkflowExecutionTimeout: 10 * time.Second}, types.HAReportWorkflow)
+	if !denied(err) {
+		t.Errorf("viewer starts HAReport under a monitor's ID: %v, want permission denied", err)
+	}
+	if err := viewerClient.TerminateWorkflow(opCtx, types.HostMonitorID("hv1"), "", "viewer"); !denied(err) {
+		t.Errorf("viewer terminates the monitor: %v, want permission denied", err)
+	}
+	if err := viewerClient.CancelWorkflow(opCtx, types.HostMonitorID("hv1"), ""); !denied(err) {
+		t.Errorf("viewer cancels the monitor: %v, want permission denied", err)
+	}
+	reports, err := viewerClient.ListWorkflow(opCtx, &workflowservice.ListWorkflowExecutionsRequest{Namespace: "vmha",
+		Query: fmt.Sprintf("WorkflowType = %q", types.HAReportWorkflow)})
+	if err != nil || len(reports.GetExecutions()) == 0 {
+		t.Fatalf("viewer lists the HA reports: %v, %v; want the ones it started", reports.GetExecutions(), err)
+	}
+	if err := viewerClient.TerminateWorkflow(opCtx, reports.GetExecutions()[0].GetExecution().GetWorkflowId(), "", "viewer"); !denied(err) {
+		t.Errorf("viewer terminates an HA report: %v, want permission denied", err)
+	}
+	if d, err := viewerClient.DescribeWorkflowExecution(opCtx, types.HostMonitorID("hv1"), ""); err != nil ||
+		d.GetWorkflowExecutionInfo().GetStatus() != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+		t.Errorf("hv1's monitor after the viewer's attempts: %v, %v; want running", d.GetWorkflowExecutionInfo().GetStatus(), err)
 	}
 	resp, err := controller.DescribeTaskQueue(opCtx, types.HostTaskQueue("hv1"), enumspb.TASK_QUEUE_TYPE_ACTIVITY)
 	if err != nil || len(resp.GetPollers()) == 0 {
