@@ -170,7 +170,7 @@ func setUp(t *testing.T) *world {
 // certificates from a new CA; the lab is not up yet.
 func newWorld(t *testing.T, address, serverName string) *world {
 	w := &world{t: t, dir: t.TempDir(), hooks: newWebhook(t), address: address, serverName: serverName}
-	w.bin = vmhaBinary(t)
+	w.bin = topology.VMHABinary(t)
 	w.ca = topology.NewCA(t)
 	w.controllerCert = w.ca.Issue(t, certs.Request{Role: certs.RoleController, Name: "lab-controller"})
 	w.operatorCert = w.ca.Issue(t, certs.Request{Role: certs.RoleOperator, Name: "lab-operator"})
@@ -211,22 +211,12 @@ func (w *world) upLab(t *testing.T) {
 	})
 }
 
-// vmhaBinary is $VMHA_BIN (make test sets it) or a fresh build.
-func vmhaBinary(t *testing.T) string {
-	if bin := os.Getenv("VMHA_BIN"); bin != "" {
-		return bin
-	}
-	bin := filepath.Join(t.TempDir(), "vmha")
-	out, err := exec.Command("go", "build", "-o", bin, "vmha").CombinedOutput()
-	if err != nil {
-		t.Fatalf("build vmha: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // start runs `vmha ROLE` in the background, logging to the test's directory; it is killed at cleanup.
-func (w *world) start(role string, env ...string) *exec.Cmd {
-	log, err := os.OpenFile(filepath.Join(w.dir, role+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+func (w *world) start(role string, env ...string) *exec.Cmd { return w.startAs(role, role, env...) }
+
+// startAs is start with a name of its own for the log (several processes of one role).
+func (w *world) startAs(name, role string, env ...string) *exec.Cmd {
+	log, err := os.OpenFile(filepath.Join(w.dir, name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -242,7 +232,7 @@ func (w *world) start(role string, env ...string) *exec.Cmd {
 		log.Close()
 		if w.t.Failed() {
 			b, _ := os.ReadFile(log.Name())
-			w.t.Logf("vmha %s log (tail):\n%s", role, tail(string(b), 40))
+			w.t.Logf("vmha %s log (tail):\n%s", name, tail(string(b), 40))
 		}
 	})
 	return cmd

@@ -114,7 +114,7 @@ func TestClusterOnPostgres(t *testing.T) {
 	}
 	// The worker dials the cluster by its DNS name, as README tells hypervisors and controllers to: the SDK resolves
 	// every node's address and spreads its calls over them, so it must carry on through the others when node 1 dies.
-	dnsServer := topology.ServeDNS(t, "127.0.0.1", clusterName, nodeIPs)
+	dnsServer := topology.ServeDNS(t, "127.0.0.1:0", clusterName, nodeIPs)
 	byName, err := client.DialContext(ctx, client.Options{
 		HostPort: "dns://" + dnsServer + "/" + net.JoinHostPort(clusterName, strconv.Itoa(frontendPort)), Namespace: namespace,
 		Logger: quiet, ConnectionOptions: client.ConnectionOptions{TLS: ca.ClientTLS(t, me, clusterName)},

@@ -8,12 +8,13 @@ import (
 	"golang.org/x/net/dns/dnsmessage"
 )
 
-// ServeDNS answers A queries for name with ips on a UDP port of listenIP and returns that address: the test's
+// ServeDNS answers A queries for name with ips on listen (host:port, port 0: any free one) and returns
+// the address it listens on: the test's
 // stand-in for the DNS name with one A record per cluster node that README tells clients to use. Other names and
 // types get an empty answer.
-func ServeDNS(t testing.TB, listenIP, name string, ips []string) string {
+func ServeDNS(t testing.TB, listen, name string, ips []string) string {
 	t.Helper()
-	conn, err := net.ListenPacket("udp", net.JoinHostPort(listenIP, "0"))
+	conn, err := net.ListenPacket("udp", listen)
 	if err != nil {
 		t.Fatal(err)
 	}
