@@ -55,7 +55,10 @@ func RunController(ctx context.Context, s config.Settings, c client.Client, logg
 // the host watches on their own queue, where every watched host holds one mostly sleeping activity for up to an
 // hour (MaxWatches of them), so they never take the slots a recovery's steps need.
 func ControllerWorkers(c client.Client, s config.Settings, controller *activities.Controller) []worker.Worker {
-	w := worker.New(c, types.ControllerTaskQueue, worker.Options{})
+	// A workflow task waits this long on the sticky queue of the replica that ran the workflow's last task before
+	// any replica may take it: when that replica died, a recovery stalls for it (SDK default 5 s, seen in
+	// TestLabCluster). A live replica answers within milliseconds.
+	w := worker.New(c, types.ControllerTaskQueue, worker.Options{StickyScheduleToStartTimeout: 2 * time.Second})
 	workflows.Register(w)
 	w.RegisterActivity(controller)
 	watches := worker.New(c, types.WatchTaskQueue, worker.Options{MaxConcurrentActivityExecutionSize: s.MaxWatches, DisableWorkflowWorker: true})

@@ -412,6 +412,6 @@ func leftBehindReasons(res types.RecoveryResult) string {
 // confirmedPower asks the BMC until readings agree (any "on" wins at once), as a fence decision needs.
 func confirmedPower(ctx workflow.Context, spec types.HostSpec) (types.PowerState, error) {
 	var state types.PowerState
-	err := workflow.ExecuteActivity(says(controllerOptions(ctx), "ask %s's BMC until its answers agree", spec.Name), controller.PowerStatus, spec).Get(ctx, &state)
+	err := workflow.ExecuteActivity(says(bmcReadOptions(ctx), "ask %s's BMC until its answers agree", spec.Name), controller.PowerStatus, spec).Get(ctx, &state)
 	return state, err
 }

@@ -51,12 +51,14 @@ func watchOptions(ctx workflow.Context) workflow.Context {
 	})
 }
 
-// controllerOptions: control-plane calls (placement, inventory, BMC reads) are quick; a few fast retries ride out
-// a restarting controller, after which the workflow decides.
+// controllerOptions: control-plane calls (placement, listings, policy, inventory) take milliseconds; a few fast
+// retries ride out a restarting controller, after which the workflow decides. StartToClose is what a recovery
+// waits when the controller running one of these calls dies (SIGKILL, power): 5 s, not the 30 s it was, which
+// TestLabCluster saw as a 30 s stall of a recovery's host listing.
 func controllerOptions(ctx workflow.Context) workflow.Context {
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		TaskQueue:           types.ControllerTaskQueue,
-		StartToCloseTimeout: 30 * time.Second,
+		StartToCloseTimeout: 5 * time.Second,
 		RetryPolicy: &temporal.RetryPolicy{
 			InitialInterval:        100 * time.Millisecond,
 			BackoffCoefficient:     2,
@@ -65,6 +67,14 @@ func controllerOptions(ctx workflow.Context) workflow.Context {
 			NonRetryableErrorTypes: nonRetryable,
 		},
 	})
+}
+
+// bmcReadOptions: a confirmed power reading keeps asking the BMC until its answers agree or the call's time is up
+// (an unreachable BMC answers "unreachable" then), so it gets the 30 s a slow BMC may need.
+func bmcReadOptions(ctx workflow.Context) workflow.Context {
+	o := workflow.GetActivityOptions(controllerOptions(ctx))
+	o.StartToCloseTimeout = 30 * time.Second
+	return workflow.WithActivityOptions(ctx, o)
 }
 
 // notifyOptions: a webhook receiver may be down for a moment; users still want the event, so keep trying for a
