@@ -595,6 +595,45 @@ func (c *Controller) ListHosts(ctx context.Context) ([]types.Candidate, error) {
 	}
 }
 
+// PlacementHostsRequest asks for the hosts as placement needs them. Reserved names the VMs the scheduler holds
+// reservations for: the only running domains whose UUIDs come back.
+type PlacementHostsRequest struct {
+	Reserved []string `json:"reserved,omitempty"`
+}
+
+// PlacementHosts lists every monitored host as the scheduler places with it: name, state, labels, capacity and,
+// for a healthy host, the fresh stats its storage heartbeat carried. Everything else stays here: addresses and
+// BMCs, and the running domains the scheduler holds no reservation for (a host of 40 VMs would add 1.5 KB of
+// UUIDs that no placement reads), so the scheduler's history grows by a few hundred bytes per host and refresh.
+func (c *Controller) PlacementHosts(ctx context.Context, req PlacementHostsRequest) ([]types.PlacementHost, error) {
+	hosts, err := c.ListHosts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return placementHosts(hosts, req.Reserved), nil
+}
+
+// placementHosts keeps of each host what placement reads, and of its running domains those in reservedUUIDs.
+func placementHosts(hosts []types.Candidate, reservedUUIDs []string) []types.PlacementHost {
+	reserved := make(map[string]bool, len(reservedUUIDs))
+	for _, u := range reservedUUIDs {
+		reserved[u] = true
+	}
+	out := make([]types.PlacementHost, len(hosts))
+	for i, h := range hosts {
+		st := h.Stats
+		st.Host = ""
+		st.Running = nil
+		for _, u := range h.Stats.Running {
+			if reserved[u] {
+				st.Running = append(st.Running, u)
+			}
+		}
+		out[i] = types.PlacementHost{Name: h.Spec.Name, State: h.State, Labels: h.Spec.Labels, Capacity: h.Spec.Capacity, Stats: st}
+	}
+	return out
+}
+
 // statsMaxAge is how old, by the controller's clock, the stats a host's heartbeat carries may be for placement to
 // use them. Host clocks differ: a skew only makes them look older or younger by that much, and stats that look
 // too old, or from the future, are simply not used.

@@ -270,21 +270,46 @@ type Policy struct {
 	UnknownReminder time.Duration `json:"unknownReminder"`
 }
 
-// PlacementRequest asks the scheduler for a target. ReservationID makes a retried request idempotent.
+// PlacementRequest asks the scheduler for a target. ReservationID makes a retried request idempotent. The
+// scheduler places with its own look at the hosts (PlacementHost), so a request's size does not depend on the
+// cluster's.
 type PlacementRequest struct {
-	ReservationID string      `json:"reservationID"`
-	VM            VMRecord    `json:"vm"`
-	FailedHost    string      `json:"failedHost,omitempty"`
-	Exclude       []string    `json:"exclude,omitempty"`
-	Candidates    []Candidate `json:"candidates"`
-	Policy        Policy      `json:"policy"`
+	ReservationID string   `json:"reservationID"`
+	VM            VMRecord `json:"vm"`
+	FailedHost    string   `json:"failedHost,omitempty"`
+	Exclude       []string `json:"exclude,omitempty"`
+	// Candidates is set only by recoveries that release fd09219 started, which took their own snapshot of the
+	// cluster; the scheduler then places with it, as that release did.
+	Candidates []Candidate `json:"candidates,omitempty"`
+	// FreshAfter asks for hosts looked at after this instant: a VM that found no target looks again.
+	FreshAfter time.Time `json:"freshAfter,omitzero"`
+	Policy     Policy    `json:"policy"`
 }
 
-// Placement is the scheduler's answer. Rejected says, per host, why it was not chosen.
+// Placement is the scheduler's answer. Rejected says why hosts were not chosen, naming a few of them;
+// RejectedBy counts every rejected host by reason, so an answer stays small in a cluster of thousands.
 type Placement struct {
 	Host          string            `json:"host,omitempty"`
 	ReservationID string            `json:"reservationID"`
 	Rejected      map[string]string `json:"rejected,omitempty"`
+	RejectedBy    map[string]int    `json:"rejectedBy,omitempty"`
+}
+
+// PlacementHost is a host as placement needs it and no more: no address, no BMC, and of the domains it runs only
+// those the scheduler holds reservations for (so none is counted twice). The scheduler keeps a list of them in its
+// history, refreshed every few seconds while it places.
+type PlacementHost struct {
+	Name     string            `json:"name"`
+	State    HostState         `json:"state"`
+	Labels   map[string]string `json:"labels,omitempty"`
+	Capacity Capacity          `json:"capacity,omitzero"`
+	// Stats is zero for a host whose stats the controller could not take from its storage heartbeat.
+	Stats HostStats `json:"stats,omitzero"`
+}
+
+// Candidate is the host in the form placement takes.
+func (h PlacementHost) Candidate() Candidate {
+	return Candidate{Spec: HostSpec{Name: h.Name, Labels: h.Labels, Capacity: h.Capacity}, State: h.State, Stats: h.Stats}
 }
 
 // Reservation is capacity the scheduler promised to a VM that libvirt's stats may not show yet.

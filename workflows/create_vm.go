@@ -25,9 +25,12 @@ func CreateVM(ctx workflow.Context, req types.CreateVMRequest) (types.VMRecord, 
 	if err != nil {
 		return types.VMRecord{}, err
 	}
-	candidates, err := clusterSnapshot(ctx, "")
-	if err != nil {
-		return types.VMRecord{}, err
+	// Runs begun before changeSchedulerLooks took their own snapshot of the cluster; the scheduler looks itself since.
+	var candidates []types.Candidate
+	if workflow.GetVersion(ctx, changeSchedulerLooks, workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+		if candidates, err = clusterSnapshot(ctx, ""); err != nil {
+			return types.VMRecord{}, err
+		}
 	}
 	vm := types.VMRecord{UUID: newUUID(ctx), Name: req.Name, MemoryMiB: req.MemoryMiB, VCPUs: req.VCPUs, Policy: req.Policy}
 	p := placer{vm: vm, candidates: candidates, policy: policy, reservationPrefix: workflow.GetInfo(ctx).WorkflowExecution.ID,

@@ -226,7 +226,7 @@ func TestRecoverVMDoesNotTryElsewhereWhenCleanUpFails(t *testing.T) {
 	c.failOn["remove@hv2"] = "worker lost"
 	recoverDB := func(round int) types.VMOutcome {
 		env := newEnv(t, c, defaultPolicy)
-		env.ExecuteWorkflow(RecoverVM, RecoverVMInput{FailedHost: "hv1", Incident: "i1", Round: round, VM: c.vms[0], Candidates: c.hosts, Policy: defaultPolicy})
+		env.ExecuteWorkflow(RecoverVM, RecoverVMInput{FailedHost: "hv1", Incident: "i1", Round: round, VM: c.vms[0], Policy: defaultPolicy})
 		var out types.VMOutcome
 		if err := env.GetWorkflowResult(&out); err != nil {
 			t.Fatal(err)
@@ -263,7 +263,7 @@ func TestRecoverVMKeepsAVMWhoseCommitLanded(t *testing.T) {
 	c.failOn["commit@hv2"] = "deadline exceeded"
 	c.failOn["remove@hv2"] = "committed"
 	env := newEnv(t, c, defaultPolicy)
-	env.ExecuteWorkflow(RecoverVM, RecoverVMInput{FailedHost: "hv1", Incident: "i1", Round: 1, VM: c.vms[0], Candidates: c.hosts, Policy: defaultPolicy})
+	env.ExecuteWorkflow(RecoverVM, RecoverVMInput{FailedHost: "hv1", Incident: "i1", Round: 1, VM: c.vms[0], Policy: defaultPolicy})
 	var out types.VMOutcome
 	if err := env.GetWorkflowResult(&out); err != nil {
 		t.Fatal(err)
@@ -473,7 +473,7 @@ func TestRecoverVMCommitsAClaimedCopyThatRuns(t *testing.T) {
 	c.vms = []types.VMRecord{db}
 	c.runs["db@hv2"] = true
 	env := newEnv(t, c, defaultPolicy)
-	env.ExecuteWorkflow(RecoverVM, RecoverVMInput{FailedHost: "hv1", Incident: "i1", Round: 2, VM: db, Candidates: c.hosts, Policy: defaultPolicy})
+	env.ExecuteWorkflow(RecoverVM, RecoverVMInput{FailedHost: "hv1", Incident: "i1", Round: 2, VM: db, Policy: defaultPolicy})
 	var out types.VMOutcome
 	if err := env.GetWorkflowResult(&out); err != nil {
 		t.Fatal(err)

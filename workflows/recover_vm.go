@@ -23,14 +23,16 @@ const (
 	refreshWait  = 2 * time.Second
 )
 
-// RecoverVMInput is one VM of a dead host, as the catalog listed it, with the cluster as it looked when the
-// recovery round began.
+// RecoverVMInput is one VM of a dead host, as the catalog listed it. Its size does not depend on the cluster's:
+// the Scheduler looks at the hosts itself.
 type RecoverVMInput struct {
-	FailedHost string            `json:"failedHost"`
-	Incident   string            `json:"incident"`
-	Round      int               `json:"round"`
-	VM         types.VMRecord    `json:"vm"`
-	Candidates []types.Candidate `json:"candidates"`
+	FailedHost string         `json:"failedHost"`
+	Incident   string         `json:"incident"`
+	Round      int            `json:"round"`
+	VM         types.VMRecord `json:"vm"`
+	// Candidates is the cluster as it looked when the round began, in runs that release fd09219 started
+	// (changeSchedulerLooks); empty since.
+	Candidates []types.Candidate `json:"candidates,omitempty"`
 	Policy     types.Policy      `json:"policy"`
 	// OnOwner restarts the VM on the failed host itself, which is healthy again.
 	OnOwner bool `json:"onOwner,omitempty"`
@@ -198,9 +200,12 @@ func startAndConfirm(ctx workflow.Context, host, vm string, tok types.Ownership)
 
 // placer tries targets for one VM in the scheduler's order until one works. It serves both recovery and creation.
 type placer struct {
-	vm                types.VMRecord
-	failedHost        string
+	vm         types.VMRecord
+	failedHost string
+	// candidates is the snapshot of a run begun before changeSchedulerLooks; nil, the scheduler looks itself, at
+	// the cluster as it was after freshAfter.
 	candidates        []types.Candidate
+	freshAfter        time.Time
 	policy            types.Policy
 	reservationPrefix string
 	// undo removes what a failed attempt left on a target (the compensation). An error of type Committed means the attempt
@@ -233,14 +238,19 @@ func (p placer) run(ctx workflow.Context, attempt func(workflow.Context, string)
 			refreshes++
 			n--
 			_ = workflow.Sleep(ctx, refreshWait)
-			if fresh, err := clusterSnapshot(ctx, p.failedHost); err == nil {
-				p.candidates = fresh
+			if workflow.GetVersion(ctx, changeSchedulerLooks, workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+				if fresh, err := clusterSnapshot(ctx, p.failedHost); err == nil {
+					p.candidates = fresh
+				}
+			} else {
+				// The scheduler looks at the cluster again for this VM, even in a run that began with a snapshot.
+				p.candidates, p.freshAfter = nil, workflow.Now(ctx)
 			}
 			continue
 		}
 		if placement.Host == "" {
 			// The map is read in sorted order: deterministic.
-			return attempts{Count: n - 1}, noTarget(placement.Rejected, failures) //workflowcheck:ignore
+			return attempts{Count: n - 1}, noTarget(placement, failures) //workflowcheck:ignore
 		}
 		err = attempt(ctx, placement.Host)
 		if err == nil {
@@ -271,7 +281,7 @@ func (p placer) run(ctx workflow.Context, attempt func(workflow.Context, string)
 
 func (p placer) place(ctx workflow.Context, resID string, exclude []string) (types.Placement, error) {
 	req := types.PlacementRequest{ReservationID: resID, VM: p.vm, FailedHost: p.failedHost, Exclude: exclude,
-		Candidates: p.candidates, Policy: p.policy}
+		Candidates: p.candidates, FreshAfter: p.freshAfter, Policy: p.policy}
 	var placement types.Placement
 	if err := workflow.ExecuteActivity(says(controllerOptions(ctx), "choose a host for %s (%d MiB, %d vCPU)", p.vm.Name, p.vm.MemoryMiB, p.vm.VCPUs),
 		controller.Place, req).Get(ctx, &placement); err != nil {
@@ -312,11 +322,20 @@ func hasType(err error, typ string) bool {
 	return errors.As(err, &appErr) && appErr.Type() == typ
 }
 
-// noTarget names why each host was rejected, in host order.
-func noTarget(rejected map[string]string, failures []string) error {
-	reasons := make([]string, 0, len(rejected)+len(failures))
-	for _, h := range slices.Sorted(maps.Keys(rejected)) {
-		reasons = append(reasons, fmt.Sprintf("%s: %s", h, rejected[h]))
+// noTarget names why the hosts the answer names were rejected, in host order, and counts the others by reason.
+func noTarget(p types.Placement, failures []string) error {
+	reasons := make([]string, 0, len(p.Rejected)+len(failures)+1)
+	for _, h := range slices.Sorted(maps.Keys(p.Rejected)) {
+		reasons = append(reasons, fmt.Sprintf("%s: %s", h, p.Rejected[h]))
+	}
+	total := 0
+	var kinds []string
+	for _, k := range slices.Sorted(maps.Keys(p.RejectedBy)) {
+		total += p.RejectedBy[k]
+		kinds = append(kinds, fmt.Sprintf("%d %s", p.RejectedBy[k], k))
+	}
+	if total > len(p.Rejected) {
+		reasons = append(reasons, fmt.Sprintf("%d hosts rejected in all: %s", total, strings.Join(kinds, ", ")))
 	}
 	reasons = append(reasons, failures...)
 	return fmt.Errorf("no eligible target (%s)", strings.Join(reasons, "; "))

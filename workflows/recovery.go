@@ -20,17 +20,19 @@ type HostRecoveryInput struct {
 	OnOwner bool `json:"onOwner,omitempty"`
 }
 
-// HostRecovery brings a dead host's HA VMs back: read the ones the catalog still gives to the host, take one look
-// at the cluster, and recover them in priority order, a bounded number at a time, each in its own RecoverVM
-// child. A VM that cannot be recovered is reported with the reason; it does not stop the others. Catalog files
-// that cannot be read are reported too: each may be a VM left down.
+// HostRecovery brings a dead host's HA VMs back: read the ones the catalog still gives to the host and recover
+// them in priority order, a bounded number at a time, each in its own RecoverVM child, which asks the Scheduler
+// for a target (the Scheduler looks at the cluster itself, so nothing here grows with the number of hosts). A VM
+// that cannot be recovered is reported with the reason; it does not stop the others. Catalog files that cannot be
+// read are reported too: each may be a VM left down.
 func HostRecovery(ctx workflow.Context, in HostRecoveryInput) (types.RecoveryResult, error) {
 	res := types.RecoveryResult{Host: in.Host, Incident: in.Incident, Round: in.Round}
-	// The settings, the host's HA VMs and the hosts with their stats do not depend on each other: all are asked at
-	// once (the stats as soon as the host list is in).
+	looks := workflow.GetVersion(ctx, changeSchedulerLooks, workflow.DefaultVersion, 1)
+	// The settings and the host's HA VMs do not depend on each other: both are asked at once (and, in a run begun
+	// before changeSchedulerLooks, the hosts with their stats too).
 	policyRead, listingRead := askPolicy(ctx), haVMsOf(ctx, in.Host)
 	var snapshot *hostSnapshot
-	if !in.OnOwner {
+	if !in.OnOwner && looks == workflow.DefaultVersion {
 		snapshot = askSnapshot(ctx, in.Host)
 	}
 	var policy types.Policy
@@ -85,7 +87,8 @@ func reportUnreadable(ctx workflow.Context, host string, files []types.Unreadabl
 	return fs
 }
 
-// clusterSnapshot lists the hosts and asks every healthy one (but the failed one) for its stats.
+// clusterSnapshot lists the hosts and asks every healthy one (but the failed one) for its stats: for the HA
+// report, and for recoveries and creations begun before changeSchedulerLooks.
 func clusterSnapshot(ctx workflow.Context, failed string) ([]types.Candidate, error) {
 	return askSnapshot(ctx, failed).get(ctx)
 }

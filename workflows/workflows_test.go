@@ -2,6 +2,7 @@ package workflows
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -40,8 +41,6 @@ type cluster struct {
 	notifyDelay time.Duration
 	// runs says which VMs run where ("name@host"), for DomainState.
 	runs map[string]bool
-	// statsInList makes ListHosts carry each host's stats, as fresh storage heartbeats let the controller do.
-	statsInList bool
 }
 
 func newCluster(hosts ...string) *cluster {
@@ -203,9 +202,6 @@ func newEnv(t *testing.T, c *cluster, policy types.Policy) *testsuite.TestWorkfl
 		out := make([]types.Candidate, len(c.hosts))
 		for i, h := range c.hosts {
 			out[i] = types.Candidate{Spec: h.Spec, State: h.State}
-			if c.statsInList {
-				out[i].Stats = h.Stats
-			}
 		}
 		return out, nil
 	})
@@ -251,12 +247,17 @@ func newEnv(t *testing.T, c *cluster, policy types.Policy) *testsuite.TestWorkfl
 		}
 		return types.Candidate{}, errors.New("no such host")
 	})
-	// Place stands in for the Scheduler workflow's update: the same pure placement, with reservations kept.
+	// Place stands in for the Scheduler workflow's update: the same pure placement, with reservations kept, among
+	// the hosts as they are now (the scheduler's own look), or the snapshot a request of an older run carries.
 	env.OnActivity(controller.Place, mock.Anything, mock.Anything).Return(func(_ context.Context, req types.PlacementRequest) (types.Placement, error) {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		c.placed = append(c.placed, req)
-		p := placement.Choose(req, c.reserved)
+		hosts := req.Candidates
+		if len(hosts) == 0 {
+			hosts = c.hosts
+		}
+		p := placement.Choose(req, hosts, c.reserved)
 		if p.Host != "" {
 			c.reserved = append(c.reserved, types.Reservation{ID: req.ReservationID, Host: p.Host, VMUUID: req.VM.UUID,
 				MemoryMiB: req.VM.MemoryMiB, VCPUs: req.VM.VCPUs})
@@ -533,7 +534,7 @@ func TestRecoverVMCompensatesAndTriesNextHost(t *testing.T) {
 	c.vms = []types.VMRecord{vm("db", 5, "hv1")}
 	c.failOn["start@hv2"] = "qemu: could not open disk"
 	env := newEnv(t, c, defaultPolicy)
-	env.ExecuteWorkflow(RecoverVM, RecoverVMInput{FailedHost: "hv1", Incident: "i1", Round: 1, VM: c.vms[0], Candidates: c.hosts, Policy: defaultPolicy})
+	env.ExecuteWorkflow(RecoverVM, RecoverVMInput{FailedHost: "hv1", Incident: "i1", Round: 1, VM: c.vms[0], Policy: defaultPolicy})
 	var out types.VMOutcome
 	if err := env.GetWorkflowResult(&out); err != nil {
 		t.Fatal(err)
@@ -557,7 +558,7 @@ func TestRecoverVMUnrecoverableReportsReason(t *testing.T) {
 	c.vms = []types.VMRecord{vm("big", 1, "hv1")}
 	c.vms[0].MemoryMiB = 100000
 	env := newEnv(t, c, defaultPolicy)
-	env.ExecuteWorkflow(RecoverVM, RecoverVMInput{FailedHost: "hv1", Incident: "i1", Round: 1, VM: c.vms[0], Candidates: c.hosts, Policy: defaultPolicy})
+	env.ExecuteWorkflow(RecoverVM, RecoverVMInput{FailedHost: "hv1", Incident: "i1", Round: 1, VM: c.vms[0], Policy: defaultPolicy})
 	var out types.VMOutcome
 	if err := env.GetWorkflowResult(&out); err != nil {
 		t.Fatal(err)
@@ -575,7 +576,7 @@ func TestRecoverVMStopsWhenCatalogMoved(t *testing.T) {
 	c.vms = []types.VMRecord{vm("db", 5, "hv1")}
 	c.failOn["claim@hv2"] = "moved"
 	env := newEnv(t, c, defaultPolicy)
-	env.ExecuteWorkflow(RecoverVM, RecoverVMInput{FailedHost: "hv1", Incident: "i1", Round: 1, VM: c.vms[0], Candidates: c.hosts, Policy: defaultPolicy})
+	env.ExecuteWorkflow(RecoverVM, RecoverVMInput{FailedHost: "hv1", Incident: "i1", Round: 1, VM: c.vms[0], Policy: defaultPolicy})
 	var out types.VMOutcome
 	if err := env.GetWorkflowResult(&out); err != nil {
 		t.Fatal(err)
@@ -613,29 +614,47 @@ func TestHostRecoveryInPriorityOrder(t *testing.T) {
 	}
 }
 
-// TestHostRecoveryAsksOnlyHostsWithoutStats (issue 11): a host whose storage heartbeat carried fresh stats (the
-// controller's host list has them) is not asked again; without them every healthy survivor is asked, the dead host
-// never.
-func TestHostRecoveryAsksOnlyHostsWithoutStats(t *testing.T) {
-	for _, inList := range []bool{false, true} {
-		c := newCluster("hv1", "hv2", "hv3")
-		c.statsInList = inList
-		c.vms = []types.VMRecord{vm("web", 1, "hv1")}
+// TestHostRecoveryPayloadsDoNotGrowWithHosts (issue 10): a recovery lists no hosts and asks none for stats (the
+// Scheduler does), and what its children and their placements carry is the same with 3 hosts as with 300.
+func TestHostRecoveryPayloadsDoNotGrowWithHosts(t *testing.T) {
+	largest := map[int]int{}
+	for _, n := range []int{3, 300} {
+		var names []string
+		for i := range n {
+			names = append(names, fmt.Sprintf("hv%d", i+1))
+		}
+		c := newCluster(names...)
+		for i := range 5 {
+			c.vms = append(c.vms, vm(fmt.Sprintf("vm%d", i), 1, "hv1"))
+		}
 		env := newEnv(t, c, defaultPolicy)
+		var mu sync.Mutex
+		env.SetOnChildWorkflowStartedListener(func(_ *workflow.Info, _ workflow.Context, args converter.EncodedValues) {
+			var in RecoverVMInput
+			if err := args.Get(&in); err != nil {
+				t.Error(err)
+			}
+			b, _ := json.Marshal(in)
+			mu.Lock()
+			largest[n] = max(largest[n], len(b))
+			mu.Unlock()
+		})
 		env.ExecuteWorkflow(HostRecovery, HostRecoveryInput{Host: "hv1", Incident: "i1", Round: 1, Cause: "test"})
 		var res types.RecoveryResult
 		if err := env.GetWorkflowResult(&res); err != nil || !res.Complete() {
-			t.Fatalf("stats in the host list %t: %+v, %v", inList, res, err)
+			t.Fatalf("%d hosts: %+v, %v", n, res, err)
 		}
-		asked := c.callsWith("stats")
-		slices.Sort(asked)
-		want := []string{"stats hv2", "stats hv3"}
-		if inList {
-			want = nil
+		if got := c.callsWith("stats"); len(got) != 0 {
+			t.Errorf("%d hosts: the recovery asked hosts for stats: %v", n, got)
 		}
-		if !slices.Equal(asked, want) {
-			t.Errorf("stats in the host list %t: asked %v, want %v", inList, asked, want)
+		for _, req := range c.placed {
+			if len(req.Candidates) != 0 {
+				t.Fatalf("%d hosts: a placement request carries %d candidates", n, len(req.Candidates))
+			}
 		}
+	}
+	if largest[3] == 0 || largest[3] != largest[300] {
+		t.Fatalf("largest RecoverVM input: %d bytes with 3 hosts, %d with 300; want the same", largest[3], largest[300])
 	}
 }
 

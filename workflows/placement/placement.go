@@ -14,21 +14,26 @@ import (
 // loadTie is the CPU load difference under which two hosts count as equally loaded and free memory decides.
 const loadTie = 0.02
 
+// maxNamed bounds how many rejected hosts an answer names with the reason; the others are only counted by reason,
+// so that an answer (and the error of a VM left down) stays the same size in a cluster of thousands.
+const maxNamed = 8
+
 // Choose returns the eligible host with the lowest CPU load (ties: most free memory, then name), counting the
-// reservations that the hosts' stats cannot show yet, or an empty Host and the reason each host was rejected.
-func Choose(req types.PlacementRequest, reservations []types.Reservation) types.Placement {
+// reservations that the hosts' stats cannot show yet, or an empty Host and why hosts were rejected.
+func Choose(req types.PlacementRequest, hosts []types.Candidate, reservations []types.Reservation) types.Placement {
 	type scored struct {
 		name    string
 		load    float64
 		freeMiB int64
 	}
 	var eligible []scored
-	rejected := map[string]string{}
-	for _, c := range req.Candidates {
+	type rejection struct{ host, kind, why string }
+	var rejected []rejection
+	for _, c := range hosts {
 		name := c.Spec.Name
 		pending := Pending(reservations, name, c.Stats)
-		if why := reject(req, c, pending); why != "" {
-			rejected[name] = why
+		if kind, why := reject(req, c, pending); why != "" {
+			rejected = append(rejected, rejection{name, kind, why})
 			continue
 		}
 		free := freeMemory(c, pending, req.Policy.HostReserveMiB)
@@ -48,11 +53,35 @@ func Choose(req types.PlacementRequest, reservations []types.Reservation) types.
 	if len(eligible) > 0 {
 		p.Host = eligible[0].name
 	}
-	if len(rejected) > 0 {
-		p.Rejected = rejected
+	if len(rejected) == 0 {
+		return p
+	}
+	sort.Slice(rejected, func(i, j int) bool { return rejected[i].host < rejected[j].host })
+	p.Rejected, p.RejectedBy = map[string]string{}, map[string]int{}
+	for i, r := range rejected {
+		if i < maxNamed {
+			p.Rejected[r.host] = r.why
+		}
+		p.RejectedBy[r.kind]++
 	}
 	return p
 }
+
+// Kinds of rejection, the keys of Placement.RejectedBy.
+const (
+	KindFailedHost  = "failed host"
+	KindExcluded    = "excluded"
+	KindNotHealthy  = "not healthy"
+	KindNoStats     = "no stats"
+	KindNoShare     = "no shared storage"
+	KindPinHosts    = "pinHosts"
+	KindAvoidHosts  = "avoidHosts"
+	KindPinLabels   = "pinLabels"
+	KindAvoidLabels = "avoidLabels"
+	KindAntiAff     = "anti-affinity"
+	KindMemory      = "memory"
+	KindVCPUs       = "vCPUs"
+)
 
 // Pending returns the reservations on host that its stats do not include: not released yet, or
 // released (VM running) after the sample was taken, and in either case not among the domains the sample saw
@@ -67,47 +96,47 @@ func Pending(reservations []types.Reservation, host string, stats types.HostStat
 	return out
 }
 
-// reject says why a candidate cannot take the VM, or "" when it can.
-func reject(req types.PlacementRequest, c types.Candidate, pending []types.Reservation) string {
+// reject says why a candidate cannot take the VM (the kind and the reason in words), or "" when it can.
+func reject(req types.PlacementRequest, c types.Candidate, pending []types.Reservation) (kind, why string) {
 	name, vm, rules := c.Spec.Name, req.VM, req.VM.Policy.Rules
 	switch {
 	case name == req.FailedHost:
-		return "it is the failed host"
+		return KindFailedHost, "it is the failed host"
 	case slices.Contains(req.Exclude, name):
-		return "excluded after a failed attempt"
+		return KindExcluded, "excluded after a failed attempt"
 	case c.State != types.HostHealthy:
-		return fmt.Sprintf("state is %s", orNone(string(c.State)))
+		return KindNotHealthy, fmt.Sprintf("state is %s", orNone(string(c.State)))
 	case c.Stats.SampledAt.IsZero():
-		return "no stats from its worker"
+		return KindNoStats, "no stats from its worker"
 	case !c.Stats.SharedStorageOK:
-		return "shared storage not visible"
+		return KindNoShare, "shared storage not visible"
 	case len(rules.PinHosts) > 0 && !slices.Contains(rules.PinHosts, name):
-		return fmt.Sprintf("not in pinHosts %v", rules.PinHosts)
+		return KindPinHosts, fmt.Sprintf("not in pinHosts %v", rules.PinHosts)
 	case slices.Contains(rules.AvoidHosts, name):
-		return "listed in avoidHosts"
+		return KindAvoidHosts, "listed in avoidHosts"
 	}
 	for _, l := range rules.PinLabels {
 		if !hasLabel(c.Spec.Labels, l) {
-			return fmt.Sprintf("lacks pinned label %s", l)
+			return KindPinLabels, fmt.Sprintf("lacks pinned label %s", l)
 		}
 	}
 	for _, l := range rules.AvoidLabels {
 		if hasLabel(c.Spec.Labels, l) {
-			return fmt.Sprintf("has avoided label %s", l)
+			return KindAvoidLabels, fmt.Sprintf("has avoided label %s", l)
 		}
 	}
 	if g := rules.AntiAffinityGroup; g != "" {
 		if slices.Contains(c.Stats.AntiAffinityGroups, g) {
-			return fmt.Sprintf("already runs a VM of anti-affinity group %s", g)
+			return KindAntiAff, fmt.Sprintf("already runs a VM of anti-affinity group %s", g)
 		}
 		for _, r := range pending {
 			if r.Group == g && r.VMUUID != vm.UUID {
-				return fmt.Sprintf("a VM of anti-affinity group %s is being placed there", g)
+				return KindAntiAff, fmt.Sprintf("a VM of anti-affinity group %s is being placed there", g)
 			}
 		}
 	}
 	if free := freeMemory(c, pending, req.Policy.HostReserveMiB); vm.MemoryMiB > free {
-		return fmt.Sprintf("needs %d MiB, %d MiB free", vm.MemoryMiB, free)
+		return KindMemory, fmt.Sprintf("needs %d MiB, %d MiB free", vm.MemoryMiB, free)
 	}
 	cpus := cpuCount(c)
 	allowed := int(float64(cpus) * req.Policy.OvercommitRatio)
@@ -116,9 +145,9 @@ func reject(req types.PlacementRequest, c types.Candidate, pending []types.Reser
 		used += r.VCPUs
 	}
 	if used+vm.VCPUs > allowed {
-		return fmt.Sprintf("needs %d vCPUs, %d of %d allowed in use", vm.VCPUs, used, allowed)
+		return KindVCPUs, fmt.Sprintf("needs %d vCPUs, %d of %d allowed in use", vm.VCPUs, used, allowed)
 	}
-	return ""
+	return "", ""
 }
 
 // freeMemory is what a VM may still use: libvirt's free memory less the host reserve, capped by an operator's

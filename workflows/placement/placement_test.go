@@ -1,6 +1,8 @@
 package placement
 
 import (
+	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -18,12 +20,18 @@ func host(name string, load float64, freeMiB int64, labels map[string]string) ty
 	}
 }
 
-func request(rules types.Rules, hosts ...types.Candidate) types.PlacementRequest {
-	return types.PlacementRequest{
-		ReservationID: "r", FailedHost: "hv0", Candidates: hosts,
+// ask is a request and the hosts the scheduler places it among.
+type ask struct {
+	req   types.PlacementRequest
+	hosts []types.Candidate
+}
+
+func request(rules types.Rules, hosts ...types.Candidate) ask {
+	return ask{req: types.PlacementRequest{
+		ReservationID: "r", FailedHost: "hv0",
 		VM:     types.VMRecord{UUID: "u1", Name: "vm", MemoryMiB: 1024, VCPUs: 2, Policy: types.HAPolicy{Enabled: true, Rules: rules}},
 		Policy: types.Policy{OvercommitRatio: 2, HostReserveMiB: 256},
-	}
+	}, hosts: hosts}
 }
 
 func TestChoose(t *testing.T) {
@@ -38,7 +46,7 @@ func TestChoose(t *testing.T) {
 	full.Stats.VCPUsAllocated = 7
 	for _, c := range []struct {
 		name     string
-		req      types.PlacementRequest
+		req      ask
 		want     string
 		rejected []string // substrings of the reasons
 	}{
@@ -56,7 +64,7 @@ func TestChoose(t *testing.T) {
 		{"unhealthy, no share", request(types.Rules{}, unhealthy, noShare), "", []string{"hv4: state is isolated", "hv5: shared storage not visible"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			p := Choose(c.req, nil)
+			p := Choose(c.req.req, c.req.hosts, nil)
 			if p.Host != c.want {
 				t.Fatalf("chose %q, want %q (rejected %v)", p.Host, c.want, p.Rejected)
 			}
@@ -79,18 +87,18 @@ func TestChooseCountsReservations(t *testing.T) {
 	req := request(types.Rules{AntiAffinityGroup: "db"}, host("hv1", 0.1, 2400, nil), host("hv2", 0.3, 8000, nil))
 	pending := []types.Reservation{{ID: "other", Host: "hv1", VMUUID: "u2", MemoryMiB: 1024, VCPUs: 2, CreatedAt: sampled}}
 	// hv1 is idler by its stats (0.1 vs 0.3), but 2 pending vCPUs of 4 make it 0.6 busy.
-	if p := Choose(req, pending); p.Host != "hv2" {
+	if p := Choose(req.req, req.hosts, pending); p.Host != "hv2" {
 		t.Fatalf("chose %s despite hv1's pending reservation (%v)", p.Host, p.Rejected)
 	}
-	if p := Choose(req, nil); p.Host != "hv1" {
+	if p := Choose(req.req, req.hosts, nil); p.Host != "hv1" {
 		t.Fatalf("without reservations hv1 is the least loaded, chose %s", p.Host)
 	}
 	grouped := []types.Reservation{{ID: "g", Host: "hv2", VMUUID: "u3", Group: "db", CreatedAt: sampled}}
-	if p := Choose(req, grouped); p.Host != "hv1" {
+	if p := Choose(req.req, req.hosts, grouped); p.Host != "hv1" {
 		t.Fatalf("chose %s next to a VM of the same anti-affinity group being placed (%v)", p.Host, p.Rejected)
 	}
 	releasedBefore := []types.Reservation{{ID: "old", Host: "hv1", VMUUID: "u4", MemoryMiB: 1024, VCPUs: 2, CreatedAt: sampled.Add(-time.Minute), ReleasedAt: sampled.Add(-time.Second)}}
-	if p := Choose(req, releasedBefore); p.Host != "hv1" {
+	if p := Choose(req.req, req.hosts, releasedBefore); p.Host != "hv1" {
 		t.Fatalf("a VM already in hv1's stats was counted again: chose %s (%v)", p.Host, p.Rejected)
 	}
 }
@@ -108,5 +116,26 @@ func TestPendingSkipsVMsTheStatsSaw(t *testing.T) {
 	got := Pending(rs, "hv1", stats)
 	if len(got) != 1 || got[0].ID != "b" {
 		t.Fatalf("pending %+v, want only b", got)
+	}
+}
+
+// TestChooseNamesFewRejectedHosts: in a large cluster an answer names a few rejected hosts and counts all of them
+// by reason, so its size does not grow with the cluster.
+func TestChooseNamesFewRejectedHosts(t *testing.T) {
+	var hosts []types.Candidate
+	for i := range 1000 {
+		hosts = append(hosts, host(fmt.Sprintf("hv%04d", i+1), 0.1, 1000, nil))
+	}
+	hosts = append(hosts, host("hv0", 0.0, 8000, nil))
+	a := request(types.Rules{}, hosts...)
+	p := Choose(a.req, a.hosts, nil)
+	if p.Host != "" || len(p.Rejected) != maxNamed {
+		t.Fatalf("chose %q, named %d rejected hosts; want none chosen and %d named", p.Host, len(p.Rejected), maxNamed)
+	}
+	if p.RejectedBy[KindMemory] != 1000 || p.RejectedBy[KindFailedHost] != 1 || len(p.RejectedBy) != 2 {
+		t.Fatalf("rejected by reason %v, want 1000 for memory and 1 failed host", p.RejectedBy)
+	}
+	if b, _ := json.Marshal(p); len(b) > 1000 {
+		t.Fatalf("an answer about 1001 hosts takes %d bytes: %s", len(b), b)
 	}
 }
