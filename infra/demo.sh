@@ -108,14 +108,12 @@ start() {
 		cli create-vm --name "$VM" --image "$VMHA_LAB_DIR/share/images/tiny.qcow2" --vcpus 1 --memory-mib 64 --priority 10
 	fi
 	trap - ERR
-	local host env=$OPERATOR_ENV
+	local host env=${OPERATOR_ENV#"$PWD"/} pki=${PKI#"$PWD"/}
 	host=$("$LAB" domains | awk -v vm="$VM" '$2 == vm && $3 == "running" {print $1}')
-	# Shown relative to the directory make runs in, as the other paths are.
-	[[ $env == "$PWD"/* ]] && env=${env#"$PWD"/}
 	cat <<MSG
 
 vmha is running: 3 hypervisors (hv1..hv3), the embedded Temporal with its Web UI, the controller; mTLS on every
-connection to Temporal (CA and certificates in $PKI).
+connection to Temporal (CA and certificates in $pki).
 $(cli hosts)
 
 VM '$VM' runs on $host.
@@ -131,7 +129,7 @@ VM '$VM' runs on $host.
   The whole cluster on one screen:                    bin/vmha status
   Workflows with the Temporal CLI (make test installs it):
     bin/tools/temporal workflow list --address $VMHA_TEMPORAL_ADDRESS --namespace $VMHA_NAMESPACE \\
-      --tls-cert-path $PKI/operator-demo.pem --tls-key-path $PKI/operator-demo-key.pem --tls-ca-path $PKI/ca.pem
+      --tls-cert-path $pki/operator-demo.pem --tls-key-path $pki/operator-demo-key.pem --tls-ca-path $pki/ca.pem
   Stop everything:                                    make stop
 MSG
 }
