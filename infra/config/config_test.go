@@ -152,3 +152,18 @@ func TestValidateHeartbeatAndWatchdog(t *testing.T) {
 		})
 	}
 }
+
+// TestServerPlaintextWithTLS: asking for plain gRPC and for mTLS at once is refused, naming both settings.
+func TestServerPlaintextWithTLS(t *testing.T) {
+	t.Setenv("VMHA_SERVER_TLS_CERT", "/etc/vmha/tls/node.pem")
+	t.Setenv("VMHA_SERVER_TLS_KEY", "/etc/vmha/tls/node-key.pem")
+	t.Setenv("VMHA_SERVER_TLS_CLIENT_CA", "/etc/vmha/tls/ca.pem")
+	if _, err := Load(); err != nil {
+		t.Fatalf("Load with mTLS only: %v", err)
+	}
+	t.Setenv("VMHA_SERVER_PLAINTEXT", "true")
+	_, err := Load()
+	if err == nil || !strings.Contains(err.Error(), "VMHA_SERVER_PLAINTEXT=true") || !strings.Contains(err.Error(), "VMHA_SERVER_TLS_CERT") {
+		t.Fatalf("Load with VMHA_SERVER_PLAINTEXT=true and mTLS: %v, want an error naming both", err)
+	}
+}
