@@ -247,11 +247,11 @@ func strayReport(host string, req *workflowservice.StartWorkflowExecutionRequest
 const maxReportTimeout = time.Minute
 
 // reportStart allows the start of an HA report (the HAReport workflow) as `vmha hosts` and `vmha status` make it
-// (starter.Starter.haReport), and nothing more. The report reads the catalog on the controller's side and returns
-// counts, so viewers may run it; what a reader must not do through it is take another workflow's ID (a monitor
-// not started yet), run it with input, on a schedule or without a time bound, take its workflow task as a worker
-// (eager start), have the server call elsewhere when it ends, replace a running workflow, or mark it with search
-// attributes the Web UI and vmha filter on.
+// (starter.Starter.haReport), and nothing more. The report only reads (the catalog, through a hypervisor's worker,
+// and the monitors' states) and returns counts, so viewers may run it; what a reader must not do through it is take
+// another workflow's ID (a monitor not started yet), run it with input, on a schedule, later or without a time
+// bound, take its workflow task as a worker (eager start), have the server call elsewhere when it ends, replace a
+// running workflow, or mark it with search attributes the Web UI and vmha filter on.
 func reportStart(role certs.Role, req *workflowservice.StartWorkflowExecutionRequest) string {
 	why := ""
 	timeout := req.GetWorkflowExecutionTimeout().AsDuration()
@@ -268,6 +268,8 @@ func reportStart(role certs.Role, req *workflowservice.StartWorkflowExecutionReq
 		why = fmt.Sprintf("execution timeout %s, want more than 0 and at most %s", timeout, maxReportTimeout)
 	case req.GetCronSchedule() != "":
 		why = fmt.Sprintf("cron schedule %q", req.GetCronSchedule())
+	case req.GetWorkflowStartDelay().AsDuration() != 0:
+		why = fmt.Sprintf("start delay %s", req.GetWorkflowStartDelay().AsDuration())
 	case req.GetRequestEagerExecution():
 		why = "eager execution (it would hand the caller the workflow task)"
 	case len(req.GetCompletionCallbacks()) > 0:

@@ -181,6 +181,9 @@ func TestAuthorizerRoles(t *testing.T) {
 			{"StartWorkflowExecution", report(func(r *workflowservice.StartWorkflowExecutionRequest) { r.Input = start("", "", "", 1).Input }), false},
 			{"StartWorkflowExecution", report(func(r *workflowservice.StartWorkflowExecutionRequest) { r.RequestEagerExecution = true }), false},
 			{"StartWorkflowExecution", report(func(r *workflowservice.StartWorkflowExecutionRequest) {
+				r.WorkflowStartDelay = durationpb.New(24 * time.Hour)
+			}), false},
+			{"StartWorkflowExecution", report(func(r *workflowservice.StartWorkflowExecutionRequest) {
 				r.CompletionCallbacks = []*commonpb.Callback{{}}
 			}), false},
 			{"StartWorkflowExecution", report(func(r *workflowservice.StartWorkflowExecutionRequest) {
