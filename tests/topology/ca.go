@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"os"
-	"testing"
 	"time"
 
 	"vmha/infra/certs"
@@ -15,7 +14,7 @@ type CA struct{ Dir, Cert string }
 
 // NewCA creates a CA valid for ten years, as `vmha certs ca` makes them: certificates it issues with vmha's
 // defaults (a year) fit in it.
-func NewCA(t testing.TB) CA {
+func NewCA(t TB) CA {
 	t.Helper()
 	dir := t.TempDir()
 	files, err := certs.CreateCA(dir, "vmha test CA", 3650*24*time.Hour)
@@ -26,7 +25,7 @@ func NewCA(t testing.TB) CA {
 }
 
 // Issue signs a certificate for req, valid for a day, next to the CA.
-func (ca CA) Issue(t testing.TB, req certs.Request) certs.Files {
+func (ca CA) Issue(t TB, req certs.Request) certs.Files {
 	t.Helper()
 	req.ValidFor = 24 * time.Hour
 	files, err := certs.Issue(ca.Dir, req)
@@ -37,7 +36,7 @@ func (ca CA) Issue(t testing.TB, req certs.Request) certs.Files {
 }
 
 // ClientTLS presents the certificate in files (none when empty) and verifies the server as serverName.
-func (ca CA) ClientTLS(t testing.TB, files certs.Files, serverName string) *tls.Config {
+func (ca CA) ClientTLS(t TB, files certs.Files, serverName string) *tls.Config {
 	t.Helper()
 	pem, err := os.ReadFile(ca.Cert)
 	if err != nil {

@@ -3,7 +3,6 @@ package topology
 import (
 	"net"
 	"strings"
-	"testing"
 
 	"golang.org/x/net/dns/dnsmessage"
 )
@@ -12,7 +11,7 @@ import (
 // the address it listens on: the test's
 // stand-in for the DNS name with one A record per cluster node that README tells clients to use. Other names and
 // types get an empty answer.
-func ServeDNS(t testing.TB, listen, name string, ips []string) string {
+func ServeDNS(t TB, listen, name string, ips []string) string {
 	t.Helper()
 	conn, err := net.ListenPacket("udp", listen)
 	if err != nil {

@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"testing"
 	"time"
 
 	"go.temporal.io/server/api/adminservice/v1"
@@ -36,7 +35,7 @@ type Node struct {
 // StartNode starts `vmha server` listening on ip with env on top of the basic settings (VMHA_PERSISTENCE and what
 // goes with it, TLS, a controller). No VMHA_* variable of the test's own environment reaches it. The node is stopped
 // at cleanup, its log printed when the test failed.
-func StartNode(t testing.TB, bin, ip string, frontendPort int, env []string) *Node {
+func StartNode(t TB, bin, ip string, frontendPort int, env []string) *Node {
 	t.Helper()
 	n := &Node{IP: ip, Address: net.JoinHostPort(ip, strconv.Itoa(frontendPort)), Exited: make(chan struct{})}
 	n.Log = filepath.Join(t.TempDir(), "node-"+ip+".log")
@@ -72,7 +71,7 @@ func StartNode(t testing.TB, bin, ip string, frontendPort int, env []string) *No
 }
 
 // WaitReady waits until the node says its frontend serves (vmha server prints it once the namespace is served).
-func (n *Node) WaitReady(t testing.TB, timeout time.Duration) {
+func (n *Node) WaitReady(t TB, timeout time.Duration) {
 	t.Helper()
 	deadline := time.After(timeout)
 	for {
@@ -92,7 +91,7 @@ func (n *Node) WaitReady(t testing.TB, timeout time.Duration) {
 }
 
 // Kill ends the node at once (SIGKILL), as a crash or a power loss would, and waits for it to be gone.
-func (n *Node) Kill(t testing.TB) {
+func (n *Node) Kill(t TB) {
 	t.Helper()
 	if err := n.Cmd.Process.Kill(); err != nil {
 		t.Fatalf("SIGKILL node %s: %v", n.IP, err)
@@ -117,7 +116,7 @@ func (n *Node) Stop() {
 }
 
 // Admin is a connection to the node's admin service, as the node itself (AdminTLS).
-func (n *Node) Admin(t testing.TB) adminservice.AdminServiceClient {
+func (n *Node) Admin(t TB) adminservice.AdminServiceClient {
 	t.Helper()
 	creds := insecure.NewCredentials()
 	if n.AdminTLS != nil {
@@ -133,7 +132,7 @@ func (n *Node) Admin(t testing.TB) adminservice.AdminServiceClient {
 
 // WaitMembers waits until every ring of the cluster (frontend, history, matching, worker) has exactly the nodes on
 // ips, as node n describes the cluster.
-func WaitMembers(ctx context.Context, t testing.TB, n *Node, ips []string) {
+func WaitMembers(ctx context.Context, t TB, n *Node, ips []string) {
 	t.Helper()
 	admin := n.Admin(t)
 	want := slices.Clone(ips)
@@ -177,7 +176,7 @@ func WithoutVMHA(env []string) []string {
 }
 
 // VMHABinary is $VMHA_BIN (make test sets it) or a fresh build.
-func VMHABinary(t testing.TB) string {
+func VMHABinary(t TB) string {
 	t.Helper()
 	if bin := os.Getenv("VMHA_BIN"); bin != "" {
 		return bin

@@ -4,12 +4,11 @@ import (
 	"math/rand/v2"
 	"net"
 	"strconv"
-	"testing"
 )
 
 // FreeFrontendPort finds a frontend port whose whole layout (the ports of a node's four services and their
 // membership ports) is free on every ip.
-func FreeFrontendPort(t testing.TB, ips []string) int {
+func FreeFrontendPort(t TB, ips []string) int {
 	t.Helper()
 	for range 50 {
 		// Membership ports (300 below) must stay under 32768: Temporal stores them as a smallint.
@@ -38,7 +37,7 @@ func allFree(ips []string, frontendPort int) bool {
 }
 
 // FreePort is a TCP port free on ip right now.
-func FreePort(t testing.TB, ip string) int {
+func FreePort(t TB, ip string) int {
 	t.Helper()
 	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"testing"
 )
 
 // Postgres is a PostgreSQL server the test started, with a password-protected user for Temporal.
@@ -26,7 +25,7 @@ type Postgres struct {
 // StartPostgres runs Debian's PostgreSQL in a temporary directory on 127.0.0.1 and a free port, with scram-sha-256
 // password authentication, as an unprivileged user when the test runs as root (initdb refuses root). It skips the
 // test when PostgreSQL is not installed, and stops the server at cleanup.
-func StartPostgres(t testing.TB) Postgres {
+func StartPostgres(t TB) Postgres {
 	t.Helper()
 	initdbs, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
 	if len(initdbs) == 0 {
@@ -78,7 +77,7 @@ func StartPostgres(t testing.TB) Postgres {
 }
 
 // Start starts the server (again) on its address and waits until it accepts connections.
-func (pg Postgres) Start(t testing.TB) {
+func (pg Postgres) Start(t TB) {
 	t.Helper()
 	host, port, _ := net.SplitHostPort(pg.Address)
 	// Each node opens a few dozen connections (four services, each with a persistence and a visibility pool).
@@ -88,7 +87,7 @@ func (pg Postgres) Start(t testing.TB) {
 
 // Stop stops the server with pg_ctl's shutdown mode: "fast" (clean) or "immediate" (as a crash: no checkpoint,
 // recovery from the WAL at the next start). Stopping a stopped server does nothing.
-func (pg Postgres) Stop(t testing.TB, mode string) {
+func (pg Postgres) Stop(t TB, mode string) {
 	t.Helper()
 	if pg.command("pg_ctl", "-D", pg.data, "status").Run() != nil {
 		return
@@ -96,7 +95,7 @@ func (pg Postgres) Stop(t testing.TB, mode string) {
 	pg.run(t, "pg_ctl", "-D", pg.data, "-m", mode, "-w", "stop")
 }
 
-func (pg Postgres) run(t testing.TB, name string, args ...string) {
+func (pg Postgres) run(t TB, name string, args ...string) {
 	t.Helper()
 	if out, err := pg.command(name, args...).CombinedOutput(); err != nil {
 		log, _ := os.ReadFile(filepath.Join(pg.dir, "postgres.log"))
