@@ -153,6 +153,12 @@ func StartClusterNode(ctx context.Context, o ClusterOptions) (srv *Server, err e
 		if sec, err = loadServerTLS(*o.TLS); err != nil {
 			return nil, err
 		}
+		// The nodes verify each other by one name (internode TLS, see serverTLS.apply): each node's own address
+		// would fail on every other node.
+		if net.ParseIP(sec.serverName) != nil {
+			return nil, fmt.Errorf("cluster node certificate %s names no DNS name: nodes verify each other by the cluster's DNS "+
+				"name, which every node's certificate must carry first (vmha certs issue --role server --dns <cluster name> --ip <node address>)", o.TLS.Cert)
+		}
 	}
 	if err := checkOpen(o.ListenAddress, o.FrontendPort, o.TLS, o.AllowPlaintext, o.Logger); err != nil {
 		return nil, err
@@ -212,7 +218,11 @@ func startLocked(ctx context.Context, o ClusterOptions, ports map[primitives.Ser
 	}
 	conf := clusterConfig(o, ports, frontendAddress)
 	sec.apply(conf)
-	opts := append(sec.serverOptions(o.Namespace, frontendAddress, o.Logger), temporal.WithDynamicConfigClient(clusterDynamicConfig()))
+	opts, err := sec.serverOptions(conf, o.Namespace, frontendAddress, o.Logger)
+	if err != nil {
+		return nil, errors.Join(err, lock.unlock())
+	}
+	opts = append(opts, temporal.WithDynamicConfigClient(clusterDynamicConfig()))
 	ts, err := runTemporal(conf, nil, o.Logger, opts...)
 	if err != nil {
 		return nil, errors.Join(err, lock.unlock())

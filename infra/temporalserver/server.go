@@ -373,7 +373,11 @@ func startTemporal(o Options, sqlConf *config.SQL, frontendAddress string, sec *
 		}
 		hosts[primitives.ServiceName(name)] = static.SingleLocalHost(host)
 	}
-	return runTemporal(conf, hosts, o.Logger, sec.serverOptions(o.Namespace, frontendAddress, o.Logger)...)
+	opts, err := sec.serverOptions(conf, o.Namespace, frontendAddress, o.Logger)
+	if err != nil {
+		return nil, err
+	}
+	return runTemporal(conf, hosts, o.Logger, opts...)
 }
 
 // runTemporal creates and starts a server with conf. Its services find each other through hosts, or, when hosts is

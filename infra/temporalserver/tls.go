@@ -12,6 +12,8 @@ import (
 
 	"go.temporal.io/server/common/authorization"
 	"go.temporal.io/server/common/config"
+	"go.temporal.io/server/common/metrics"
+	"go.temporal.io/server/common/rpc/encryption"
 	"go.temporal.io/server/temporal"
 
 	"vmha/infra/certs"
@@ -96,13 +98,22 @@ func loadServerTLS(f TLSFiles) (*serverTLS, error) {
 }
 
 // apply makes the frontend require and verify client certificates, and the system worker (and every other
-// internal client of the frontend) present the server certificate. Without TLS (nil) it changes nothing.
+// internal client of the frontend) present the server certificate. Traffic between the server's own services
+// (history, matching, worker, and the frontend's calls to them; between the nodes of a cluster) is mutual TLS with
+// the server certificate too, verified by serverName, which every node's certificate carries; serversOnlyInternode
+// admits only server certificates there. Without TLS (nil) it changes nothing.
 func (t *serverTLS) apply(conf *config.Config) {
 	if t == nil {
 		return
 	}
 	conf.Global.TLS.Frontend.Server = config.ServerTLS{
 		CertFile: t.files.Cert, KeyFile: t.files.Key, ClientCAFiles: []string{t.files.ClientCA}, RequireClientAuth: true,
+	}
+	conf.Global.TLS.Internode = config.GroupTLS{
+		Server: config.ServerTLS{
+			CertFile: t.files.Cert, KeyFile: t.files.Key, ClientCAFiles: []string{t.files.ClientCA}, RequireClientAuth: true,
+		},
+		Client: config.ClientTLS{ServerName: t.serverName, RootCAFiles: []string{t.files.ClientCA}},
 	}
 	conf.Global.TLS.SystemWorker = config.WorkerTLS{
 		CertFile: t.files.Cert, KeyFile: t.files.Key,
@@ -129,18 +140,65 @@ func (s *Server) ClientTLS() *tls.Config { return s.tls.clientConfig() }
 
 // serverOptions install vmha's authorizer and claim mapper on a frontend that serves mTLS on frontendAddress;
 // without TLS (nil) there is no certificate to authorize by, and Temporal's defaults let every caller do anything.
-func (t *serverTLS) serverOptions(namespace, frontendAddress string, logger *slog.Logger) []temporal.ServerOption {
+func (t *serverTLS) serverOptions(conf *config.Config, namespace, frontendAddress string, logger *slog.Logger) ([]temporal.ServerOption, error) {
 	if t == nil {
-		return nil
+		return nil, nil
+	}
+	provider, err := encryption.NewTLSConfigProviderFromConfig(conf.Global.TLS, metrics.NoopMetricsHandler, &slogBridge{log: logger}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("temporal server TLS: %w", err)
 	}
 	if t.tasks == nil {
 		t.tasks = &activityQueues{frontendAddress: frontendAddress, tls: t.clientConfig()}
 	}
 	tasks := t.tasks
 	return []temporal.ServerOption{
+		temporal.WithTLSConfigFactory(serversOnlyInternode{provider}),
 		temporal.WithAuthorizer(&authorizer{namespace: namespace, tasks: tasks, logger: logger}),
 		temporal.WithClaimMapper(func(*config.Config) authorization.ClaimMapper { return claimMapper{} }),
+	}, nil
+}
+
+// serversOnlyInternode is Temporal's TLS provider, except that the server's internal services accept only server
+// certificates. Temporal checks no more than "chains to the client CA", and that CA also signs the hypervisors',
+// controllers' and operators' certificates: any of them could otherwise call a history or matching service
+// directly, past the frontend's authorizer.
+type serversOnlyInternode struct{ encryption.TLSConfigProvider }
+
+func (p serversOnlyInternode) GetInternodeServerConfig() (*tls.Config, error) {
+	conf, err := p.TLSConfigProvider.GetInternodeServerConfig()
+	if err != nil || conf == nil {
+		return conf, err
 	}
+	conf = conf.Clone()
+	conf.VerifyPeerCertificate = requireServerRole
+	if perClient := conf.GetConfigForClient; perClient != nil {
+		conf.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			c, err := perClient(hello)
+			if err != nil || c == nil {
+				return c, err
+			}
+			c = c.Clone()
+			c.VerifyPeerCertificate = requireServerRole
+			return c, nil
+		}
+	}
+	return conf, nil
+}
+
+// requireServerRole refuses a peer whose verified certificate does not name the server role (certs.Role).
+func requireServerRole(_ [][]byte, chains [][]*x509.Certificate) error {
+	if len(chains) == 0 || len(chains[0]) == 0 {
+		return errors.New("internode TLS: no verified client certificate")
+	}
+	id, err := certs.IdentityOf(chains[0][0].Subject)
+	if err != nil {
+		return fmt.Errorf("internode TLS: %w", err)
+	}
+	if id.Role != certs.RoleServer {
+		return fmt.Errorf("internode TLS: %s %q may not call the server's internal services (role %s only)", id.Role, id.Name, certs.RoleServer)
+	}
+	return nil
 }
 
 func (f TLSFiles) validate() error {

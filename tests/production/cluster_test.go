@@ -3,6 +3,7 @@
 package production
 
 import (
+	"crypto/tls"
 	"vmha/tests/topology"
 
 	"context"
@@ -94,6 +95,24 @@ func TestClusterOnPostgres(t *testing.T) {
 	defer cancel()
 	topology.WaitMembers(ctx, t, nodes[1], nodeIPs)
 
+	// Inside the cluster only nodes talk: a node's history service takes a server certificate and refuses a
+	// hypervisor's, though the same CA signed both, and a client without a certificate.
+	history := net.JoinHostPort(nodes[1].IP, strconv.Itoa(frontendPort+1))
+	if err := internodeHandshake(history, nodes[1].AdminTLS); err != nil {
+		t.Errorf("history service %s refused a node's server certificate: %v", history, err)
+	}
+	hypervisor := ca.Issue(t, certs.Request{Role: certs.RoleHypervisor, Name: "hv-internode"})
+	for name, conf := range map[string]*tls.Config{
+		"a hypervisor certificate": ca.ClientTLS(t, hypervisor, clusterName),
+		"no certificate":           ca.ClientTLS(t, certs.Files{}, clusterName),
+	} {
+		if err := internodeHandshake(history, conf); err == nil {
+			t.Errorf("history service %s accepted %s", history, name)
+		} else {
+			t.Logf("history service refused %s: %v", name, err)
+		}
+	}
+
 	// A client without a certificate is refused by a cluster node as by the embedded server.
 	anonymous := ca.ClientTLS(t, certs.Files{}, nodes[2].IP)
 	if c, err := client.DialContext(ctx, client.Options{HostPort: nodes[2].Address, Namespace: namespace, Logger: quiet,
@@ -179,6 +198,24 @@ func TestClusterOnPostgres(t *testing.T) {
 	t.Logf("in-flight workflow completed %.1f s after SIGKILL", time.Since(killed).Seconds())
 	waitListed(ctx, t, clients[1], inFlight)
 	topology.WaitMembers(ctx, t, nodes[2], nodeIPs[1:])
+}
+
+// internodeHandshake opens a TLS connection to a server's internal service and waits for its first HTTP/2 frame:
+// with TLS 1.3 a refused client certificate shows only there, after the client's side of the handshake.
+func internodeHandshake(address string, conf *tls.Config) error {
+	conf = conf.Clone()
+	conf.NextProtos = []string{"h2"} // gRPC servers refuse a connection that did not negotiate HTTP/2
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", address, conf)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Write([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")); err != nil {
+		return err
+	}
+	_, err = conn.Read(make([]byte, 64))
+	return err
 }
 
 // refusesWrongPassword starts a node with a wrong PostgreSQL password: it must exit with an error that names the
