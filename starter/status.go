@@ -10,6 +10,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	enumspb "go.temporal.io/api/enums/v1"
+	historypb "go.temporal.io/api/history/v1"
+
 	"vmha/activities"
 	"vmha/types"
 )
@@ -40,6 +43,12 @@ func (e ExitError) Unwrap() error { return e.Err }
 // infra/monitoring) asks for a person: a host that answers and is powered on stays suspect while its worker is gone.
 const SuspectTooLong = 5 * time.Minute
 
+// StuckAttempts is the workflow task attempt from which `vmha status` calls a monitor stuck: a worker restarted in
+// the middle of a task costs one attempt, while a task the workers cannot complete (after an upgrade, a history the
+// new workflow code cannot replay: TMPRL1100) fails every attempt, the SDK retrying it forever, and the host is
+// watched by nobody meanwhile.
+const StuckAttempts = 3
+
 // statusQueryTimeout bounds the monitors' queries and the HA report together: status answers within seconds even
 // when no controller runs.
 const statusQueryTimeout = 8 * time.Second
@@ -59,6 +68,39 @@ type StatusHost struct {
 	VMs, Down int
 	// QueryError says why the monitor did not answer its status query.
 	QueryError string
+	// Stuck is the monitor's workflow task that keeps failing; nil when it makes progress.
+	Stuck *StuckTask
+}
+
+// StuckTask is a workflow task that failed StuckAttempts attempts or more in a row (DescribeWorkflowExecution's
+// pending workflow task), with the failure its history recorded: only the first attempt of a series is recorded,
+// the SDK lets later ones time out.
+type StuckTask struct {
+	Attempt int32
+	// Since is when the series began: its recorded failure, else its second attempt.
+	Since time.Time
+	// Cause and Message are the recorded failure's; Cause is unspecified when every attempt timed out.
+	Cause   enumspb.WorkflowTaskFailedCause
+	Message string
+}
+
+// Explain says why the task fails and what to do, for the monitor of host.
+func (t StuckTask) Explain(host string) string {
+	var why string
+	switch t.Cause {
+	case enumspb.WORKFLOW_TASK_FAILED_CAUSE_NON_DETERMINISTIC_ERROR:
+		why = "workflow code cannot replay this monitor's history (" + firstLine(t.Message) + ")"
+	case enumspb.WORKFLOW_TASK_FAILED_CAUSE_UNSPECIFIED:
+		why = "its workflow task times out on every attempt: a controller takes it and never completes it (a deadlock in the workflow code?)"
+		if t.Message != "" {
+			why = "its workflow task keeps failing (" + t.Message + ")"
+		}
+	default:
+		why = fmt.Sprintf("its workflow task fails: %s (%s)", t.Cause, firstLine(t.Message))
+	}
+	return fmt.Sprintf("the monitor of host %s is stuck since %s, workflow task attempt %d: %s, so NOTHING WATCHES %s. "+
+		"Roll back the upgrade of the controllers to the build that ran it, or deploy one that guards the change with "+
+		"workflow.GetVersion (docs/production.md, \"Upgrading vmha\")", host, t.Since.Local().Format(time.DateTime), t.Attempt, why, host)
 }
 
 // ClusterStatus is everything `vmha status` shows.
@@ -144,9 +186,19 @@ func (s Starter) ClusterStatus(ctx context.Context, recent int) (ClusterStatus, 
 	return st, nil
 }
 
-// queryMonitor fills h from its monitor's status query and current details.
+// queryMonitor fills h from its monitor's status query, unless its workflow task is stuck: a query would wait for
+// that task until the timeout.
 func (s Starter) queryMonitor(ctx context.Context, h *StatusHost) {
 	id := types.HostMonitorID(h.Name)
+	stuck, err := s.StuckTask(ctx, id)
+	if err != nil {
+		h.QueryError = types.Explain(err)
+		return
+	}
+	if stuck != nil {
+		h.Stuck = stuck
+		return
+	}
 	v, err := s.Client.QueryWorkflow(ctx, id, "", activities.QueryStatus)
 	var m activities.MonitorInput
 	if err == nil {
@@ -160,10 +212,50 @@ func (s Starter) queryMonitor(ctx context.Context, h *StatusHost) {
 	h.Cause, h.Incident, h.Round = m.Cause, m.Incident, m.Round
 }
 
+// StuckTask returns the workflow's pending workflow task when it has failed StuckAttempts attempts or more, with
+// the failure recorded in its history; nil when it makes progress.
+func (s Starter) StuckTask(ctx context.Context, workflowID string) (*StuckTask, error) {
+	d, err := s.Client.DescribeWorkflowExecution(ctx, workflowID, "")
+	if err != nil {
+		return nil, fmt.Errorf("describe %s: %w", workflowID, err)
+	}
+	p := d.GetPendingWorkflowTask()
+	if p.GetAttempt() < StuckAttempts {
+		return nil, nil
+	}
+	// The attempts after the recorded failure are transient: OriginalScheduledTime is the second attempt's.
+	t := &StuckTask{Attempt: p.GetAttempt(), Since: p.GetOriginalScheduledTime().AsTime()}
+	it := s.Client.GetWorkflowHistory(ctx, workflowID, d.GetWorkflowExecutionInfo().GetExecution().GetRunId(), false,
+		enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	var failed *historypb.HistoryEvent
+	for it.HasNext() {
+		e, err := it.Next()
+		if err != nil {
+			// Stuck it is all the same; only the reason is missing.
+			t.Message = fmt.Sprintf("its history could not be read: %v", err)
+			return t, nil
+		}
+		switch e.GetEventType() {
+		case enumspb.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+			failed = e
+		case enumspb.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+			// A failure some task recovered from is not this series'.
+			failed = nil
+		}
+	}
+	if failed != nil {
+		a := failed.GetWorkflowTaskFailedEventAttributes()
+		t.Since, t.Cause, t.Message = failed.GetEventTime().AsTime(), a.GetCause(), a.GetFailure().GetMessage()
+	}
+	return t, nil
+}
+
 // Why is the one-line reason shown for a host: its last transition's reason, else how it was declared dead and what
 // the last probe saw.
 func (h StatusHost) Why() string {
 	switch {
+	case h.Stuck != nil:
+		return fmt.Sprintf("? the monitor is stuck (workflow task attempt %d): nothing watches this host", h.Stuck.Attempt)
 	case h.QueryError != "":
 		return "? the monitor did not answer: " + h.QueryError
 	case h.Reason != "":
@@ -247,6 +339,9 @@ func Attention(st ClusterStatus) []string {
 			out = append(out, fmt.Sprintf("%d of the %d HA VMs of host %s are down", h.Down, h.VMs, h.Name))
 		} else if h.Down > 0 {
 			out = append(out, fmt.Sprintf("%d of the %d HA VMs of host %s run nowhere", h.Down, h.VMs, h.Name))
+		}
+		if h.Stuck != nil {
+			out = append(out, h.Stuck.Explain(h.Name))
 		}
 		if h.QueryError != "" {
 			unanswered = append(unanswered, h.Name)

@@ -2,10 +2,23 @@ package starter
 
 import (
 	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/worker"
+	"go.temporal.io/sdk/workflow"
+	"go.temporal.io/server/temporaltest"
+
+	"vmha/infra/monitoring"
 	"vmha/types"
 )
 
@@ -129,6 +142,7 @@ func TestStatusCodeEachCause(t *testing.T) {
 		"unreadable catalog": func(s *ClusterStatus) { s.Unreadable = 1 },
 		"a VM down":          func(s *ClusterStatus) { s.Hosts[0].Down = 1 },
 		"monitor silent":     func(s *ClusterStatus) { s.Hosts[0].QueryError = "timeout" },
+		"monitor stuck":      func(s *ClusterStatus) { s.Hosts[0].Stuck = &StuckTask{Attempt: StuckAttempts, Since: statusNow} },
 	}
 	for _, st := range []types.HostState{types.HostIsolated, types.HostUnknown, types.HostHung, types.HostStorageLost, types.HostRecoveryFailed} {
 		cases["host "+string(st)] = func(s *ClusterStatus) { s.Hosts[0].State = st }
@@ -172,4 +186,201 @@ func TestDescribeProbe(t *testing.T) {
 			t.Errorf("DescribeProbe(%+v) = %q, want %q", c.p, got, c.want)
 		}
 	}
+}
+
+func TestStatusStuckMonitor(t *testing.T) {
+	utc(t)
+	since := statusNow.Add(-20 * time.Minute)
+	for _, c := range []struct {
+		task StuckTask
+		want string
+	}{
+		{StuckTask{Attempt: 7, Since: since, Cause: enumspb.WORKFLOW_TASK_FAILED_CAUSE_NON_DETERMINISTIC_ERROR,
+			Message: "[TMPRL1100] nondeterministic workflow: history event is ActivityTaskScheduled: WatchHost\nstack..."},
+			"workflow code cannot replay this monitor's history ([TMPRL1100] nondeterministic workflow: history event is ActivityTaskScheduled: WatchHost)"},
+		{StuckTask{Attempt: 3, Since: since, Cause: enumspb.WORKFLOW_TASK_FAILED_CAUSE_WORKFLOW_WORKER_UNHANDLED_FAILURE,
+			Message: "panic: nil map"}, "its workflow task fails: WorkflowWorkerUnhandledFailure (panic: nil map)"},
+		{StuckTask{Attempt: 4, Since: since}, "its workflow task times out on every attempt"},
+		{StuckTask{Attempt: 4, Since: since, Message: "its history could not be read: unavailable"},
+			"its workflow task keeps failing (its history could not be read: unavailable)"},
+	} {
+		h := healthyHost("hv1")
+		h.Stuck = &c.task
+		st := ClusterStatus{At: statusNow, Hosts: []StatusHost{h, healthyHost("hv2")}}
+		if got := StatusCode(st); got != StatusNeedsPerson {
+			t.Errorf("%+v: StatusCode = %d, want %d", c.task, got, StatusNeedsPerson)
+		}
+		var b bytes.Buffer
+		if err := RenderStatus(&b, st); err != nil {
+			t.Fatal(err)
+		}
+		out := b.String()
+		for _, want := range []string{
+			fmt.Sprintf("? the monitor is stuck (workflow task attempt %d): nothing watches this host", c.task.Attempt),
+			"NEEDS A PERSON\n  - the monitor of host hv1 is stuck since 2026-11-29 16:40:00, workflow task attempt " + fmt.Sprint(c.task.Attempt),
+			c.want,
+			"so NOTHING WATCHES hv1. Roll back the upgrade",
+			"workflow.GetVersion",
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("status lacks %q:\n%s", want, out)
+			}
+		}
+		if n := len(Attention(st)); n != 1 {
+			t.Errorf("Attention has %d items, want 1: %q", n, Attention(st))
+		}
+	}
+}
+
+// TestStatusFindsAMonitorThatCannotReplay is the upgrade that goes wrong, on a real Temporal server: a monitor runs
+// under one build of the workflow code, a build that schedules something else first takes over, and its worker
+// cannot replay the history. vmha status must name the monitor under NEEDS A PERSON, and the SDK metric the
+// VmhaWorkflowCannotReplay alert reads must count the failures, under the name and labels the rule uses.
+func TestStatusFindsAMonitorThatCannotReplay(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a Temporal server")
+	}
+	ts := temporaltest.NewServer(temporaltest.WithT(t))
+	defer ts.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const queue = "vmha-controller"
+	logger := slog.New(slog.DiscardHandler)
+
+	monitor := func(first string) func(workflow.Context) error {
+		return func(ctx workflow.Context) error {
+			ctx = workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: 10 * time.Second})
+			if err := workflow.ExecuteActivity(ctx, first).Get(ctx, nil); err != nil {
+				return err
+			}
+			workflow.GetSignalChannel(ctx, "wake").Receive(ctx, nil)
+			return workflow.ExecuteActivity(ctx, first).Get(ctx, nil)
+		}
+	}
+	register := func(w worker.Worker, first string) {
+		w.RegisterWorkflowWithOptions(monitor(first), workflow.RegisterOptions{Name: types.HostMonitorWorkflow})
+		for _, name := range []string{"Probe", "Upgraded"} {
+			w.RegisterActivityWithOptions(func(context.Context) error { return nil }, activity.RegisterOptions{Name: name})
+		}
+	}
+	c := ts.GetDefaultClient()
+	old := worker.New(c, queue, worker.Options{})
+	register(old, "Probe")
+	if err := old.Start(); err != nil {
+		t.Fatal(err)
+	}
+	start := func(host string) {
+		// A short workflow task timeout: the SDK fails only a task's first attempt and lets the others time out.
+		run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: types.HostMonitorID(host), TaskQueue: queue,
+			WorkflowTaskTimeout: time.Second}, types.HostMonitorWorkflow)
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitForStatus(t, ctx, func() bool { return historyHas(ctx, c, run.GetID(), enumspb.EVENT_TYPE_ACTIVITY_TASK_COMPLETED) })
+	}
+	start("hv1")
+	start("hv2")
+	old.Stop()
+
+	reg := prometheus.NewRegistry()
+	handler, flush := monitoring.SDKMetrics(reg, logger)
+	defer flush.Close()
+	nc := ts.NewClientWithOptions(client.Options{MetricsHandler: handler})
+	defer nc.Close()
+	upgraded := worker.New(nc, queue, worker.Options{})
+	register(upgraded, "Upgraded")
+	if err := upgraded.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer upgraded.Stop()
+	if err := c.SignalWorkflow(ctx, types.HostMonitorID("hv1"), "", "wake", nil); err != nil {
+		t.Fatal(err)
+	}
+
+	s := Starter{Client: c, Out: io.Discard}
+	var stuck *StuckTask
+	waitForStatus(t, ctx, func() bool {
+		var err error
+		stuck, err = s.StuckTask(ctx, types.HostMonitorID("hv1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return stuck != nil
+	})
+	if stuck.Cause != enumspb.WORKFLOW_TASK_FAILED_CAUSE_NON_DETERMINISTIC_ERROR || !strings.Contains(stuck.Message, "TMPRL1100") {
+		t.Errorf("stuck task: cause %s, message %q; want a non-determinism error (TMPRL1100)", stuck.Cause, stuck.Message)
+	}
+	h := StatusHost{HostRow: HostRow{Name: "hv1", State: types.HostHealthy}}
+	s.queryMonitor(ctx, &h)
+	if h.Stuck == nil || h.QueryError != "" {
+		t.Fatalf("queryMonitor: stuck %+v, query error %q; want the stuck task", h.Stuck, h.QueryError)
+	}
+	st := ClusterStatus{At: time.Now(), Hosts: []StatusHost{h}}
+	if a := strings.Join(Attention(st), "\n"); !strings.Contains(a, "workflow code cannot replay this monitor's history") {
+		t.Errorf("NEEDS A PERSON says %q, want the replay failure", a)
+	}
+	// hv2's monitor had no new workflow task: nothing the upgraded worker had to replay yet.
+	if other, err := s.StuckTask(ctx, types.HostMonitorID("hv2")); err != nil || other != nil {
+		t.Errorf("hv2: stuck %+v (error %v), want a monitor that makes progress", other, err)
+	}
+
+	waitForStatus(t, ctx, func() bool {
+		return counted(t, reg, "temporal_workflow_task_execution_failed_total", map[string]string{
+			"failure_reason": "NonDeterminismError", "workflow_type": types.HostMonitorWorkflow, "task_queue": queue}) >= 2
+	})
+}
+
+// waitForStatus polls cond until it holds or ctx ends.
+func waitForStatus(t *testing.T, ctx context.Context, cond func() bool) {
+	t.Helper()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("gave up waiting: %v", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func historyHas(ctx context.Context, c client.Client, id string, want enumspb.EventType) bool {
+	it := c.GetWorkflowHistory(ctx, id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	for it.HasNext() {
+		e, err := it.Next()
+		if err != nil {
+			return false
+		}
+		if e.GetEventType() == want {
+			return true
+		}
+	}
+	return false
+}
+
+// counted sums the counter name's series in reg that carry every label of want.
+func counted(t *testing.T, reg *prometheus.Registry, name string, want map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			match := true
+			for k, v := range want {
+				match = match && labels[k] == v
+			}
+			if match {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
 }

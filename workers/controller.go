@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
+	sdklog "go.temporal.io/sdk/log"
 	"go.temporal.io/sdk/worker"
 
 	"vmha/activities"
@@ -25,15 +26,26 @@ import (
 	"vmha/activities/heartbeat"
 	"vmha/activities/notify"
 	"vmha/infra/config"
+	"vmha/infra/monitoring"
 	"vmha/types"
 	"vmha/workflows"
 )
 
 // RunController serves the controller task queue until ctx ends: every workflow, and the activities that probe
-// hosts, fence them, place VMs and tell users. It also serves /metrics on MetricsAddr.
+// hosts, fence them, place VMs and tell users. It also serves /metrics on MetricsAddr: vmha's own metrics and the
+// Temporal SDK's, whose workflow task failures are the only sign of a workflow the workers cannot replay.
 func RunController(ctx context.Context, s config.Settings, c client.Client, logger *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	sdkMetrics, sdkMetricsFlush := monitoring.SDKMetrics(reg, logger)
+	defer sdkMetricsFlush.Close()
+	// The SDK takes its metrics handler from the client: this one shares c's connection.
+	c, err := client.NewClientFromExistingWithContext(ctx, c, client.Options{Namespace: s.Namespace,
+		Logger: sdklog.NewStructuredLogger(logger), MetricsHandler: sdkMetrics})
+	if err != nil {
+		return fmt.Errorf("temporal client with SDK metrics (namespace %s): %w", s.Namespace, err)
+	}
+	defer c.Close()
 	notifier, err := notify.New(notify.Options{WebhookURL: s.WebhookURL, WebhookSecret: s.WebhookSecret, Logger: logger, Registry: reg})
 	if err != nil {
 		return fmt.Errorf("notifier: %w", err)

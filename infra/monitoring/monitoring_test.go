@@ -1,6 +1,3 @@
-// Package monitoring holds vmha's Prometheus alert rules and Grafana dashboard (vmha-alerts.yml,
-// vmha-dashboard.json); this test keeps both in step with the metrics activities/notify registers. promtool checks
-// and unit-tests the rules themselves (make alerts).
 package monitoring
 
 import (
