@@ -8,6 +8,15 @@
 // It is a measurement, not a test: nothing here asserts a speed. Run it with
 //
 //	go run ./tests/bench -hosts 100,1000,5000 -window 60s -vms 50 -concurrency 8,16,50 -reps 3
+//
+// the steady state on the production topology (PostgreSQL and three cluster nodes; VMHA_BIN names a built vmha,
+// else it is built) with
+//
+//	go run ./tests/bench -topology cluster -hosts 100,1000 -window 60s -vms 0
+//
+// and the payloads of a recovery among many healthy hosts (issue 10) with
+//
+//	go run ./tests/bench -hosts= -candidates 100,1000 -candidate-vms 40 -vms 50 -concurrency 16 -reps 1
 package main
 
 import (
@@ -41,10 +50,14 @@ func run() error {
 		hostsFlag   = flag.String("hosts", "100,1000,5000", "steady state: host counts to measure (empty: skip)")
 		window      = flag.Duration("window", 60*time.Second, "steady state: how long to watch once all hosts are healthy")
 		settle      = flag.Duration("settle", 5*time.Minute, "steady state: how long to wait for every host to become healthy")
+		topo        = flag.String("topology", topologyEmbedded, "steady state: the Temporal measured, embedded (SQLite, in this process) or cluster (3 vmha server nodes on PostgreSQL, mTLS)")
 		slots       = flag.Int("activity-slots", 0, "steady state: host watches per controller (0: VMHA_MAX_WATCHES, as vmha runs it)")
 		vms         = flag.Int("vms", 50, "recovery: HA VMs on the failed host (0: skip)")
 		concurrency = flag.String("concurrency", "8,16,50", "recovery: RECOVERY_CONCURRENCY values to measure")
 		reps        = flag.Int("reps", 3, "recovery: repetitions per concurrency")
+		candidates  = flag.String("candidates", "", "payloads: healthy stand-in hosts besides the 2 targets, one run per count (empty: skip), e.g. 100,1000")
+		candVMs     = flag.Int("candidate-vms", 40, "payloads: VMs each stand-in host runs")
+		recTimeout  = flag.Duration("recovery-timeout", 5*time.Minute, "payloads: how long one recovery may take")
 		verbose     = flag.Bool("v", false, "log progress at debug level")
 	)
 	flag.Parse()
@@ -59,6 +72,9 @@ func run() error {
 	if *role == roleController {
 		return runControllerChild(ctx, *slots, logger)
 	}
+	if *topo != topologyEmbedded && *topo != topologyCluster {
+		return fmt.Errorf("-topology %q: want %s or %s", *topo, topologyEmbedded, topologyCluster)
+	}
 	hosts, err := ints(*hostsFlag)
 	if err != nil {
 		return fmt.Errorf("-hosts: %w", err)
@@ -66,6 +82,10 @@ func run() error {
 	concs, err := ints(*concurrency)
 	if err != nil {
 		return fmt.Errorf("-concurrency: %w", err)
+	}
+	cands, err := ints(*candidates)
+	if err != nil {
+		return fmt.Errorf("-candidates: %w", err)
 	}
 	exe, err := os.Executable()
 	if err != nil {
@@ -79,13 +99,28 @@ func run() error {
 		var rows []steadyRow
 		for _, n := range hosts {
 			logger.Info("steady state", "hosts", n, "window", *window)
-			row, err := runSteady(ctx, steadyConfig{Hosts: n, Window: *window, Settle: *settle, Slots: *slots, Exe: exe}, logger)
+			row, err := runSteady(ctx, steadyConfig{Topology: *topo, Hosts: n, Window: *window, Settle: *settle, Slots: *slots, Exe: exe}, logger)
 			if err != nil {
 				return fmt.Errorf("steady state with %d hosts: %w", n, err)
 			}
 			rows = append(rows, row)
 		}
 		printSteady(out, rows, *window)
+	}
+	if len(cands) > 0 && *vms > 0 && len(concs) > 0 {
+		var rows []payloadRow
+		for _, n := range cands {
+			logger.Info("payloads", "candidates", n, "vms", *vms, "concurrency", concs[0], "reps", *reps)
+			got, err := runPayload(ctx, payloadConfig{Candidates: n, CandidateVMs: *candVMs, VMs: *vms, Concurrency: concs[0],
+				Reps: *reps, Timeout: *recTimeout}, logger)
+			rows = append(rows, got...)
+			if err != nil {
+				printPayload(out, rows)
+				return fmt.Errorf("payloads with %d candidate hosts: %w", n, err)
+			}
+		}
+		printPayload(out, rows)
+		return nil
 	}
 	if *vms > 0 && len(concs) > 0 {
 		logger.Info("recovery", "vms", *vms, "concurrency", concs, "reps", *reps)

@@ -120,7 +120,7 @@ func runRecovery(ctx context.Context, cfg recoveryConfig, logger *slog.Logger) (
 		row := recoveryRow{Concurrency: conc, Placed: map[string]int{}}
 		for range cfg.Reps {
 			incident++
-			took, placed, err := recoverOnce(ctx, srv.client, cat, hosts, cfg.VMs, incident, share)
+			took, placed, _, err := recoverOnce(ctx, srv.client, cat, hosts, cfg.VMs, incident, share)
 			if err != nil {
 				return rows, fmt.Errorf("concurrency %d, incident %d: %w", conc, incident, err)
 			}
@@ -202,8 +202,9 @@ func (h *simHost) stop() {
 }
 
 // recoverOnce records vms HA VMs owned by the failed host in the catalog, runs HostRecovery for it as the monitor
-// does once death is confirmed, checks that every VM runs on a target, then removes them again.
-func recoverOnce(ctx context.Context, c client.Client, cat *catalog.Dir, hosts map[string]*simHost, vms, incident int, share string) (time.Duration, map[string]int, error) {
+// does once death is confirmed, checks that every VM runs on a target, then removes them again. It returns the
+// VMs' UUIDs, which name their RecoverVM workflows, even when the recovery failed.
+func recoverOnce(ctx context.Context, c client.Client, cat *catalog.Dir, hosts map[string]*simHost, vms, incident int, share string) (time.Duration, map[string]int, []string, error) {
 	ids := make([]string, vms)
 	for i := range ids {
 		ids[i] = uuid.NewString()
@@ -212,17 +213,17 @@ func recoverOnce(ctx context.Context, c client.Client, cat *catalog.Dir, hosts m
 			DiskPath: filepath.Join(share, "disks", name+".qcow2"), DiskFormat: "qcow2", DomainType: "qemu",
 			Policy: types.HAPolicy{Enabled: true, Priority: i % 3}})
 		if err != nil {
-			return 0, nil, err
+			return 0, nil, ids, err
 		}
 		// The test driver only runs domains of its own type.
 		xml = strings.Replace(xml, `<domain type="qemu">`, `<domain type="test">`, 1)
 		rec, err := domainxml.Parse(xml)
 		if err != nil {
-			return 0, nil, err
+			return 0, nil, ids, err
 		}
 		rec.Owner, rec.Generation, rec.UpdatedAt = failedHost, 1, time.Now().UTC()
 		if err := cat.Put(ctx, activities.CatalogEntry{VMRecord: rec, XML: xml}); err != nil {
-			return 0, nil, err
+			return 0, nil, ids, err
 		}
 	}
 
@@ -232,11 +233,11 @@ func recoverOnce(ctx context.Context, c client.Client, cat *catalog.Dir, hosts m
 		WorkflowExecutionErrorWhenAlreadyStarted: true,
 	}, types.HostRecoveryWorkflow, workflows.HostRecoveryInput{Host: failedHost, Incident: fmt.Sprint("bench-", incident), Round: 1, Cause: "bench", DeclaredAt: began})
 	if err != nil {
-		return 0, nil, fmt.Errorf("start recovery: %w", err)
+		return 0, nil, ids, fmt.Errorf("start recovery: %w", err)
 	}
 	var res types.RecoveryResult
 	if err := run.Get(ctx, &res); err != nil {
-		return 0, nil, fmt.Errorf("recovery %s: %w", run.GetID(), err)
+		return time.Since(began), nil, ids, fmt.Errorf("recovery %s: %w", run.GetID(), err)
 	}
 	took := time.Since(began)
 
@@ -258,9 +259,9 @@ func recoverOnce(ctx context.Context, c client.Client, cat *catalog.Dir, hosts m
 		problems = append(problems, fmt.Sprintf("%d outcomes for %d VMs", len(res.Outcomes), vms))
 	}
 	if len(problems) > 0 {
-		return took, placed, errors.New(strings.Join(problems, "; "))
+		return took, placed, ids, errors.New(strings.Join(problems, "; "))
 	}
-	return took, placed, cleanUp(ctx, cat, hosts, res.Outcomes)
+	return took, placed, ids, cleanUp(ctx, cat, hosts, res.Outcomes)
 }
 
 // cleanUp removes a run's VMs so that every repetition starts from the same empty targets.

@@ -1,0 +1,267 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/sdk/client"
+	"google.golang.org/protobuf/proto"
+
+	"vmha/activities/catalog"
+	"vmha/activities/heartbeat"
+	"vmha/infra/config"
+	"vmha/types"
+)
+
+// payloadConfig is a recovery among many healthy hosts: how large do its inputs, results, updates and histories get?
+type payloadConfig struct {
+	// Candidates stand-in hosts, each running CandidateVMs VMs, besides the two real targets.
+	Candidates   int
+	CandidateVMs int
+	VMs          int
+	Concurrency  int
+	Reps         int
+	// Timeout bounds each recovery: a payload over Temporal's limit may fail it only after every retry.
+	Timeout time.Duration
+}
+
+// payloadRow is one recovery's size measurements.
+type payloadRow struct {
+	Candidates, CandidateVMs, VMs int
+	Took                          time.Duration
+	Err                           string
+	HostRecovery, RecoverVM       historyUse
+	// Scheduler is the scheduler's history as the recovery left it; SchedulerGrowth what the recovery added.
+	Scheduler       historyUse
+	SchedulerGrowth int64
+}
+
+// historyUse is a workflow's history: its size (the events' encoded sizes summed) and its largest event, which
+// holds the largest input, result or update of the workflow. For RecoverVM, the largest over the round's VMs.
+type historyUse struct {
+	Found       int
+	Bytes       int64
+	Events      int
+	Largest     int
+	LargestType string
+}
+
+func (h *historyUse) max(o historyUse) {
+	h.Found += o.Found
+	h.Bytes, h.Events = max(h.Bytes, o.Bytes), max(h.Events, o.Events)
+	if o.Largest > h.Largest {
+		h.Largest, h.LargestType = o.Largest, o.LargestType
+	}
+}
+
+// standInStats is what a stand-in host's heartbeat carries: running vms VMs of 2 vCPUs and 2 GiB each, 60% busy,
+// so that the two real targets (idle) win every placement while each stand-in is weighed in full.
+func standInStats(host string, running []string) func() *types.HostStats {
+	return func() *types.HostStats {
+		used := int64(len(running)) * 2048
+		return &types.HostStats{Host: host, CPULoad: 0.6, CPUs: nodeCPUs, MemoryTotalMiB: nodeMemoryMiB,
+			MemoryFreeMiB: nodeMemoryMiB - used, VCPUsAllocated: 2 * len(running), MemoryAllocatedMiB: used,
+			AntiAffinityGroups: []string{"web", "db"}, Running: running, SharedStorageOK: true, SampledAt: time.Now().UTC()}
+	}
+}
+
+// runPayload starts the server, the two real targets (libvirt test driver), cfg.Candidates stand-in hosts (a
+// monitor, a poller on its task queue so its worker counts as alive, and a storage heartbeat carrying the stats
+// of cfg.CandidateVMs running VMs), waits until every host is healthy, then recovers a host of cfg.VMs VMs and
+// measures the histories.
+func runPayload(ctx context.Context, cfg payloadConfig, logger *slog.Logger) (rows []payloadRow, err error) {
+	srv, err := startServer(ctx, logger)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { err = errors.Join(err, srv.stop()) }()
+	share := filepath.Join(srv.dir, "share")
+	if err := os.MkdirAll(share, 0o755); err != nil {
+		return nil, err
+	}
+	if _, _, err := catalog.Init(ctx, share, 5*time.Second); err != nil {
+		return nil, err
+	}
+	cat := catalog.New(share, 5*time.Second)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	hosts := map[string]*simHost{}
+	for _, name := range targetHosts {
+		h, err := startSimHost(ctx, srv, name, share)
+		if err != nil {
+			return nil, err
+		}
+		hosts[name] = h
+		defer h.stop()
+	}
+	s, err := config.Load()
+	if err != nil {
+		return nil, err
+	}
+	// The controller reads the stand-ins' heartbeats (renewed every 2 s, like their stats) from the bench's share.
+	s.SharePath, s.HeartbeatStoppedAfter = share, 10*time.Second
+	if err := os.Setenv(passwordEnv, "bench"); err != nil {
+		return nil, err
+	}
+	w, ctrl := controllerWorker(srv.client, s, 0, quiet())
+	if err := w.Start(); err != nil {
+		return nil, fmt.Errorf("start controller worker: %w", err)
+	}
+	defer w.Stop()
+	ctrl.Policy.RecoveryConcurrency = cfg.Concurrency
+
+	target, err := listenProbeTarget()
+	if err != nil {
+		return nil, err
+	}
+	defer target.close()
+	var background sync.WaitGroup
+	defer background.Wait()
+	defer cancel()
+	var rejects atomic.Int64
+	specs := make([]types.HostSpec, 0, cfg.Candidates+len(targetHosts))
+	for _, name := range targetHosts {
+		specs = append(specs, hostSpec(name, target.port()))
+	}
+	for i := range cfg.Candidates {
+		name := fmt.Sprintf("cand%05d", i+1)
+		specs = append(specs, hostSpec(name, target.port()))
+		running := make([]string, cfg.CandidateVMs)
+		for j := range running {
+			running[j] = fmt.Sprintf("%08d-0000-4000-8000-%012d", i+1, j+1)
+		}
+		beat := &heartbeat.Writer{Root: share, Host: name, Interval: 2 * time.Second, Timeout: 5 * time.Second,
+			Stats: standInStats(name, running), Logger: quiet()}
+		background.Add(2)
+		go func() { defer background.Done(); beat.Run(ctx) }()
+		go func() { defer background.Done(); pollAsHost(ctx, srv.client, name, &rejects) }()
+	}
+	began := time.Now()
+	if err := parallel(ctx, len(specs), 16, func(i int) error { return upsertPatiently(ctx, ctrl.UpsertMonitor, specs[i]) }); err != nil {
+		return nil, err
+	}
+	settled, healthy, err := waitHealthy(ctx, srv.client, int64(len(specs)), began, 5*time.Minute, logger)
+	if err != nil || healthy != int64(len(specs)) {
+		return nil, errors.Join(err, fmt.Errorf("%d of %d hosts healthy after 5 minutes", healthy, len(specs)))
+	}
+	logger.Info("all hosts healthy", "hosts", len(specs), "after", settled.Round(time.Second))
+
+	for rep := range cfg.Reps {
+		incident := rep + 1
+		row := payloadRow{Candidates: cfg.Candidates, CandidateVMs: cfg.CandidateVMs, VMs: cfg.VMs}
+		schedBefore, err := measureHistory(ctx, srv.client, types.SchedulerWorkflowID)
+		if err != nil {
+			return rows, err
+		}
+		rctx, rcancel := context.WithTimeout(ctx, cfg.Timeout)
+		took, _, ids, rerr := recoverOnce(rctx, srv.client, cat, hosts, cfg.VMs, incident, share)
+		rcancel()
+		row.Took = took
+		if rerr != nil {
+			row.Err = rerr.Error()
+			logger.Warn("recovery failed", "candidates", cfg.Candidates, "error", rerr)
+		}
+		round := fmt.Sprint("bench-", incident)
+		if row.HostRecovery, err = measureHistory(ctx, srv.client, types.HostRecoveryID(failedHost, round, 1)); err != nil {
+			return rows, err
+		}
+		for _, id := range ids {
+			h, err := measureHistory(ctx, srv.client, types.RecoverVMID(failedHost, round, 1, id))
+			if err != nil {
+				return rows, err
+			}
+			row.RecoverVM.max(h)
+		}
+		if row.Scheduler, err = measureHistory(ctx, srv.client, types.SchedulerWorkflowID); err != nil {
+			return rows, err
+		}
+		row.SchedulerGrowth = row.Scheduler.Bytes - schedBefore.Bytes
+		logger.Info("payloads", "candidates", cfg.Candidates, "took", took.Round(time.Millisecond),
+			"hostrecovery_bytes", row.HostRecovery.Bytes, "largest_event", row.HostRecovery.Largest, "error", row.Err)
+		rows = append(rows, row)
+	}
+	return rows, nil
+}
+
+// upsertPatiently starts a host's monitor, trying again for a minute: on a machine shared with other work the
+// embedded server may time out while a thousand monitors start.
+func upsertPatiently(ctx context.Context, upsert func(context.Context, types.HostSpec) error, spec types.HostSpec) error {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		err := upsert(ctx, spec)
+		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
+			return err
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// measureHistory reads a workflow's current run; a workflow that never started measures zero.
+func measureHistory(ctx context.Context, c client.Client, id string) (historyUse, error) {
+	var h historyUse
+	it := c.GetWorkflowHistory(ctx, id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	for it.HasNext() {
+		e, err := it.Next()
+		var notFound *serviceerror.NotFound
+		if errors.As(err, &notFound) {
+			return historyUse{}, nil
+		}
+		if err != nil {
+			return h, fmt.Errorf("history of %s: %w", id, err)
+		}
+		size := proto.Size(e)
+		h.Bytes += int64(size)
+		h.Events++
+		if size > h.Largest {
+			h.Largest, h.LargestType = size, strings.TrimPrefix(e.GetEventType().String(), "EVENT_TYPE_")
+		}
+	}
+	h.Found = 1
+	return h, nil
+}
+
+func printPayload(w io.Writer, rows []payloadRow) {
+	fmt.Fprintln(w, "### Payloads and histories of a host recovery among many healthy hosts (libvirt test driver for the 2 targets, stand-ins for the others)")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| healthy hosts (VMs each) | VMs recovered | took | outcome | HostRecovery history (events) | its largest event | RecoverVM history, largest of the round | its largest event | Scheduler history added | Scheduler's largest event |")
+	fmt.Fprintln(w, "|---:|---:|---:|---|---:|---|---:|---|---:|---|")
+	for _, r := range rows {
+		outcome := "all running"
+		if r.Err != "" {
+			outcome = "failed: " + shorten(r.Err, 160)
+		}
+		fmt.Fprintf(w, "| %d + 2 (%d) | %d | %s | %s | %s (%d) | %s %s | %s (%d) | %s %s | %s | %s %s |\n",
+			r.Candidates, r.CandidateVMs, r.VMs, round(r.Took), outcome,
+			kb(r.HostRecovery.Bytes), r.HostRecovery.Events, kb(int64(r.HostRecovery.Largest)), r.HostRecovery.LargestType,
+			kb(r.RecoverVM.Bytes), r.RecoverVM.Events, kb(int64(r.RecoverVM.Largest)), r.RecoverVM.LargestType,
+			kb(r.SchedulerGrowth), kb(int64(r.Scheduler.Largest)), r.Scheduler.LargestType)
+	}
+	fmt.Fprintln(w)
+}
+
+func kb(b int64) string {
+	if b >= 1<<20 {
+		return fmt.Sprintf("%.2f MB", float64(b)/(1<<20))
+	}
+	return fmt.Sprintf("%.1f KB", float64(b)/1024)
+}
+
+func shorten(s string, n int) string {
+	s = strings.ReplaceAll(s, "|", "/")
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
