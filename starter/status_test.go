@@ -326,7 +326,8 @@ func TestStatusFindsAMonitorThatCannotReplay(t *testing.T) {
 
 	waitForStatus(t, ctx, func() bool {
 		return counted(t, reg, "temporal_workflow_task_execution_failed_total", map[string]string{
-			"failure_reason": "NonDeterminismError", "workflow_type": types.HostMonitorWorkflow, "task_queue": queue}) >= 2
+			"failure_reason": "NonDeterminismError", "workflow_type": types.HostMonitorWorkflow, "task_queue": queue,
+			"namespace": ts.GetDefaultNamespace()}) >= 2
 	})
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"regexp"
 	"slices"
@@ -26,12 +27,20 @@ type family struct {
 }
 
 // exported reads the metric families from a registry that notify.New filled, after one event of each kind so that
-// every vector has a child to gather.
+// every vector has a child to gather, and that SDKMetrics filled with the Temporal SDK metric the rules read.
 func exported(t *testing.T) map[string]family {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	n, err := notify.New(notify.Options{Registry: reg})
 	if err != nil {
+		t.Fatal(err)
+	}
+	sdk, flush := SDKMetrics(reg, slog.New(slog.DiscardHandler))
+	// The name and tags the SDK gives a failed workflow task (go.temporal.io/sdk/internal/common/metrics, not
+	// importable): starter's TestStatusFindsAMonitorThatCannotReplay checks that a real worker's failure carries them.
+	sdk.WithTags(map[string]string{"namespace": "vmha", "task_queue": "vmha-controller", "workflow_type": "HostMonitor",
+		"failure_reason": "NonDeterminismError"}).Counter("temporal_workflow_task_execution_failed").Inc(1)
+	if err := flush.Close(); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Now()
@@ -60,19 +69,19 @@ func exported(t *testing.T) map[string]family {
 		}
 		out[mf.GetName()] = f
 	}
-	if len(out) < 6 {
-		t.Fatalf("the registry holds %d metric families, want notify's 6 at least: %v", len(out), out)
+	if len(out) < 7 {
+		t.Fatalf("the registry holds %d metric families, want notify's 6 and the SDK's at least: %v", len(out), out)
 	}
 	return out
 }
 
 var (
-	metricName = regexp.MustCompile(`\bvmha_[a-zA-Z0-9_:]*`)
+	metricName = regexp.MustCompile(`\b(?:vmha|temporal)_[a-zA-Z0-9_:]*`)
 	matcher    = regexp.MustCompile(`^\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"(?:[^"\\]|\\.)*"\s*$`)
 	upOfVmha   = regexp.MustCompile(`\bup\{job="vmha"\}`)
 )
 
-// checkExpr says what is wrong with a PromQL expression: a vmha_ name notify does not register (histograms also as
+// checkExpr says what is wrong with a PromQL expression: a vmha_ (or temporal_) name vmha does not register (histograms also as
 // _bucket, _count and _sum), a label that metric does not have, or no vmha metric at all (up{job="vmha"} counts).
 func checkExpr(expr string, fams map[string]family) []string {
 	var problems []string
@@ -298,7 +307,8 @@ func TestAlertRules(t *testing.T) {
 			t.Errorf("no alert rule names host state %q", s)
 		}
 	}
-	for _, want := range []string{"VmhaVMNotRecovered", "VmhaVMRecoverySlow", "VmhaControllerDown", "VmhaHypervisorWorkerGone"} {
+	for _, want := range []string{"VmhaVMNotRecovered", "VmhaVMRecoverySlow", "VmhaControllerDown", "VmhaHypervisorWorkerGone",
+		"VmhaWorkflowCannotReplay"} {
 		if !slices.Contains(alerts, want) {
 			t.Errorf("no alert %s (have %v)", want, alerts)
 		}
@@ -309,13 +319,16 @@ func TestAlertRules(t *testing.T) {
 func TestCheckExprCatches(t *testing.T) {
 	fams := exported(t)
 	for expr, want := range map[string]string{
-		`vmha_host_states{state="dead"}`:              "not a metric vmha exports",
-		`vmha_host_state{status="dead"}`:              `has no label "status"`,
-		`rate(vmha_vm_recoveries_total_count[5m])`:    "not a metric vmha exports",
-		`vmha_host_state_bucket`:                      "not a metric vmha exports",
-		`up{job="node"}`:                              "names no vmha metric",
-		`sum(vmha_vm_recovery_seconds_sum{le="1"})`:   `has no label "le"`,
-		`vmha_host_state{host="a,b",state=~"x|y",bad`: "unclosed",
+		`vmha_host_states{state="dead"}`:           "not a metric vmha exports",
+		`vmha_host_state{status="dead"}`:           `has no label "status"`,
+		`rate(vmha_vm_recoveries_total_count[5m])`: "not a metric vmha exports",
+		`vmha_host_state_bucket`:                   "not a metric vmha exports",
+		`up{job="node"}`:                           "names no vmha metric",
+		// The SDK's counters end in _total here (SDKMetrics), and the reason is failure_reason.
+		`temporal_workflow_task_execution_failed{failure_reason="NonDeterminismError"}`: "not a metric vmha exports",
+		`temporal_workflow_task_execution_failed_total{reason="NonDeterminismError"}`:   `has no label "reason"`,
+		`sum(vmha_vm_recovery_seconds_sum{le="1"})`:                                     `has no label "le"`,
+		`vmha_host_state{host="a,b",state=~"x|y",bad`:                                   "unclosed",
 	} {
 		problems := checkExpr(expr, fams)
 		if !strings.Contains(strings.Join(problems, "; "), want) {
