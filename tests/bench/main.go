@@ -17,6 +17,10 @@
 // and the payloads of a recovery among many healthy hosts (issue 10) with
 //
 //	go run ./tests/bench -hosts= -candidates 100,1000 -candidate-vms 40 -vms 50 -concurrency 16 -reps 1
+//
+// and a mass recovery (20 of 40 hosts die at once with 1,000 HA VMs) with
+//
+//	go run ./tests/bench -hosts= -mass 40,20,1000 -concurrency 16 -reps 3 -recovery-timeout 10m
 package main
 
 import (
@@ -57,7 +61,8 @@ func run() error {
 		reps        = flag.Int("reps", 3, "recovery: repetitions per concurrency")
 		candidates  = flag.String("candidates", "", "payloads: healthy stand-in hosts besides the 2 targets, one run per count (empty: skip), e.g. 100,1000")
 		candVMs     = flag.Int("candidate-vms", 40, "payloads: VMs each stand-in host runs")
-		recTimeout  = flag.Duration("recovery-timeout", 5*time.Minute, "payloads: how long one recovery may take")
+		recTimeout  = flag.Duration("recovery-timeout", 5*time.Minute, "payloads and mass recovery: how long one recovery may take")
+		mass        = flag.String("mass", "", "mass recovery: HOSTS,DEAD,VMS, e.g. 40,20,1000 (empty: skip); -reps runs, the first -concurrency")
 		verbose     = flag.Bool("v", false, "log progress at debug level")
 	)
 	flag.Parse()
@@ -106,6 +111,20 @@ func run() error {
 			rows = append(rows, row)
 		}
 		printSteady(out, rows, *window)
+	}
+	if *mass != "" {
+		m, err := ints(*mass)
+		if err != nil || len(m) != 3 || m[1] >= m[0] || len(concs) == 0 {
+			return fmt.Errorf("-mass %q: want HOSTS,DEAD,VMS with fewer dead hosts than hosts (and a -concurrency)", *mass)
+		}
+		cfg := massConfig{Hosts: m[0], Dead: m[1], VMs: m[2], Concurrency: concs[0], Reps: *reps, Timeout: *recTimeout}
+		logger.Info("mass recovery", "hosts", cfg.Hosts, "dead", cfg.Dead, "vms", cfg.VMs, "concurrency", cfg.Concurrency, "reps", cfg.Reps)
+		rows, err := runMass(ctx, cfg, logger)
+		printMass(out, rows, cfg)
+		if err != nil {
+			return fmt.Errorf("mass recovery: %w", err)
+		}
+		return nil
 	}
 	if len(cands) > 0 && *vms > 0 && len(concs) > 0 {
 		var rows []payloadRow

@@ -207,22 +207,8 @@ func (h *simHost) stop() {
 func recoverOnce(ctx context.Context, c client.Client, cat *catalog.Dir, hosts map[string]*simHost, vms, incident int, share string) (time.Duration, map[string]int, []string, error) {
 	ids := make([]string, vms)
 	for i := range ids {
-		ids[i] = uuid.NewString()
-		name := fmt.Sprintf("i%d-vm%02d", incident, i+1)
-		xml, err := domainxml.Build(domainxml.Spec{Name: name, UUID: ids[i], VCPUs: 1, MemoryMiB: vmMemoryMiB,
-			DiskPath: filepath.Join(share, "disks", name+".qcow2"), DiskFormat: "qcow2", DomainType: "qemu",
-			Policy: types.HAPolicy{Enabled: true, Priority: i % 3}})
-		if err != nil {
-			return 0, nil, ids, err
-		}
-		// The test driver only runs domains of its own type.
-		xml = strings.Replace(xml, `<domain type="qemu">`, `<domain type="test">`, 1)
-		rec, err := domainxml.Parse(xml)
-		if err != nil {
-			return 0, nil, ids, err
-		}
-		rec.Owner, rec.Generation, rec.UpdatedAt = failedHost, 1, time.Now().UTC()
-		if err := cat.Put(ctx, activities.CatalogEntry{VMRecord: rec, XML: xml}); err != nil {
+		var err error
+		if ids[i], err = putVM(ctx, cat, share, failedHost, fmt.Sprintf("i%d-vm%02d", incident, i+1), i%3); err != nil {
 			return 0, nil, ids, err
 		}
 	}
@@ -262,6 +248,25 @@ func recoverOnce(ctx context.Context, c client.Client, cat *catalog.Dir, hosts m
 		return took, placed, ids, errors.New(strings.Join(problems, "; "))
 	}
 	return took, placed, ids, cleanUp(ctx, cat, hosts, res.Outcomes)
+}
+
+// putVM records an HA VM of 1 vCPU owned by owner in the catalog, as a test-driver domain, and returns its UUID.
+func putVM(ctx context.Context, cat *catalog.Dir, share, owner, name string, priority int) (string, error) {
+	id := uuid.NewString()
+	xml, err := domainxml.Build(domainxml.Spec{Name: name, UUID: id, VCPUs: 1, MemoryMiB: vmMemoryMiB,
+		DiskPath: filepath.Join(share, "disks", name+".qcow2"), DiskFormat: "qcow2", DomainType: "qemu",
+		Policy: types.HAPolicy{Enabled: true, Priority: priority}})
+	if err != nil {
+		return id, err
+	}
+	// The test driver only runs domains of its own type.
+	xml = strings.Replace(xml, `<domain type="qemu">`, `<domain type="test">`, 1)
+	rec, err := domainxml.Parse(xml)
+	if err != nil {
+		return id, err
+	}
+	rec.Owner, rec.Generation, rec.UpdatedAt = owner, 1, time.Now().UTC()
+	return id, cat.Put(ctx, activities.CatalogEntry{VMRecord: rec, XML: xml})
 }
 
 // cleanUp removes a run's VMs so that every repetition starts from the same empty targets.
