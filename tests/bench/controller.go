@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
 
 	"vmha/activities"
 	"vmha/infra/config"
+	"vmha/infra/temporalclient"
 	"vmha/types"
 	"vmha/workers"
 )
@@ -57,15 +59,18 @@ func (m *multiWorker) Stop() {
 }
 
 // runControllerChild is the controller process of a steady-state run: settings from VMHA_* (defaults unless the
-// parent set them), the server from VMHA_TEMPORAL_ADDRESS.
+// parent set them), the server from VMHA_TEMPORAL_ADDRESS and, for the cluster, VMHA_TLS_*.
 func runControllerChild(ctx context.Context, slots int, logger *slog.Logger) error {
 	s, err := config.Load()
 	if err != nil {
 		return err
 	}
-	c, err := client.Dial(client.Options{HostPort: s.TemporalAddress, Namespace: s.Namespace, Logger: sdkLogger(logger)})
+	// As vmha controller dials: VMHA_TLS_* (the cluster's controller certificate) when set. The SDK logs its
+	// warnings only.
+	c, err := temporalclient.Dial(ctx, s, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).
+		With("component", "sdk"))
 	if err != nil {
-		return fmt.Errorf("dial %s: %w", s.TemporalAddress, err)
+		return err
 	}
 	defer c.Close()
 	w, _ := controllerWorker(c, s, slots, logger)

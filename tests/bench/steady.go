@@ -26,16 +26,19 @@ import (
 )
 
 type steadyConfig struct {
-	Hosts  int
-	Window time.Duration
-	Settle time.Duration
-	Slots  int
-	Exe    string
+	// Topology is the Temporal measured: topologyEmbedded or topologyCluster.
+	Topology string
+	Hosts    int
+	Window   time.Duration
+	Settle   time.Duration
+	Slots    int
+	Exe      string
 }
 
 // steadyRow is one host count's measurements.
 type steadyRow struct {
-	Hosts int
+	Topology string
+	Hosts    int
 	// StartMonitors is how long the N SignalWithStart calls took (32 at a time).
 	StartMonitors time.Duration
 	// Settled is how long until every monitor was healthy; zero when they were not all healthy within Settle.
@@ -56,7 +59,13 @@ type steadyRow struct {
 	// DescribeFailures counts the controller's failed DescribeTaskQueue calls (its "describe task queue" warnings).
 	DescribeFailures int
 	Controller       procUse
-	Bench            procUse
+	// Bench is this process: the embedded server too with that topology, only the simulated hosts with the cluster.
+	Bench procUse
+	// Nodes are the cluster nodes and Postgres their PostgreSQL's processes together (cluster only).
+	Nodes    []procUse
+	Postgres procUse
+	// LoadStart and LoadEnd are the machine's one-minute load average when the window opened and closed.
+	LoadStart, LoadEnd float64
 }
 
 // procUse is a process's CPU over the window and its memory at the end.
@@ -64,15 +73,34 @@ type procUse struct {
 	CPUPercent float64
 	RSSMiB     float64
 	PeakMiB    float64
+	PSSMiB     float64
 }
 
 func use(a, b procSample) procUse {
-	return procUse{CPUPercent: cpuPercent(a, b), RSSMiB: float64(b.rssKiB) / 1024, PeakMiB: float64(b.hwmKiB) / 1024}
+	return procUse{CPUPercent: cpuPercent(a, b), RSSMiB: float64(b.rssKiB) / 1024, PeakMiB: float64(b.hwmKiB) / 1024,
+		PSSMiB: float64(b.pssKiB) / 1024}
+}
+
+// temporalSample samples the processes that serve Temporal apart from the bench: each cluster node, and
+// PostgreSQL's processes together. The embedded server has none.
+func temporalSample(be *backend) (nodes []procSample, pg procSample, err error) {
+	if be.postgresPort == "" {
+		return nil, pg, nil
+	}
+	for _, pid := range be.nodePIDs {
+		s, err := sampleProc(pid)
+		if err != nil {
+			return nil, pg, fmt.Errorf("cluster node: %w", err)
+		}
+		nodes = append(nodes, s)
+	}
+	pg, err = samplePostgres(be.postgresPort)
+	return nodes, pg, err
 }
 
 func runSteady(ctx context.Context, cfg steadyConfig, logger *slog.Logger) (row steadyRow, err error) {
-	row.Hosts = cfg.Hosts
-	srv, err := startServer(ctx, logger)
+	row.Hosts, row.Topology = cfg.Hosts, cfg.Topology
+	srv, err := startBackend(ctx, cfg.Topology, logger)
 	if err != nil {
 		return row, err
 	}
@@ -131,6 +159,11 @@ func runSteady(ctx context.Context, cfg steadyConfig, logger *slog.Logger) (row 
 	if err != nil {
 		return row, err
 	}
+	nodes0, pg0, err := temporalSample(srv)
+	if err != nil {
+		return row, err
+	}
+	row.LoadStart = loadAverage()
 	logger.Info("window opens", "hosts", cfg.Hosts, "healthy", row.HealthyAtStart, "events_per_host", row.StartupEvents)
 	select {
 	case <-ctx.Done():
@@ -144,6 +177,17 @@ func runSteady(ctx context.Context, cfg steadyConfig, logger *slog.Logger) (row 
 	bench1, err := sampleProc(os.Getpid())
 	if err != nil {
 		return row, err
+	}
+	nodes1, pg1, err := temporalSample(srv)
+	if err != nil {
+		return row, err
+	}
+	row.LoadEnd = loadAverage()
+	for i := range nodes1 {
+		row.Nodes = append(row.Nodes, use(nodes0[i], nodes1[i]))
+	}
+	if len(nodes1) > 0 {
+		row.Postgres = use(pg0, pg1)
 	}
 	row.PollRejects = rejects.Load()
 	after, err := historyOf(ctx, srv.client, specs)
@@ -163,15 +207,14 @@ func runSteady(ctx context.Context, cfg steadyConfig, logger *slog.Logger) (row 
 }
 
 // startControllerChild runs this binary as the controller worker, with vmha's default settings.
-func startControllerChild(cfg steadyConfig, srv *server) (*exec.Cmd, string, error) {
+func startControllerChild(cfg steadyConfig, srv *backend) (*exec.Cmd, string, error) {
 	logPath := filepath.Join(srv.dir, "controller.log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return nil, "", fmt.Errorf("controller log: %w", err)
 	}
 	cmd := exec.Command(cfg.Exe, "-role="+roleController, fmt.Sprintf("-activity-slots=%d", cfg.Slots))
-	cmd.Env = append(os.Environ(),
-		"VMHA_TEMPORAL_ADDRESS="+srv.srv.FrontendAddress(), "VMHA_NAMESPACE="+namespace, passwordEnv+"=bench")
+	cmd.Env = append(append(os.Environ(), srv.childEnv...), "VMHA_NAMESPACE="+namespace, passwordEnv+"=bench")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
@@ -329,19 +372,53 @@ func countLines(path, substr string) int {
 }
 
 func printSteady(w io.Writer, rows []steadyRow, window time.Duration) {
-	fmt.Fprintf(w, "### Steady state (window %s after all hosts healthy; controller = child process running the controller worker)\n\n", window)
-	fmt.Fprintln(w, "| hosts | start monitors | all healthy after | healthy at start/end of window | history events/host at start | events in window | events/host/hour | watch retries in window | watches scheduled, not started | controller CPU (% of 1 core) | controller RSS (peak) MiB | server+simulated hosts CPU (% of 1 core) | server+simulated hosts RSS MiB | refused host polls in window | failed DescribeTaskQueue (whole run) |")
-	fmt.Fprintln(w, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	for _, topo := range []string{topologyEmbedded, topologyCluster} {
+		var these []steadyRow
+		for _, r := range rows {
+			if r.Topology == topo {
+				these = append(these, r)
+			}
+		}
+		if len(these) > 0 {
+			printSteadyTable(w, topo, these, window)
+		}
+	}
+}
+
+func printSteadyTable(w io.Writer, topo string, rows []steadyRow, window time.Duration) {
+	header := "| hosts | start monitors | all healthy after | healthy at start/end of window | history events/host at start | events in window | events/host/hour | watch retries in window | watches scheduled, not started | controller CPU (% of 1 core) | controller RSS (peak) MiB | "
+	align := "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+	if topo == topologyCluster {
+		fmt.Fprintf(w, "### Steady state on the cluster (window %s after all hosts healthy; controller = child process running the controller worker; 3 vmha server nodes on PostgreSQL)\n\n", window)
+		header += "bench: simulated hosts CPU (% of 1 core) | bench: simulated hosts RSS MiB | refused host polls in window | failed DescribeTaskQueue (whole run) | nodes CPU (% of 1 core) | nodes RSS MiB | PostgreSQL CPU (% of 1 core) | PostgreSQL RSS sum (PSS sum) MiB | load (1 min) at start / end |"
+		align += "---:|---:|---:|---:|---:|"
+	} else {
+		fmt.Fprintf(w, "### Steady state (window %s after all hosts healthy; controller = child process running the controller worker)\n\n", window)
+		header += "server+simulated hosts CPU (% of 1 core) | server+simulated hosts RSS MiB | refused host polls in window | failed DescribeTaskQueue (whole run) | load (1 min) at start / end |"
+		align += "---:|"
+	}
+	fmt.Fprintln(w, header)
+	fmt.Fprintln(w, align)
 	for _, r := range rows {
 		settled := "not within settle"
 		if r.Settled > 0 {
 			settled = r.Settled.Round(100 * time.Millisecond).String()
 		}
 		perHour := float64(r.WindowEvents) / float64(r.Hosts) / window.Hours()
-		fmt.Fprintf(w, "| %d | %s | %s | %d / %d | %.1f | %d | %.2f | %d | %d | %.1f | %.0f (%.0f) | %.1f | %.0f | %d | %d |\n",
+		fmt.Fprintf(w, "| %d | %s | %s | %d / %d | %.1f | %d | %.2f | %d | %d | %.1f | %.0f (%.0f) | %.1f | %.0f | %d | %d |",
 			r.Hosts, r.StartMonitors.Round(100*time.Millisecond), settled, r.HealthyAtStart, r.HealthyAtEnd, r.StartupEvents,
 			r.WindowEvents, perHour, r.WatchRetries, r.NotStarted, r.Controller.CPUPercent, r.Controller.RSSMiB, r.Controller.PeakMiB,
 			r.Bench.CPUPercent, r.Bench.RSSMiB, r.PollRejects, r.DescribeFailures)
+		if topo == topologyCluster {
+			var cpu, rss []string
+			for _, n := range r.Nodes {
+				cpu = append(cpu, fmt.Sprintf("%.1f", n.CPUPercent))
+				rss = append(rss, fmt.Sprintf("%.0f", n.RSSMiB))
+			}
+			fmt.Fprintf(w, " %s | %s | %.1f | %.0f (%.0f) |", strings.Join(cpu, " / "), strings.Join(rss, " / "),
+				r.Postgres.CPUPercent, r.Postgres.RSSMiB, r.Postgres.PSSMiB)
+		}
+		fmt.Fprintf(w, " %.1f / %.1f |\n", r.LoadStart, r.LoadEnd)
 	}
 	fmt.Fprintln(w)
 }
