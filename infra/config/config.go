@@ -41,7 +41,7 @@ type Settings struct {
 	Persistence             string `envconfig:"PERSISTENCE" default:"sqlite" desc:"vmha server's Temporal: sqlite (one machine, file in DATA_DIR) or postgres (a node of a Temporal cluster on PostgreSQL)"`
 	ClusterBroadcastAddress string `envconfig:"CLUSTER_BROADCAST_ADDRESS" desc:"postgres: the IP the other nodes reach this one on (default: the host of TEMPORAL_ADDRESS; required when that is 0.0.0.0)"`
 	HistoryShards           int32  `envconfig:"HISTORY_SHARDS" default:"16" desc:"postgres: Temporal history shards, fixed when the cluster first starts"`
-	PostgresAddress         string `envconfig:"POSTGRES_ADDRESS" default:"127.0.0.1:5432" desc:"postgres: host:port of PostgreSQL"`
+	PostgresAddress         string `envconfig:"POSTGRES_ADDRESS" default:"127.0.0.1:5432" desc:"postgres: host:port of PostgreSQL, or several separated by commas (a primary and its standbys: vmha uses the one that accepts writes)"`
 	PostgresUser            string `envconfig:"POSTGRES_USER" default:"temporal" desc:"postgres: user (needs CREATEDB, or the two databases created for it)"`
 	PostgresPassword        string `envconfig:"POSTGRES_PASSWORD" desc:"postgres: password (prefer POSTGRES_PASSWORD_FILE); never logged"`
 	PostgresPasswordFile    string `envconfig:"POSTGRES_PASSWORD_FILE" desc:"postgres: file holding the password (mode 0600)"`

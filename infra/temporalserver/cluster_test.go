@@ -29,7 +29,7 @@ func TestClusterOptionsValidate(t *testing.T) {
 		{func(o *ClusterOptions) { o.UIPort = 7234 }, "UIPort=7234: taken by the node's services"},
 		{func(o *ClusterOptions) { o.UIPort = 6939 }, "UIPort=6939: taken by the node's services"},
 		{func(o *ClusterOptions) { o.HistoryShards = -1 }, "HistoryShards=-1"},
-		{func(o *ClusterOptions) { o.Postgres.Address = "db.example" }, `Address="db.example": want host:port`},
+		{func(o *ClusterOptions) { o.Postgres.Address = "db.example" }, `VMHA_POSTGRES_ADDRESS="db.example": server 1 ("db.example") is not host:port`},
 		{func(o *ClusterOptions) { o.Postgres.User = "" }, "User: empty"},
 		{func(o *ClusterOptions) { o.Postgres.VisibilityDatabase = "temporal" }, `VisibilityDatabase="temporal": same as Database`},
 		{func(o *ClusterOptions) { o.TLS = &TLSFiles{Cert: "c.pem"} }, "Cert, Key and ClientCA are all required"},
@@ -66,7 +66,7 @@ func TestServicePorts(t *testing.T) {
 // TestPostgresConnString checks that the password reaches PostgreSQL escaped and that TLS verifies the server.
 func TestPostgresConnString(t *testing.T) {
 	p := Postgres{Address: "db.example:5432", User: "temporal", Password: "p@ss:w/rd"}
-	if got := p.connString("postgres"); got != "postgres://temporal:p%40ss%3Aw%2Frd@db.example:5432/postgres?application_name=vmha&sslmode=disable" {
+	if got := p.connString("postgres"); got != "postgres://temporal:p%40ss%3Aw%2Frd@db.example:5432/postgres?application_name=vmha&connect_timeout=5&sslmode=disable&target_session_attrs=read-write" {
 		t.Errorf("plain: %s", got)
 	}
 	p.TLSCAFile = "/etc/vmha/pg-ca.pem"

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -21,7 +23,8 @@ import (
 
 // Postgres is where a cluster node keeps Temporal's persistence and visibility.
 type Postgres struct {
-	// Address is host:port of the PostgreSQL server.
+	// Address is host:port of the PostgreSQL server, or several separated by commas (a primary and its standbys):
+	// every connection goes to the first of them that accepts writes, so a node follows a promotion by itself.
 	Address string
 	User    string
 	// Password is never logged; empty when the server trusts the user (peer or trust authentication).
@@ -48,6 +51,15 @@ const (
 	postgresMaxConns = 10
 )
 
+// sessionAttributes are the libpq connection parameters of every connection, Temporal's and vmha's own: with
+// several servers in Address, pgx tries them in order and keeps the first that accepts writes (a standby, or a
+// demoted primary back as one, is skipped), which is how a node finds the new primary after a failover.
+// connect_timeout (seconds, per server) matters as soon as a server's machine is gone: it never refuses a connect,
+// and every new connection would otherwise wait for the kernel's TCP timeout, minutes, before trying the next.
+func sessionAttributes() map[string]string {
+	return map[string]string{"target_session_attrs": "read-write", "connect_timeout": "5"}
+}
+
 func (p Postgres) withDefaults() Postgres {
 	if p.Database == "" {
 		p.Database = defaultPostgresDatabase
@@ -58,11 +70,52 @@ func (p Postgres) withDefaults() Postgres {
 	return p
 }
 
+// servers are the host:port entries of Address, spaces around each removed.
+func (p Postgres) servers() []string {
+	servers := strings.Split(p.Address, ",")
+	for i, s := range servers {
+		servers[i] = strings.TrimSpace(s)
+	}
+	return servers
+}
+
+// connectAddress is Address as pgx takes several servers: host:port entries joined by commas, no spaces.
+func (p Postgres) connectAddress() string { return strings.Join(p.servers(), ",") }
+
+// validateAddress names VMHA_POSTGRES_ADDRESS, where Address comes from, and the entry at fault.
+func (p Postgres) validateAddress() error {
+	servers := p.servers()
+	for i, server := range servers {
+		host, port, err := net.SplitHostPort(server)
+		var problem string
+		switch {
+		case server == "":
+			problem = "is empty"
+		case err != nil:
+			problem = "is not host:port"
+		case host == "":
+			problem = "has an empty host"
+		case len(servers) > 1 && strings.Contains(host, ":"):
+			// Both Temporal and vmha hand pgx a URL, and Go's URL parser takes a bracketed IPv6 host only alone.
+			problem = "is an IPv6 address, which a list of several servers cannot carry: give it a DNS name"
+		default:
+			if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+				problem = fmt.Sprintf("has port %q, want 1-65535", port)
+			}
+		}
+		if problem != "" {
+			return fmt.Errorf("VMHA_POSTGRES_ADDRESS=%q: server %d (%q) %s; want host:port, or several separated by "+
+				"commas (a primary and its standbys)", p.Address, i+1, server, problem)
+		}
+	}
+	return nil
+}
+
 func (p Postgres) validate() error {
-	host, port, err := net.SplitHostPort(p.Address)
+	if err := p.validateAddress(); err != nil {
+		return err
+	}
 	switch {
-	case err != nil || host == "" || port == "":
-		return fmt.Errorf("postgres Address=%q: want host:port", p.Address)
 	case p.User == "":
 		return errors.New("postgres User: empty")
 	case p.Database == p.VisibilityDatabase:
@@ -76,12 +129,14 @@ func (p Postgres) sqlConfig(database string) *config.SQL {
 	c := &config.SQL{
 		PluginName:      postgresql.PluginNamePGX,
 		DatabaseName:    database,
-		ConnectAddr:     p.Address,
+		ConnectAddr:     p.connectAddress(),
 		ConnectProtocol: "tcp",
-		User:            p.User,
-		Password:        p.Password,
-		MaxConns:        postgresMaxConns,
-		MaxIdleConns:    postgresMaxConns,
+		// Temporal appends these to its DSN, postgres://user:password@<ConnectAddr>/<database>?<attributes>.
+		ConnectAttributes: sessionAttributes(),
+		User:              p.User,
+		Password:          p.Password,
+		MaxConns:          postgresMaxConns,
+		MaxIdleConns:      postgresMaxConns,
 		// A connection outlives neither a PostgreSQL failover behind a proxy nor a rotated password for long.
 		MaxConnLifetime: time.Hour,
 	}
@@ -93,8 +148,11 @@ func (p Postgres) sqlConfig(database string) *config.SQL {
 
 // connString is the libpq URL of database, with the same TLS rules as sqlConfig.
 func (p Postgres) connString(database string) string {
-	u := url.URL{Scheme: "postgres", Host: p.Address, Path: "/" + database, User: url.UserPassword(p.User, p.Password)}
+	u := url.URL{Scheme: "postgres", Host: p.connectAddress(), Path: "/" + database, User: url.UserPassword(p.User, p.Password)}
 	q := url.Values{"sslmode": {"disable"}, "application_name": {"vmha"}}
+	for k, v := range sessionAttributes() {
+		q.Set(k, v)
+	}
 	if p.TLSCAFile != "" {
 		q.Set("sslmode", "verify-full")
 		q.Set("sslrootcert", p.TLSCAFile)
