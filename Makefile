@@ -17,7 +17,7 @@ WORKFLOWCHECK_VERSION := v0.6.0
 export VMHA_BIN := $(VMHA)
 export VMHA_TEMPORAL_CLI := $(TEMPORAL_CLI)
 
-.PHONY: run stop test lint deps deps-test alerts build bench bench-lab soak lab-down
+.PHONY: run stop test lint deps deps-test alerts build bench bench-lab bench-cluster soak lab-down
 
 ## run: install what is missing, build, start a 3-host lab, the embedded Temporal + Web UI + controller, create a VM
 ## (the demo needs no Temporal CLI: only the tests build it)
@@ -75,6 +75,11 @@ bench: build
 ## bench-lab: a BMC power-off, then a hang (frozen host, link down), ten times each on the lab: min/median/max seconds of each phase; tables in docs/bench-lab.md
 bench-lab: build
 	VMHA_BENCH_LAB=10 go test -count=1 -timeout 20m -run TestBenchLab -v ./tests/lab/
+
+## bench-cluster: issue 9's kill-anything sequence on the lab with the production topology, three times: per fault,
+## min/median/max seconds from a host's power-off to every VM running again (table in docs/production.md)
+bench-cluster: build
+	VMHA_BENCH_CLUSTER=3 go test -count=1 -timeout 40m -run TestLabCluster -v ./tests/lab/
 
 ## soak: the lab at vmha's defaults for 30 minutes with every core kept busy: no host may be declared dead; prints how
 ## often hosts were reported suspect or unreachable, next to the probe rule of before and the default one

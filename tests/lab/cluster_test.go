@@ -3,7 +3,9 @@ package lab_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
+	"os"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -36,9 +38,8 @@ type managementCluster struct {
 	controllers []*exec.Cmd
 }
 
-// clusterRow is one line of the kill-anything table.
+// clusterRow is one run of a kill-anything scenario.
 type clusterRow struct {
-	fault     string
 	vms       int
 	recovered time.Duration // power-off to every VM of the host running elsewhere
 	disturbed time.Duration // power-off to the fault
@@ -55,42 +56,75 @@ type clusterRow struct {
 // recover it. The recoveries run one VM at a time (VMHA_RECOVERY_CONCURRENCY=1) so that each fault lands while the
 // recovery is still under way; the test checks that it did.
 func TestLabCluster(t *testing.T) {
+	// VMHA_BENCH_CLUSTER=N runs the whole sequence N times (make bench-cluster) and prints min/median/max.
+	rounds := 1
+	fmt.Sscan(os.Getenv("VMHA_BENCH_CLUSTER"), &rounds)
 	w, c := setUpCluster(t)
-	var rows []clusterRow
-	record := func(r clusterRow) { rows = append(rows, r) }
-	w.scenario(t, "0_nothing_killed", func(t *testing.T) {
-		record(w.clusterPowerLoss(t, "nothing killed", func(t *testing.T, x string) string { return "" }))
-	})
-	w.scenario(t, "a_monitor_shard_owner_killed", func(t *testing.T) {
-		record(w.clusterPowerLoss(t, "SIGKILL of the node owning the monitor's shard", c.killShardOwner(w)))
-		c.restartNode(t, w, c.down())
-	})
-	w.scenario(t, "b_recovery_controller_killed", func(t *testing.T) {
-		record(w.clusterPowerLoss(t, "SIGKILL of the controller running the recovery", c.killRecoveryController(w)))
-	})
-	w.scenario(t, "c_postgres_restarted", func(t *testing.T) {
-		record(w.clusterPowerLoss(t, "PostgreSQL crashed and restarted", func(t *testing.T, x string) string {
-			c.pg.Stop(t, "immediate")
-			c.pg.Start(t)
-			return "PostgreSQL stopped (immediate) and started again"
-		}))
-	})
-	w.scenario(t, "d_management_machine_gone_for_good", func(t *testing.T) {
-		gone := c.powerOffManagementMachine(t, 0)
-		// Long enough for the cluster's membership to drop it (a node is suspect, then faulty, within seconds).
-		time.Sleep(10 * time.Second)
-		r := w.clusterPowerLoss(t, "then a host loses power", func(t *testing.T, x string) string { return "" })
-		r.fault = "management machine " + gone + " off for good 10 s before; " + r.fault
-		record(r)
-	})
-	fmt.Println("\n| fault during the recovery | VMs on the host | fault after power-off | power-off to every VM running again | what was killed |")
-	fmt.Println("|---|---:|---:|---:|---|")
-	for _, r := range rows {
-		disturbed := "-"
-		if r.disturbed > 0 {
-			disturbed = fmt.Sprintf("%.2f s", r.disturbed.Seconds())
+	none := func(*testing.T, string) string { return "" }
+	faults := []struct {
+		name, label string
+		run         func(t *testing.T) clusterRow
+	}{
+		{"0_nothing_killed", "nothing killed", func(t *testing.T) clusterRow {
+			return w.clusterPowerLoss(t, none)
+		}},
+		{"a_monitor_shard_owner_killed", "SIGKILL of the node owning the monitor's history shard", func(t *testing.T) clusterRow {
+			r := w.clusterPowerLoss(t, c.killShardOwner)
+			c.restartNode(t, w, c.down())
+			return r
+		}},
+		{"b_recovery_controller_killed", "SIGKILL of the controller replica running the recovery", func(t *testing.T) clusterRow {
+			return w.clusterPowerLoss(t, c.killRecoveryController(w))
+		}},
+		{"c_postgres_restarted", "PostgreSQL crashes (immediate stop) and starts again", func(t *testing.T) clusterRow {
+			return w.clusterPowerLoss(t, func(t *testing.T, x string) string {
+				c.pg.Stop(t, "immediate")
+				c.pg.Start(t)
+				return "PostgreSQL"
+			})
+		}},
+		{"d_management_machine_gone_for_good", "a management machine (node and controller) gone for good 10 s before", func(t *testing.T) clusterRow {
+			c.powerOffManagementMachine(t, 0)
+			// Long enough for the cluster's membership to drop it (a node is suspect, then faulty, within seconds).
+			time.Sleep(10 * time.Second)
+			r := w.clusterPowerLoss(t, none)
+			c.restoreManagementMachine(t, w, 0)
+			return r
+		}},
+	}
+	results := map[string][]clusterRow{}
+	for round := 1; round <= rounds; round++ {
+		for _, f := range faults {
+			name := f.name
+			if rounds > 1 {
+				name = fmt.Sprintf("%s_round%d", f.name, round)
+			}
+			w.scenario(t, name, func(t *testing.T) { results[f.name] = append(results[f.name], f.run(t)) })
 		}
-		fmt.Printf("| %s | %d | %s | %.2f s | %s |\n", r.fault, r.vms, disturbed, r.recovered.Seconds(), r.note)
+	}
+	fmt.Println("\n| fault while the recovery runs | runs | VMs on the host | fault after the power-off (median) | power-off to every VM running again: min / median / max |")
+	fmt.Println("|---|---:|---:|---:|---:|")
+	for _, f := range faults {
+		rows := results[f.name]
+		var recovered, disturbed []time.Duration
+		vms := map[int]bool{}
+		for _, r := range rows {
+			recovered = append(recovered, r.recovered)
+			if r.disturbed > 0 {
+				disturbed = append(disturbed, r.disturbed)
+			}
+			vms[r.vms] = true
+		}
+		if len(rows) == 0 {
+			continue
+		}
+		at := "-"
+		if len(disturbed) > 0 {
+			_, med, _ := spread(disturbed)
+			at = fmt.Sprintf("%.2f s", med)
+		}
+		lo, med, hi := spread(recovered)
+		fmt.Printf("| %s | %d | %v | %s | %.2f / %.2f / %.2f s |\n", f.label, len(rows), slices.Sorted(maps.Keys(vms)), at, lo, med, hi)
 	}
 }
 
@@ -122,9 +156,9 @@ func setUpCluster(t *testing.T) (*world, *managementCluster) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	topology.WaitMembers(ctx, t, c.nodes[0], mgmtIPs)
-	for i := range 2 {
-		c.controllers = append(c.controllers, w.startAs(fmt.Sprintf("controller-mgmt%d", i+1), "controller",
-			append(w.ca.ClientEnv(w.controllerCert, clusterName), "VMHA_RECOVERY_CONCURRENCY=1")...))
+	c.controllers = make([]*exec.Cmd, 2)
+	for i := range c.controllers {
+		c.startController(w, i)
 	}
 	w.client = w.dial(t)
 	w.applyInventory(t)
@@ -138,7 +172,7 @@ func setUpCluster(t *testing.T) (*world, *managementCluster) {
 // clusterPowerLoss powers off the host running the most VMs; the moment vmha has declared it dead and its recovery
 // has started, disturb (if any) breaks something. Every VM of the host must then run elsewhere exactly once, each
 // recovered by one RecoverVM, and the host's recovery must have been under way when the fault hit.
-func (w *world) clusterPowerLoss(t *testing.T, fault string, disturb func(t *testing.T, x string) string) clusterRow {
+func (w *world) clusterPowerLoss(t *testing.T, disturb func(t *testing.T, x string) string) clusterRow {
 	x := w.byLoad(t)[0]
 	vms := vmsOn(w.running(t), x)
 	before := map[string]int{}
@@ -159,7 +193,7 @@ func (w *world) clusterPowerLoss(t *testing.T, fault string, disturb func(t *tes
 		recovery = ids[0]
 		return nil
 	})
-	r := clusterRow{fault: fault, vms: len(vms)}
+	r := clusterRow{vms: len(vms)}
 	if r.note = disturb(t, x); r.note != "" {
 		r.disturbed = time.Since(off)
 		// The fault must have hit a recovery under way, or it proved nothing.
@@ -184,7 +218,7 @@ func (w *world) clusterPowerLoss(t *testing.T, fault string, disturb func(t *tes
 			t.Errorf("%s: %d more RecoverVM workflows, want exactly one", vm, n-before[vm])
 		}
 	}
-	t.Logf("%s: every VM of %s running again %.2f s after its power-off", fault, x, r.recovered.Seconds())
+	t.Logf("every VM of %s running again %.2f s after its power-off", x, r.recovered.Seconds())
 	w.logTimeline(t, recovery, off)
 	for _, id := range w.recoveriesOfVM(t, w.uuidOf(t, w.mustWhere(t, vms[0]), vms[0])) {
 		w.logTimeline(t, id, off)
@@ -195,12 +229,10 @@ func (w *world) clusterPowerLoss(t *testing.T, fault string, disturb func(t *tes
 }
 
 // killShardOwner SIGKILLs the node owning the history shard of the dead host's monitor (as the cluster says).
-func (c *managementCluster) killShardOwner(w *world) func(t *testing.T, x string) string {
-	return func(t *testing.T, x string) string {
-		n := c.shardOwner(t, types.HostMonitorID(x))
-		n.Kill(t)
-		return "node " + n.IP + " (owner of the monitor's shard)"
-	}
+func (c *managementCluster) killShardOwner(t *testing.T, x string) string {
+	n := c.shardOwner(t, types.HostMonitorID(x))
+	n.Kill(t)
+	return "node " + n.IP + " (owner of the monitor's shard)"
 }
 
 // shardOwner asks a live node which node's history service owns workflowID's shard.
@@ -265,13 +297,12 @@ func (c *managementCluster) killRecoveryController(w *world) func(t *testing.T, 
 		ids := w.hostRecoveries(t, x, time.Now().Add(-time.Minute))
 		identity := w.lastWorkflowTaskIdentity(t, ids[0])
 		for i, cmd := range c.controllers {
-			if strings.HasPrefix(identity, strconv.Itoa(cmd.Process.Pid)+"@") {
+			if cmd != nil && strings.HasPrefix(identity, strconv.Itoa(cmd.Process.Pid)+"@") {
 				if err := cmd.Process.Kill(); err != nil {
 					t.Fatal(err)
 				}
 				_ = cmd.Wait()
-				c.controllers[i] = w.startAs(fmt.Sprintf("controller-mgmt%d", i+1), "controller",
-					append(w.ca.ClientEnv(w.controllerCert, clusterName), "VMHA_RECOVERY_CONCURRENCY=1")...)
+				c.startController(w, i)
 				return fmt.Sprintf("controller on mgmt%d (pid %d, ran %s's last workflow task)", i+1, cmd.Process.Pid, ids[0])
 			}
 		}
@@ -304,19 +335,18 @@ func (w *world) lastWorkflowTaskIdentity(t *testing.T, workflowID string) string
 
 // powerOffManagementMachine kills management machine i's node and controller and takes its address off the
 // network, so that the others' connections to it hang as they would to a machine without power.
-func (c *managementCluster) powerOffManagementMachine(t *testing.T, i int) string {
+func (c *managementCluster) powerOffManagementMachine(t *testing.T, i int) {
 	c.nodes[i].Kill(t)
-	if i < len(c.controllers) {
+	if i < len(c.controllers) && c.controllers[i] != nil {
 		if err := c.controllers[i].Process.Kill(); err != nil {
 			t.Fatal(err)
 		}
 		_ = c.controllers[i].Wait()
-		c.controllers = slices.Delete(c.controllers, i, i+1)
+		c.controllers[i] = nil
 	}
 	if out, err := exec.Command("ip", "addr", "del", mgmtIPs[i]+"/24", "dev", "labbr0").CombinedOutput(); err != nil {
 		t.Fatalf("ip addr del %s: %v: %s", mgmtIPs[i], err, out)
 	}
-	return fmt.Sprintf("mgmt%d (%s)", i+1, mgmtIPs[i])
 }
 
 func (w *world) mustWhere(t *testing.T, vm string) string {
@@ -325,6 +355,23 @@ func (w *world) mustWhere(t *testing.T, vm string) string {
 		t.Fatal(err)
 	}
 	return h
+}
+
+// restoreManagementMachine brings management machine i back: its address, its node, its controller.
+func (c *managementCluster) restoreManagementMachine(t *testing.T, w *world, i int) {
+	if out, err := exec.Command("ip", "addr", "add", mgmtIPs[i]+"/24", "dev", "labbr0").CombinedOutput(); err != nil {
+		t.Fatalf("ip addr add %s: %v: %s", mgmtIPs[i], err, out)
+	}
+	c.restartNode(t, w, i)
+	if i < len(c.controllers) {
+		c.startController(w, i)
+	}
+}
+
+// startController starts the controller replica of management machine i; it recovers one VM at a time.
+func (c *managementCluster) startController(w *world, i int) {
+	c.controllers[i] = w.startAs(fmt.Sprintf("controller-mgmt%d", i+1), "controller",
+		append(w.ca.ClientEnv(w.controllerCert, clusterName), "VMHA_RECOVERY_CONCURRENCY=1")...)
 }
 
 // freeUDPPort is a UDP port free on every address right now.
