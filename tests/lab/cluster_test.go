@@ -282,7 +282,8 @@ func (c *managementCluster) restartNode(t *testing.T, w *world, i int) {
 		t.Fatal("no node is down")
 	}
 	adminTLS := c.nodes[i].AdminTLS
-	c.nodes[i] = topology.StartNode(t, w.bin, mgmtIPs[i], c.port, c.nodeEnv[i])
+	// The test's own t, not the scenario's: the node must outlive the scenario that restarts it.
+	c.nodes[i] = topology.StartNode(w.t, w.bin, mgmtIPs[i], c.port, c.nodeEnv[i])
 	c.nodes[i].AdminTLS = adminTLS
 	c.nodes[i].WaitReady(t, 2*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
