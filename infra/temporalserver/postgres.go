@@ -227,6 +227,12 @@ func (l *preparationLock) createDatabase(ctx context.Context, name string) error
 	if exists {
 		return nil
 	}
+	// The next connection to the new database may try a standby listed first in Address, and pgx gives up on the
+	// remaining servers when one says the database does not exist: remote_apply returns only once the synchronous
+	// standbys have replayed the creation (without synchronous standbys it is plain on).
+	if _, err := l.conn.Exec(ctx, "SET synchronous_commit = remote_apply"); err != nil {
+		return fmt.Errorf("postgres session for creating database %s: %w", name, err)
+	}
 	if _, err := l.conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
 		return fmt.Errorf("create postgres database %s (or create it as an administrator, owned by the user vmha connects as): %w", name, err)
 	}
