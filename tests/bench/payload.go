@@ -10,14 +10,17 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/worker"
+	"go.temporal.io/sdk/workflow"
 	"google.golang.org/protobuf/proto"
 
+	"vmha/activities"
 	"vmha/activities/catalog"
 	"vmha/activities/heartbeat"
 	"vmha/infra/config"
@@ -76,10 +79,9 @@ func standInStats(host string, running []string) func() *types.HostStats {
 	}
 }
 
-// runPayload starts the server, the two real targets (libvirt test driver), cfg.Candidates stand-in hosts (a
-// monitor, a poller on its task queue so its worker counts as alive, and a storage heartbeat carrying the stats
-// of cfg.CandidateVMs running VMs), waits until every host is healthy, then recovers a host of cfg.VMs VMs and
-// measures the histories.
+// runPayload starts the server, the two real targets (libvirt test driver, real monitors), cfg.Candidates
+// stand-in hosts (a stand-in monitor, healthy, and a storage heartbeat carrying the stats of cfg.CandidateVMs
+// running VMs), waits until every host is healthy, then recovers a host of cfg.VMs VMs and measures the histories.
 func runPayload(ctx context.Context, cfg payloadConfig, logger *slog.Logger) (rows []payloadRow, err error) {
 	srv, err := startServer(ctx, logger)
 	if err != nil {
@@ -130,33 +132,42 @@ func runPayload(ctx context.Context, cfg payloadConfig, logger *slog.Logger) (ro
 	var background sync.WaitGroup
 	defer background.Wait()
 	defer cancel()
-	var rejects atomic.Int64
-	specs := make([]types.HostSpec, 0, cfg.Candidates+len(targetHosts))
-	for _, name := range targetHosts {
-		specs = append(specs, hostSpec(name, target.port()))
+	standIns := worker.New(srv.client, standInQueue, worker.Options{})
+	standIns.RegisterWorkflowWithOptions(standInMonitor, workflow.RegisterOptions{Name: types.HostMonitorWorkflow})
+	if err := standIns.Start(); err != nil {
+		return nil, fmt.Errorf("start the stand-ins' worker: %w", err)
 	}
-	for i := range cfg.Candidates {
-		name := fmt.Sprintf("cand%05d", i+1)
-		specs = append(specs, hostSpec(name, target.port()))
+	defer standIns.Stop()
+	began := time.Now()
+	for _, name := range targetHosts {
+		if err := upsertPatiently(ctx, ctrl.UpsertMonitor, hostSpec(name, target.port())); err != nil {
+			return nil, err
+		}
+	}
+	err = parallel(ctx, cfg.Candidates, 16, func(i int) error {
+		spec := hostSpec(fmt.Sprintf("cand%05d", i+1), target.port())
 		running := make([]string, cfg.CandidateVMs)
 		for j := range running {
 			running[j] = fmt.Sprintf("%08d-0000-4000-8000-%012d", i+1, j+1)
 		}
-		beat := &heartbeat.Writer{Root: share, Host: name, Interval: 2 * time.Second, Timeout: 5 * time.Second,
-			Stats: standInStats(name, running), Logger: quiet()}
-		background.Add(2)
+		beat := &heartbeat.Writer{Root: share, Host: spec.Name, Interval: 4 * time.Second, Timeout: 5 * time.Second,
+			Stats: standInStats(spec.Name, running), Logger: quiet()}
+		if _, err := beat.Renew(ctx); err != nil {
+			return err
+		}
+		background.Add(1)
 		go func() { defer background.Done(); beat.Run(ctx) }()
-		go func() { defer background.Done(); pollAsHost(ctx, srv.client, name, &rejects) }()
-	}
-	began := time.Now()
-	if err := parallel(ctx, len(specs), 16, func(i int) error { return upsertPatiently(ctx, ctrl.UpsertMonitor, specs[i]) }); err != nil {
+		return startStandIn(ctx, srv.client, spec)
+	})
+	if err != nil {
 		return nil, err
 	}
-	settled, healthy, err := waitHealthyPatiently(ctx, srv.client, int64(len(specs)), began, 5*time.Minute, logger)
-	if err != nil || healthy != int64(len(specs)) {
-		return nil, errors.Join(err, fmt.Errorf("%d of %d hosts healthy after 5 minutes", healthy, len(specs)))
+	total := int64(cfg.Candidates + len(targetHosts))
+	settled, healthy, err := waitHealthyPatiently(ctx, srv.client, total, began, 5*time.Minute, logger)
+	if err != nil || healthy != total {
+		return nil, errors.Join(err, fmt.Errorf("%d of %d hosts healthy after 5 minutes", healthy, total))
 	}
-	logger.Info("all hosts healthy", "hosts", len(specs), "after", settled.Round(time.Second))
+	logger.Info("all hosts healthy", "hosts", total, "after", settled.Round(time.Second))
 
 	for rep := range cfg.Reps {
 		incident := rep + 1
@@ -193,6 +204,31 @@ func runPayload(ctx context.Context, cfg payloadConfig, logger *slog.Logger) (ro
 		rows = append(rows, row)
 	}
 	return rows, nil
+}
+
+// standInQueue serves the stand-in hosts' monitors, apart from the controller's queue.
+const standInQueue = "bench-stand-ins"
+
+// standInMonitor is a stand-in host's monitor as placement sees it (visibility: running, VmhaHostState healthy,
+// the spec in its memo), and nothing more: no watch, no probes, no worker on the host's queue. What a recovery
+// carries does not depend on how its candidates came to be healthy, and a thousand real watches would measure the
+// server's steady state (the steady-state table) rather than the recovery's payloads.
+func standInMonitor(ctx workflow.Context, _ types.HostSpec) error {
+	workflow.GetSignalChannel(ctx, "never").Receive(ctx, nil)
+	return nil
+}
+
+// startStandIn starts a stand-in host's monitor, healthy from the start, patiently like upsertPatiently.
+func startStandIn(ctx context.Context, c client.Client, spec types.HostSpec) error {
+	opts := client.StartWorkflowOptions{
+		ID: types.HostMonitorID(spec.Name), TaskQueue: standInQueue, Memo: map[string]interface{}{activities.MemoSpec: spec},
+		TypedSearchAttributes: temporal.NewSearchAttributes(types.HostAttr.ValueSet(spec.Name),
+			types.HostStateAttr.ValueSet(string(types.HostHealthy)), types.HostStateSinceAttr.ValueSet(time.Now().UTC())),
+	}
+	return upsertPatiently(ctx, func(ctx context.Context, spec types.HostSpec) error {
+		_, err := c.ExecuteWorkflow(ctx, opts, types.HostMonitorWorkflow, spec)
+		return err
+	}, spec)
 }
 
 // upsertPatiently starts a host's monitor, trying again for a minute: on a machine shared with other work the
