@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -47,8 +48,10 @@ type steadyRow struct {
 	HealthyAtStart, HealthyAtEnd int64
 	// StartupEvents is the mean history length per monitor when the window opened.
 	StartupEvents float64
-	// WindowEvents is the number of history events all monitors added during the window.
-	WindowEvents int64
+	// WindowEvents is the number of history events all monitors added during the window, WindowEventTypes how
+	// many of each type.
+	WindowEvents     int64
+	WindowEventTypes map[string]int
 	// WatchRetries is how many watch activities were retried during the window (heartbeat timeouts, failures):
 	// retries add no history event but mean the controller did not keep up.
 	WatchRetries int64
@@ -135,13 +138,13 @@ func runSteady(ctx context.Context, cfg steadyConfig, logger *slog.Logger) (row 
 
 	began := time.Now()
 	upsert := &activities.Controller{Client: srv.client}
-	if err := parallel(ctx, len(specs), 32, func(i int) error { return upsert.UpsertMonitor(ctx, specs[i]) }); err != nil {
+	if err := parallel(ctx, len(specs), 32, func(i int) error { return upsertPatiently(ctx, upsert.UpsertMonitor, specs[i]) }); err != nil {
 		return row, err
 	}
 	row.StartMonitors = time.Since(began)
 	logger.Info("monitors started", "hosts", cfg.Hosts, "took", row.StartMonitors.Round(time.Millisecond))
 
-	row.Settled, row.HealthyAtStart, err = waitHealthy(ctx, srv.client, int64(cfg.Hosts), began, cfg.Settle, logger)
+	row.Settled, row.HealthyAtStart, err = waitHealthyPatiently(ctx, srv.client, int64(cfg.Hosts), began, cfg.Settle, logger)
 	if err != nil {
 		return row, err
 	}
@@ -195,9 +198,15 @@ func runSteady(ctx context.Context, cfg steadyConfig, logger *slog.Logger) (row 
 		return row, err
 	}
 	row.WindowEvents = after.events - before.events
+	if row.WindowEventTypes, err = eventTypes(ctx, srv.client, before, after); err != nil {
+		return row, err
+	}
 	row.WatchRetries = after.attempts - before.attempts
 	row.NotStarted = after.notStarted
-	if row.HealthyAtEnd, err = countMonitors(ctx, srv.client, types.HostHealthy); err != nil {
+	if err := patiently(ctx, func() (err error) {
+		row.HealthyAtEnd, err = countMonitors(ctx, srv.client, types.HostHealthy)
+		return err
+	}); err != nil {
 		return row, err
 	}
 	row.Controller, row.Bench = use(ctrl0, ctrl1), use(bench0, bench1)
@@ -290,6 +299,8 @@ func waitHealthy(ctx context.Context, c client.Client, n int64, began time.Time,
 
 // histories sums what DescribeWorkflowExecution says about every monitor.
 type histories struct {
+	// lengths are each monitor's history length, by workflow ID.
+	lengths    map[string]int64
 	events     int64
 	attempts   int64 // attempts of the pending watch activities, summed (1 each when nothing was retried)
 	notStarted int   // watch activities scheduled but not picked up by a worker
@@ -297,14 +308,19 @@ type histories struct {
 
 func historyOf(ctx context.Context, c client.Client, specs []types.HostSpec) (histories, error) {
 	var mu sync.Mutex
-	var h histories
+	h := histories{lengths: map[string]int64{}}
 	err := parallel(ctx, len(specs), 16, func(i int) error {
-		resp, err := c.DescribeWorkflowExecution(ctx, types.HostMonitorID(specs[i].Name), "")
-		if err != nil {
+		id := types.HostMonitorID(specs[i].Name)
+		var resp *workflowservice.DescribeWorkflowExecutionResponse
+		if err := patiently(ctx, func() (err error) {
+			resp, err = c.DescribeWorkflowExecution(ctx, id, "")
+			return err
+		}); err != nil {
 			return fmt.Errorf("describe monitor of %s: %w", specs[i].Name, err)
 		}
 		mu.Lock()
 		defer mu.Unlock()
+		h.lengths[id] = resp.GetWorkflowExecutionInfo().GetHistoryLength()
 		h.events += resp.GetWorkflowExecutionInfo().GetHistoryLength()
 		for _, a := range resp.GetPendingActivities() {
 			h.attempts += int64(a.GetAttempt())
@@ -315,6 +331,54 @@ func historyOf(ctx context.Context, c client.Client, specs []types.HostSpec) (hi
 		return nil
 	})
 	return h, err
+}
+
+// eventTypes counts the types of the events each monitor added between two readings of the histories, to tell what
+// a steady state that is not steady spends its events on.
+func eventTypes(ctx context.Context, c client.Client, before, after histories) (map[string]int, error) {
+	var grown []string
+	for id, n := range after.lengths {
+		if n > before.lengths[id] {
+			grown = append(grown, id)
+		}
+	}
+	var mu sync.Mutex
+	counts := map[string]int{}
+	err := parallel(ctx, len(grown), 16, func(i int) error {
+		id := grown[i]
+		// The run that grew is the current one; a monitor that continued as new is not told apart here.
+		it := c.GetWorkflowHistory(ctx, id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+		for it.HasNext() {
+			ev, err := it.Next()
+			if err != nil {
+				return fmt.Errorf("history of %s: %w", id, err)
+			}
+			if ev.GetEventId() <= before.lengths[id] || ev.GetEventId() > after.lengths[id] {
+				continue
+			}
+			mu.Lock()
+			counts[strings.TrimPrefix(ev.GetEventType().String(), "EVENT_TYPE_")]++
+			mu.Unlock()
+		}
+		return nil
+	})
+	return counts, err
+}
+
+// patiently retries fn once a second for up to a minute: on this shared machine a busy server times calls out.
+func patiently(ctx context.Context, fn func() error) error {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		err := fn()
+		if err == nil || ctx.Err() != nil || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // parallel runs fn(0..n-1) with at most width at once and returns the first error.
@@ -421,4 +485,15 @@ func printSteadyTable(w io.Writer, topo string, rows []steadyRow, window time.Du
 		fmt.Fprintf(w, " %.1f / %.1f |\n", r.LoadStart, r.LoadEnd)
 	}
 	fmt.Fprintln(w)
+	for _, r := range rows {
+		if len(r.WindowEventTypes) == 0 {
+			continue
+		}
+		var kinds []string
+		for t, n := range r.WindowEventTypes {
+			kinds = append(kinds, fmt.Sprintf("%s %d", t, n))
+		}
+		slices.Sort(kinds)
+		fmt.Fprintf(w, "Events in the window, %d hosts: %s\n\n", r.Hosts, strings.Join(kinds, ", "))
+	}
 }
