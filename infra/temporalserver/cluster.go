@@ -222,7 +222,13 @@ func startLocked(ctx context.Context, o ClusterOptions, ports map[primitives.Ser
 	if err != nil {
 		return nil, errors.Join(err, lock.unlock())
 	}
-	opts = append(opts, temporal.WithDynamicConfigClient(clusterDynamicConfig()))
+	dyn := clusterDynamicConfig()
+	if sec != nil {
+		// Membership gossip (ringpop) over mutual TLS too, with the internode certificates: plain, anyone reaching
+		// a membership port could join the rings and be handed shards.
+		dyn[dynamicconfig.EnableRingpopTLS.Key()] = true
+	}
+	opts = append(opts, temporal.WithDynamicConfigClient(dyn))
 	ts, err := runTemporal(conf, nil, o.Logger, opts...)
 	if err != nil {
 		return nil, errors.Join(err, lock.unlock())

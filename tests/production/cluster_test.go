@@ -95,21 +95,28 @@ func TestClusterOnPostgres(t *testing.T) {
 	defer cancel()
 	topology.WaitMembers(ctx, t, nodes[1], nodeIPs)
 
-	// Inside the cluster only nodes talk: a node's history service takes a server certificate and refuses a
-	// hypervisor's, though the same CA signed both, and a client without a certificate.
+	// Inside the cluster only nodes talk: a node's history service and its membership port (ringpop, 300 below
+	// the frontend's) take a server certificate and refuse a hypervisor's, though the same CA signed both, and a
+	// client without a certificate.
 	history := net.JoinHostPort(nodes[1].IP, strconv.Itoa(frontendPort+1))
 	if err := internodeHandshake(history, nodes[1].AdminTLS); err != nil {
 		t.Errorf("history service %s refused a node's server certificate: %v", history, err)
 	}
+	membership := net.JoinHostPort(nodes[1].IP, strconv.Itoa(frontendPort-300))
+	if err := internodeHandshake(membership, nodes[1].AdminTLS); err != nil && strings.Contains(err.Error(), "certificate") {
+		t.Errorf("membership port %s refused a node's server certificate: %v", membership, err)
+	}
 	hypervisor := ca.Issue(t, certs.Request{Role: certs.RoleHypervisor, Name: "hv-internode"})
-	for name, conf := range map[string]*tls.Config{
-		"a hypervisor certificate": ca.ClientTLS(t, hypervisor, clusterName),
-		"no certificate":           ca.ClientTLS(t, certs.Files{}, clusterName),
-	} {
-		if err := internodeHandshake(history, conf); err == nil {
-			t.Errorf("history service %s accepted %s", history, name)
-		} else {
-			t.Logf("history service refused %s: %v", name, err)
+	for _, address := range []string{history, membership} {
+		for name, conf := range map[string]*tls.Config{
+			"a hypervisor certificate": ca.ClientTLS(t, hypervisor, clusterName),
+			"no certificate":           ca.ClientTLS(t, certs.Files{}, clusterName),
+		} {
+			if err := internodeHandshake(address, conf); err == nil || !strings.Contains(err.Error(), "certificate") {
+				t.Errorf("%s accepted %s (%v)", address, name, err)
+			} else {
+				t.Logf("%s refused %s: %v", address, name, err)
+			}
 		}
 	}
 
