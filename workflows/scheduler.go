@@ -23,6 +23,11 @@ const (
 	// lookMaxAge is how long the scheduler places with one look at the hosts before it takes another. The stats
 	// in a look are up to 10 s old anyway (activities.statsMaxAge); reservations cover what they cannot show yet.
 	lookMaxAge = 5 * time.Second
+	// maxAskedPerLook bounds how many hosts whose heartbeat carried no stats one look asks itself: when the
+	// controller cannot read the heartbeats of a large fleet, asking every host would write thousands of events
+	// into the scheduler's history at every look. The others have no stats for that look, which keeps them out of
+	// its placements.
+	maxAskedPerLook = 32
 )
 
 // changeSchedulerLooks is the change (workflow.GetVersion) from which the Scheduler looks at the hosts itself and
@@ -114,7 +119,8 @@ func (s *scheduler) answered(id string) (types.Placement, bool) {
 // look returns the hosts as seen at most lookMaxAge ago and no earlier than freshAfter, taking a new look when
 // there is none such: the host list with the stats their storage heartbeats carried, then the stats of every healthy
 // host whose heartbeat carried none, asked all at once. A placement waits for a look under way instead of using the
-// one before, so that every VM reserved before the look began is among the reservations the look asks about.
+// one before, so that every VM reserved before the look began is among the reservations the look asks about. It
+// asks at most maxAskedPerLook hosts.
 func (s *scheduler) look(ctx workflow.Context, freshAfter time.Time) ([]types.Candidate, error) {
 	if err := workflow.Await(ctx, func() bool { return !s.looking }); err != nil {
 		return nil, err
@@ -136,9 +142,11 @@ func (s *scheduler) look(ctx workflow.Context, freshAfter time.Time) ([]types.Ca
 	}
 	hosts := make([]types.Candidate, len(listed))
 	asked := make([]workflow.Future, len(listed))
+	n := 0
 	for i, h := range listed {
 		hosts[i] = h.Candidate()
-		if h.State == types.HostHealthy && h.Stats.SampledAt.IsZero() {
+		if h.State == types.HostHealthy && h.Stats.SampledAt.IsZero() && n < maxAskedPerLook {
+			n++
 			asked[i] = workflow.ExecuteActivity(says(statsOptions(ctx, h.Name), "load and free memory of %s", h.Name), onHost.HostStats)
 		}
 	}

@@ -176,3 +176,40 @@ func TestSchedulerReleaseAndExpiry(t *testing.T) {
 		t.Fatalf("kept %v", ids)
 	}
 }
+
+// TestSchedulerAsksAFewHostsWithoutStatsPerLook: when the heartbeats of a large fleet carried no stats, one look
+// asks only maxAskedPerLook hosts, so that the scheduler's history does not grow by thousands of events a look.
+func TestSchedulerAsksAFewHostsWithoutStatsPerLook(t *testing.T) {
+	env := baseEnv()
+	var names []string
+	for i := range 3 * maxAskedPerLook {
+		names = append(names, fmt.Sprintf("hv%03d", i+1))
+	}
+	c := newCluster(names...)
+	stats := c.hosts[0].Stats
+	for i := range c.hosts {
+		c.hosts[i].Stats = types.HostStats{}
+	}
+	var looks []activities.PlacementHostsRequest
+	placementHosts(env, c, &looks)
+	env.OnActivity(onHost.HostStats, mock.Anything).Return(func(ctx context.Context) (types.HostStats, error) {
+		c.record("stats " + hostOf(ctx))
+		return stats, nil
+	})
+	var got placeResult
+	env.RegisterDelayedCallback(func() {
+		env.UpdateWorkflow(activities.UpdatePlace, "a", &testsuite.TestUpdateCallback{
+			OnReject:   func(err error) { got.err = err },
+			OnAccept:   func() {},
+			OnComplete: func(v interface{}, err error) { got.err = err; got.placement, _ = v.(types.Placement) },
+		}, types.PlacementRequest{ReservationID: "a", VM: vm("a", 1, "hv001"), FailedHost: "hv001", Policy: defaultPolicy})
+	}, time.Second)
+	env.RegisterDelayedCallback(env.CancelWorkflow, time.Minute)
+	env.ExecuteWorkflow(Scheduler, activities.SchedulerInput{})
+	if got.err != nil || got.placement.Host == "" {
+		t.Fatalf("placement %+v", got)
+	}
+	if asked := c.callsWith("stats"); len(asked) != maxAskedPerLook {
+		t.Fatalf("one look asked %d hosts for stats, want %d", len(asked), maxAskedPerLook)
+	}
+}
