@@ -436,12 +436,12 @@ func (c *Controller) workerAlive(ctx context.Context, spec types.HostSpec) (bool
 	defer cancel()
 	resp, err := c.Client.DescribeTaskQueue(ctx, types.HostTaskQueue(spec.Name), enumspb.TASK_QUEUE_TYPE_ACTIVITY)
 	if err != nil {
-		c.Logger.Warn("describe task queue", "host", spec.Name, "error", err)
+		withActivityIDs(ctx, c.Logger).Warn("describe task queue", "host", spec.Name, "error", err)
 		return false, err
 	}
 	alive, conflict := JudgeHostPollers(spec, RecentPollers(resp.GetPollers(), time.Now(), c.Probe.WorkerGrace))
 	if conflict != "" {
-		c.Logger.Error("host worker identity conflict: the host counts as suspect until it is resolved", "host", spec.Name,
+		withActivityIDs(ctx, c.Logger).Error("host worker identity conflict: the host counts as suspect until it is resolved", "host", spec.Name,
 			"address", spec.Address, "problem", conflict)
 	}
 	return alive, nil
@@ -466,7 +466,7 @@ func (c *Controller) PowerStatus(ctx context.Context, spec types.HostSpec) (type
 		err := w.readPower(ctx)
 		if err != nil {
 			// An unreachable BMC is an answer the workflow decides on, not a failure to retry forever.
-			c.Logger.Warn("power status", "host", spec.Name, "state", w.candidate, "error", err)
+			withActivityIDs(ctx, c.Logger).Warn("power status", "host", spec.Name, "state", w.candidate, "error", err)
 		}
 		if w.power != "" {
 			return w.power, nil

@@ -5,3 +5,6 @@ var StatsFromHeartbeats = (*Controller).statsFromHeartbeats
 
 // ProbeIntervalFor is ProbeSettings.interval.
 var ProbeIntervalFor = ProbeSettings.interval
+
+// WithActivityIDs is withActivityIDs.
+var WithActivityIDs = withActivityIDs
