@@ -58,6 +58,8 @@ type historyUse struct {
 	Events      int
 	Largest     int
 	LargestType string
+	// Terminated is the server's reason when it terminated the workflow (a payload or size limit, say).
+	Terminated string
 }
 
 func (h *historyUse) max(o historyUse) {
@@ -268,6 +270,9 @@ func measureHistory(ctx context.Context, c client.Client, id string) (historyUse
 		if err != nil {
 			return h, fmt.Errorf("history of %s: %w", id, err)
 		}
+		if t := e.GetWorkflowExecutionTerminatedEventAttributes(); t != nil {
+			h.Terminated = t.GetReason()
+		}
 		size := proto.Size(e)
 		h.Bytes += int64(size)
 		h.Events++
@@ -288,6 +293,9 @@ func printPayload(w io.Writer, rows []payloadRow) {
 		outcome := "all running"
 		if r.Err != "" {
 			outcome = "failed: " + shorten(r.Err, 160)
+		}
+		if t := r.HostRecovery.Terminated; t != "" {
+			outcome = "HostRecovery terminated by the server: " + shorten(t, 200)
 		}
 		fmt.Fprintf(w, "| %d + 2 (%d) | %d | %s | %s | %s (%d) | %s %s | %s (%d) | %s %s | %s | %s %s |\n",
 			r.Candidates, r.CandidateVMs, r.VMs, round(r.Took), outcome,
