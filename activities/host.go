@@ -198,7 +198,7 @@ func (h *Host) DestroyStray(ctx context.Context, s types.StrayCopy) error {
 	if e.Owner == h.Name {
 		return moved(s.UUID, fmt.Sprintf("%s now belongs to %s: its copy here is not a stray", e.Name, h.Name))
 	}
-	withActivityIDs(ctx, h.Logger).Error("destroying stray copy: the VM runs on its owner too", "vm", e.Name, "uuid", s.UUID, "owner", e.Owner, "host", h.Name)
+	withActivityIDs(ctx, h.Logger).Error("destroying stray copy: the VM runs on its owner too", "vm", e.Name, "vm_uuid", s.UUID, "owner", e.Owner, "host", h.Name)
 	if err := h.Hypervisor.Destroy(ctx, s.UUID); err != nil {
 		return fmt.Errorf("destroy stray %s on %s: %w", e.Name, h.Name, err)
 	}
@@ -224,7 +224,7 @@ func (h *Host) AdoptStray(ctx context.Context, s types.StrayCopy) error {
 			return Keep, fmt.Errorf("%s is %s here (%v): not adopted", e.Name, state, err)
 		}
 		withActivityIDs(ctx, h.Logger).Warn("adopting the only running copy: the catalog gave it to a host that does not run it", "vm", e.Name,
-			"uuid", s.UUID, "from", s.Owner, "host", h.Name, "generation", e.Generation+1)
+			"vm_uuid", s.UUID, "from", s.Owner, "host", h.Name, "generation", e.Generation+1)
 		e.Owner, e.Generation, e.UpdatedAt = h.Name, e.Generation+1, time.Now().UTC()
 		return Write, nil
 	})

@@ -161,7 +161,7 @@ func (k *Keeper) check(ctx context.Context, uuid string) error {
 			e.Name, e.MemoryMiB, e.VCPUs, e.Policy, e.XML, e.UpdatedAt = rec.Name, rec.MemoryMiB, rec.VCPUs, rec.Policy, xml, time.Now().UTC()
 		}
 		current = *e
-		k.Logger.Info("catalog updated", "vm", rec.Name, "uuid", uuid, "host", k.Host, "generation", e.Generation, "ha", rec.Policy.Enabled)
+		k.Logger.Info("catalog updated", "vm", rec.Name, "vm_uuid", uuid, "host", k.Host, "generation", e.Generation, "ha", rec.Policy.Enabled)
 		return Write, nil
 	})
 	switch {
@@ -184,11 +184,11 @@ func (k *Keeper) foreign(ctx context.Context, owned types.VMRecord, state types.
 	case types.DomainMigrating:
 		return nil
 	case types.DomainShutoff:
-		k.Logger.Warn("dropping stale definition: the VM belongs to another host", "vm", owned.Name, "uuid", owned.UUID,
+		k.Logger.Warn("dropping stale definition: the VM belongs to another host", "vm", owned.Name, "vm_uuid", owned.UUID,
 			"owner", owned.Owner, "generation", owned.Generation, "host", k.Host)
 		return k.Hypervisor.Undefine(ctx, owned.UUID)
 	}
-	k.Logger.Error("stray copy: the VM runs here but the catalog gives it to another host", "vm", owned.Name, "uuid", owned.UUID,
+	k.Logger.Error("stray copy: the VM runs here but the catalog gives it to another host", "vm", owned.Name, "vm_uuid", owned.UUID,
 		"owner", owned.Owner, "generation", owned.Generation, "host", k.Host, "state", state)
 	if k.Strays == nil {
 		return nil
@@ -217,7 +217,7 @@ func (k *Keeper) takeOver(ctx context.Context, uuid string) error {
 		if !exists || e.Owner == k.Host || e.Phase != types.PhaseOwned {
 			return Keep, nil
 		}
-		k.Logger.Info("VM migrated here: taken over", "vm", e.Name, "uuid", uuid, "from", e.Owner, "host", k.Host, "generation", e.Generation+1)
+		k.Logger.Info("VM migrated here: taken over", "vm", e.Name, "vm_uuid", uuid, "from", e.Owner, "host", k.Host, "generation", e.Generation+1)
 		e.Owner, e.Generation, e.UpdatedAt = k.Host, e.Generation+1, time.Now().UTC()
 		return Write, nil
 	})
@@ -237,7 +237,7 @@ func (k *Keeper) forget(ctx context.Context, uuid string) error {
 		if !exists || e.Owner != k.Host || e.Phase != types.PhaseOwned {
 			return Keep, nil
 		}
-		k.Logger.Info("VM undefined on its owner: removed from catalog", "vm", e.Name, "uuid", uuid, "host", k.Host)
+		k.Logger.Info("VM undefined on its owner: removed from catalog", "vm", e.Name, "vm_uuid", uuid, "host", k.Host)
 		return Remove, nil
 	})
 	if errors.Is(err, ErrNotFound) {
