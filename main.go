@@ -44,6 +44,8 @@ Operator commands:
   vmha status [--recent 10]         the whole cluster on one screen: each host's state and why, HA VMs down,
                                     recent recoveries, what needs a person; exit code 0: all well,
                                     1: something needs a person, 2: vmha could not be asked
+  vmha check-replay                 before upgrading the controllers, with the NEW binary: replay every running
+                                    workflow's history with its workflow code (exit 1: some would stall)
   vmha create-vm --name web1 --image /share/images/debian.qcow2 --vcpus 1 --memory-mib 512
                                     create an HA VM on the host the scheduler picks
   vmha failover --host hv1 [--fence] [--confirm-powered-off] [--reason TEXT]
@@ -125,6 +127,8 @@ func dispatch(ctx context.Context, cmd string, args []string, s config.Settings,
 		return certsCommand(args, out)
 	case "status":
 		return status(ctx, args, s, logger, out)
+	case "check-replay":
+		return checkReplay(ctx, args, s, logger, out)
 	}
 	return fmt.Errorf("unknown command %q (see vmha help)", cmd)
 }
@@ -230,6 +234,20 @@ func status(ctx context.Context, args []string, s config.Settings, logger *slog.
 		return starter.ExitError{Code: code}
 	}
 	return nil
+}
+
+// checkReplay runs `vmha check-replay`: this binary's workflow code replays every running workflow's history, before
+// its controllers replace the running ones (exit 1 when any cannot: they would stall).
+func checkReplay(ctx context.Context, args []string, s config.Settings, logger *slog.Logger, out io.Writer) error {
+	if len(args) > 0 {
+		return starter.ExitError{Code: starter.StatusUnavailable, Err: fmt.Errorf("takes no arguments, got %q", args)}
+	}
+	c, err := temporalclient.Dial(ctx, s, logger)
+	if err != nil {
+		return starter.ExitError{Code: starter.StatusUnavailable, Err: err}
+	}
+	defer c.Close()
+	return starter.Starter{Client: c, Out: out}.CheckReplay(ctx)
 }
 
 // operate runs one operator command.

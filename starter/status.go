@@ -98,10 +98,16 @@ func (t StuckTask) Explain(host string) string {
 	default:
 		why = fmt.Sprintf("its workflow task fails: %s (%s)", t.Cause, firstLine(t.Message))
 	}
-	return fmt.Sprintf("the monitor of host %s is stuck since %s, workflow task attempt %d: %s, so NOTHING WATCHES %s. "+
-		"Roll back the upgrade of the controllers to the build that ran it, or deploy one that guards the change with "+
-		"workflow.GetVersion (docs/production.md, \"Upgrading vmha\")", host, t.Since.Local().Format(time.DateTime), t.Attempt, why, host)
+	return fmt.Sprintf("the monitor of host %s is stuck since %s, workflow task attempt %d: %s, so NOTHING WATCHES %s. %s",
+		host, t.Since.Local().Format(time.DateTime), t.Attempt, why, host, rollBack)
 }
+
+// nonDeterminism is the code of the Temporal SDK's error for a history the workflow code cannot replay.
+const nonDeterminism = "TMPRL1100"
+
+// rollBack is what to do about a monitor the controllers cannot replay.
+const rollBack = "Roll back the upgrade of the controllers to the build that ran it, or deploy one that guards the change " +
+	"with workflow.GetVersion (docs/production.md, \"Upgrading vmha\")"
 
 // ClusterStatus is everything `vmha status` shows.
 type ClusterStatus struct {
@@ -343,7 +349,13 @@ func Attention(st ClusterStatus) []string {
 		if h.Stuck != nil {
 			out = append(out, h.Stuck.Explain(h.Name))
 		}
-		if h.QueryError != "" {
+		switch {
+		case strings.Contains(h.QueryError, nonDeterminism):
+			// The controllers replayed the history to answer, and their code cannot: the monitor stalls at its next
+			// workflow task, which may well be its host's death.
+			out = append(out, fmt.Sprintf("the monitor of host %s cannot be replayed by the controllers' workflow code (%s): "+
+				"it stalls at its next workflow task, and from then on NOTHING WATCHES %s. %s", h.Name, firstLine(h.QueryError), h.Name, rollBack))
+		case h.QueryError != "":
 			unanswered = append(unanswered, h.Name)
 		}
 	}

@@ -3,6 +3,7 @@ package starter
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -188,6 +189,23 @@ func TestDescribeProbe(t *testing.T) {
 	}
 }
 
+func TestStatusMonitorQueryCannotReplay(t *testing.T) {
+	utc(t)
+	h := healthyHost("hv1")
+	h.QueryError = "[TMPRL1100] lookup failed for scheduledEventID to activityID: scheduleEventID: 9, activityID: 9\nmore"
+	st := ClusterStatus{At: statusNow, Hosts: []StatusHost{h, healthyHost("hv2")}}
+	a := Attention(st)
+	want := "the monitor of host hv1 cannot be replayed by the controllers' workflow code ([TMPRL1100] lookup failed for " +
+		"scheduledEventID to activityID: scheduleEventID: 9, activityID: 9): it stalls at its next workflow task, and from then on " +
+		"NOTHING WATCHES hv1. Roll back the upgrade"
+	if len(a) != 1 || !strings.HasPrefix(a[0], want) {
+		t.Errorf("Attention = %q, want one item starting %q", a, want)
+	}
+	if got := StatusCode(st); got != StatusNeedsPerson {
+		t.Errorf("StatusCode = %d, want %d", got, StatusNeedsPerson)
+	}
+}
+
 func TestStatusStuckMonitor(t *testing.T) {
 	utc(t)
 	since := statusNow.Add(-20 * time.Minute)
@@ -234,8 +252,9 @@ func TestStatusStuckMonitor(t *testing.T) {
 
 // TestStatusFindsAMonitorThatCannotReplay is the upgrade that goes wrong, on a real Temporal server: a monitor runs
 // under one build of the workflow code, a build that schedules something else first takes over, and its worker
-// cannot replay the history. vmha status must name the monitor under NEEDS A PERSON, and the SDK metric the
-// VmhaWorkflowCannotReplay alert reads must count the failures, under the name and labels the rule uses.
+// cannot replay the history. `vmha check-replay` of the new build must find it beforehand, vmha status must name
+// the monitor under NEEDS A PERSON, and the SDK metric the VmhaWorkflowCannotReplay alert reads must count the
+// failures, under the name and labels the rule uses.
 func TestStatusFindsAMonitorThatCannotReplay(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a Temporal server")
@@ -282,6 +301,29 @@ func TestStatusFindsAMonitorThatCannotReplay(t *testing.T) {
 	start("hv2")
 	old.Stop()
 
+	// Before the upgrade, `vmha check-replay` of the new build finds both monitors it would stall, idle as they are.
+	s := Starter{Client: c, Out: io.Discard}
+	code := func(first string) func(worker.WorkflowReplayer) {
+		return func(r worker.WorkflowReplayer) {
+			r.RegisterWorkflowWithOptions(monitor(first), workflow.RegisterOptions{Name: types.HostMonitorWorkflow})
+		}
+	}
+	var b bytes.Buffer
+	if err := (Starter{Client: c, Out: &b}).checkReplay(ctx, code("Probe")); err != nil || !strings.Contains(b.String(), "all 2 running workflows replay") {
+		t.Errorf("check-replay with the running code: %v, printed %q; want both replayed", err, b.String())
+	}
+	b.Reset()
+	var exit ExitError
+	if err := (Starter{Client: c, Out: &b}).checkReplay(ctx, code("Upgraded")); !errors.As(err, &exit) || exit.Code != StatusNeedsPerson {
+		t.Errorf("check-replay with incompatible code: %v, want exit code %d", err, StatusNeedsPerson)
+	}
+	for _, want := range []string{"CANNOT REPLAY  vmha-monitor-hv1 (HostMonitor, run ", "CANNOT REPLAY  vmha-monitor-hv2 (HostMonitor, run ",
+		"[TMPRL1100]", "2 of 2 running workflows cannot be replayed by this build"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("check-replay printed\n%s\nwant %q", b.String(), want)
+		}
+	}
+
 	reg := prometheus.NewRegistry()
 	handler, flush := monitoring.SDKMetrics(reg, logger)
 	defer flush.Close()
@@ -297,7 +339,6 @@ func TestStatusFindsAMonitorThatCannotReplay(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s := Starter{Client: c, Out: io.Discard}
 	var stuck *StuckTask
 	waitForStatus(t, ctx, func() bool {
 		var err error
@@ -318,6 +359,10 @@ func TestStatusFindsAMonitorThatCannotReplay(t *testing.T) {
 	st := ClusterStatus{At: time.Now(), Hosts: []StatusHost{h}}
 	if a := strings.Join(Attention(st), "\n"); !strings.Contains(a, "workflow code cannot replay this monitor's history") {
 		t.Errorf("NEEDS A PERSON says %q, want the replay failure", a)
+	}
+	// The build before the upgrade still replays the stuck monitor: rolling back is a way out.
+	if res, err := s.ReplayRunning(ctx, code("Probe")); err != nil || len(res) != 2 || res[0].Err != nil || res[1].Err != nil {
+		t.Errorf("replay with the code before the upgrade: %+v (error %v), want both monitors replayed", res, err)
 	}
 	// hv2's monitor had no new workflow task: nothing the upgraded worker had to replay yet.
 	if other, err := s.StuckTask(ctx, types.HostMonitorID("hv2")); err != nil || other != nil {
