@@ -462,21 +462,17 @@ func (c *Controller) powerStatus(ctx context.Context, spec types.HostSpec) (type
 // readings are taken until PowerConfirmations of them agree in a row; an "on" answers at once.
 func (c *Controller) PowerStatus(ctx context.Context, spec types.HostSpec) (types.PowerState, error) {
 	w := &hostWatch{c: c, spec: spec}
-	for {
-		err := w.readPower(ctx)
-		if err != nil {
+	err := PollUntil(ctx, c.Probe.Interval, func() bool {
+		if err := w.readPower(ctx); err != nil {
 			// An unreachable BMC is an answer the workflow decides on, not a failure to retry forever.
 			withActivityIDs(ctx, c.Logger).Warn("power status", "host", spec.Name, "state", w.candidate, "error", err)
 		}
-		if w.power != "" {
-			return w.power, nil
-		}
-		select {
-		case <-ctx.Done():
-			return types.PowerUnreachable, fmt.Errorf("power status of %s: %w", spec.Name, ctx.Err())
-		case <-time.After(c.Probe.Interval):
-		}
+		return w.power != ""
+	})
+	if err != nil {
+		return types.PowerUnreachable, fmt.Errorf("power status of %s: %w", spec.Name, err)
 	}
+	return w.power, nil
 }
 
 // PowerOff fences a host: a hard chassis power-off.
@@ -495,24 +491,22 @@ func (c *Controller) PowerOff(ctx context.Context, spec types.HostSpec) error {
 // BMC says so, never when the power-off command merely returned.
 func (c *Controller) WaitPowerOff(ctx context.Context, spec types.HostSpec) error {
 	offs := 0
-	for {
-		state, err := c.powerStatus(ctx, spec)
+	var state types.PowerState
+	err := PollUntil(ctx, c.Probe.Interval, func() bool {
+		var err error
+		state, err = c.powerStatus(ctx, spec)
 		activity.RecordHeartbeat(ctx, string(state))
-		switch {
-		case err == nil && (state == types.PowerOff):
+		if err == nil && state == types.PowerOff {
 			offs++
-			if offs >= 2 {
-				return nil
-			}
-		default:
+		} else {
 			offs = 0
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("wait for %s power off (last %s): %w", spec.Name, state, ctx.Err())
-		case <-time.After(c.Probe.Interval):
-		}
+		return offs >= 2
+	})
+	if err != nil {
+		return fmt.Errorf("wait for %s power off (last %s): %w", spec.Name, state, err)
 	}
+	return nil
 }
 
 // Notify tells users about an event.

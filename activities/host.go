@@ -107,18 +107,20 @@ func (h *Host) StartDomain(ctx context.Context, tok types.Ownership) error {
 
 // WaitRunning confirms the VM runs: libvirt can report a started domain that QEMU quits right after.
 func (h *Host) WaitRunning(ctx context.Context, uuid string) error {
-	for {
-		state, err := h.Hypervisor.State(ctx, uuid)
-		if err == nil && state == types.DomainRunning {
-			return nil
+	var state types.DomainState
+	var stateErr error
+	err := PollUntil(ctx, 100*time.Millisecond, func() bool {
+		state, stateErr = h.Hypervisor.State(ctx, uuid)
+		if stateErr == nil && state == types.DomainRunning {
+			return true
 		}
 		activity.RecordHeartbeat(ctx, string(state))
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("wait for %s to run on %s (state %s, %v): %w", uuid, h.Name, state, err, ctx.Err())
-		case <-time.After(100 * time.Millisecond):
-		}
+		return false
+	})
+	if err != nil {
+		return fmt.Errorf("wait for %s to run on %s (state %s, %v): %w", uuid, h.Name, state, stateErr, err)
 	}
+	return nil
 }
 
 // CommitOwnership ends this host's claim: the VM runs here and is owned here. A retry finds it committed.

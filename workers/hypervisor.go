@@ -192,18 +192,18 @@ func (h *HostWorkers) Stop() {
 func openLibvirt(ctx context.Context, uri string, logger *slog.Logger) (*hypervisor.Libvirt, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	for {
-		hv, err := hypervisor.Open(ctx, uri, logger)
-		if err == nil {
-			return hv, nil
+	var hv *hypervisor.Libvirt
+	var err error
+	if waitErr := activities.PollUntil(ctx, 500*time.Millisecond, func() bool {
+		hv, err = hypervisor.Open(ctx, uri, logger)
+		if err != nil {
+			logger.Warn("libvirt not answering yet", "uri", uri, "error", err)
 		}
-		logger.Warn("libvirt not answering yet", "uri", uri, "error", err)
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("open libvirt %s (%s_LIBVIRT_URI): %w", uri, config.Prefix, errors.Join(err, ctx.Err()))
-		case <-time.After(500 * time.Millisecond):
-		}
+		return err == nil
+	}); waitErr != nil {
+		return nil, fmt.Errorf("open libvirt %s (%s_LIBVIRT_URI): %w", uri, config.Prefix, errors.Join(err, waitErr))
 	}
+	return hv, nil
 }
 
 // KeepCatalog runs the keeper until ctx ends, restarting it when its event stream breaks (libvirtd restarted, say).

@@ -100,20 +100,17 @@ func checkHostQueue(ctx context.Context, c queueDescriber, me activities.HostIde
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	var resp *workflowservice.DescribeTaskQueueResponse
-	for {
-		var err error
+	var err error
+	if activities.PollUntil(ctx, time.Second, func() bool {
 		callCtx, callCancel := context.WithTimeout(ctx, 5*time.Second)
+		defer callCancel()
 		resp, err = c.DescribeTaskQueue(callCtx, queue, enumspb.TASK_QUEUE_TYPE_ACTIVITY)
-		callCancel()
-		if err == nil {
-			break
+		if err != nil {
+			logger.Warn("cannot describe this host's task queue yet", "task_queue", queue, "error", err)
 		}
-		logger.Warn("cannot describe this host's task queue yet", "task_queue", queue, "error", err)
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("check that no other machine serves %s_HOST_NAME=%s (describe task queue %s): %w", config.Prefix, me.Host, queue, err)
-		case <-time.After(time.Second):
-		}
+		return err == nil
+	}) != nil {
+		return fmt.Errorf("check that no other machine serves %s_HOST_NAME=%s (describe task queue %s): %w", config.Prefix, me.Host, queue, err)
 	}
 	for _, p := range activities.RecentPollers(resp.GetPollers(), time.Now(), identityWindow) {
 		other, ok := activities.ParseHostIdentity(p.GetIdentity())
