@@ -70,13 +70,14 @@ func (h *historyUse) max(o historyUse) {
 	}
 }
 
-// standInStats is what a stand-in host's heartbeat carries: running vms VMs of 2 vCPUs and 2 GiB each, 60% busy,
-// so that the two real targets (idle) win every placement while each stand-in is weighed in full.
+// standInStats is what a stand-in host's heartbeat carries: its VMs (2 vCPUs each) fill its memory but 200 MiB,
+// 60% busy. Placement weighs each stand-in through every rule down to the memory check, and only the two real
+// targets take VMs: a stand-in has no worker to define one.
 func standInStats(host string, running []string) func() *types.HostStats {
 	return func() *types.HostStats {
-		used := int64(len(running)) * 2048
+		const free = 200
 		return &types.HostStats{Host: host, CPULoad: 0.6, CPUs: nodeCPUs, MemoryTotalMiB: nodeMemoryMiB,
-			MemoryFreeMiB: nodeMemoryMiB - used, VCPUsAllocated: 2 * len(running), MemoryAllocatedMiB: used,
+			MemoryFreeMiB: free, VCPUsAllocated: 2 * len(running), MemoryAllocatedMiB: nodeMemoryMiB - free,
 			AntiAffinityGroups: []string{"web", "db"}, Running: running, SharedStorageOK: true, SampledAt: time.Now().UTC()}
 	}
 }
