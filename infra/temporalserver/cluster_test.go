@@ -66,7 +66,7 @@ func TestServicePorts(t *testing.T) {
 // TestPostgresConnString checks that the password reaches PostgreSQL escaped and that TLS verifies the server.
 func TestPostgresConnString(t *testing.T) {
 	p := Postgres{Address: "db.example:5432", User: "temporal", Password: "p@ss:w/rd"}
-	if got := p.connString("postgres"); got != "postgres://temporal:p%40ss%3Aw%2Frd@db.example:5432/postgres?application_name=vmha&connect_timeout=5&sslmode=disable&target_session_attrs=read-write" {
+	if got := p.connString("postgres"); got != "postgres://temporal:p%40ss%3Aw%2Frd@db.example:5432/postgres?application_name=vmha&connect_timeout=2&sslmode=disable&target_session_attrs=read-write" {
 		t.Errorf("plain: %s", got)
 	}
 	p.TLSCAFile = "/etc/vmha/pg-ca.pem"

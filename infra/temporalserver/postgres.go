@@ -54,10 +54,13 @@ const (
 // sessionAttributes are the libpq connection parameters of every connection, Temporal's and vmha's own: with
 // several servers in Address, pgx tries them in order and keeps the first that accepts writes (a standby, or a
 // demoted primary back as one, is skipped), which is how a node finds the new primary after a failover.
-// connect_timeout (seconds, per server) matters as soon as a server's machine is gone: it never refuses a connect,
-// and every new connection would otherwise wait for the kernel's TCP timeout, minutes, before trying the next.
+// connect_timeout (seconds, per server) matters when a server listed first hangs or its machine is gone: it never
+// refuses a connect, and each new connection waits out the timeout there before it tries the next server. It must
+// stay well below Temporal's 3 s deadline for a history task: with 5 s, every visibility task ran out of time on the
+// first server, the visibility pool never opened a connection, and no list showed a workflow's end again (measured,
+// TestPostgresFailover).
 func sessionAttributes() map[string]string {
-	return map[string]string{"target_session_attrs": "read-write", "connect_timeout": "5"}
+	return map[string]string{"target_session_attrs": "read-write", "connect_timeout": "2"}
 }
 
 func (p Postgres) withDefaults() Postgres {

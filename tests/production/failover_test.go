@@ -21,14 +21,26 @@ import (
 // VMHA_POSTGRES_ADDRESS, then stops the primary for good (as a crash: pg_ctl -m immediate) and promotes the standby
 // (what Patroni or an operator does): a workflow in flight across the failover completes, a new one completes, and
 // every workflow that completed before it is still there with its result. docs/production.md has the times.
+//
+// First the standby is listed first: a node must skip it (it accepts no writes) until it is promoted, then take it.
+// Then the other order, the old primary's address taken after its stop by a listener that never answers, as a hung
+// server would: every new connection waits out its connect timeout there before it reaches the new primary.
 func TestPostgresFailover(t *testing.T) {
+	t.Run("standby listed first, primary stopped", func(t *testing.T) { failover(t, false) })
+	t.Run("primary listed first, then unanswered", func(t *testing.T) { failover(t, true) })
+}
+
+func failover(t *testing.T, unanswered bool) {
 	primary := topology.StartPostgres(t)
 	standby := topology.StartStandby(t, primary)
 	bin := topology.VMHABinary(t)
 	ips := nodeIPs[:2]
 	frontendPort := topology.FreeFrontendPort(t, ips)
-	// The standby first: a node must skip it (it accepts no writes) until it is promoted, then take it.
-	env := append(primary.NodeEnv(), "VMHA_POSTGRES_ADDRESS="+standby.Address+","+primary.Address)
+	address := standby.Address + "," + primary.Address
+	if unanswered {
+		address = primary.Address + "," + standby.Address
+	}
+	env := append(primary.NodeEnv(), "VMHA_POSTGRES_ADDRESS="+address)
 	nodes := make([]*topology.Node, len(ips))
 	for i, ip := range ips {
 		nodes[i] = topology.StartNode(t, bin, ip, frontendPort, env)
@@ -80,6 +92,9 @@ func TestPostgresFailover(t *testing.T) {
 
 	primary.Stop(t, "immediate")
 	stopped := time.Now()
+	if unanswered {
+		blackHole(t, primary.Address)
+	}
 	standby.Promote(t)
 	t.Logf("primary %s stopped for good; standby %s promoted %.2f s later", primary.Address, standby.Address, time.Since(stopped).Seconds())
 
@@ -100,6 +115,36 @@ func TestPostgresFailover(t *testing.T) {
 	// Visibility lives in PostgreSQL too: the lists come from the new primary.
 	waitListed(ctx, t, clients[0], before[len(before)-1])
 	waitListed(ctx, t, clients[0], inFlight)
+}
+
+// blackHole accepts connections on address and never answers on them, until the test ends.
+func blackHole(t *testing.T, address string) {
+	t.Helper()
+	l, err := net.Listen("tcp", address)
+	if err != nil {
+		t.Fatalf("listen on the old primary's address %s: %v", address, err)
+	}
+	held := make(chan net.Conn, 1000)
+	t.Cleanup(func() {
+		_ = l.Close() // ends the accept loop, which then closes held
+		for c := range held {
+			_ = c.Close()
+		}
+	})
+	go func() {
+		defer close(held)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			select {
+			case held <- c:
+			default:
+				_ = c.Close()
+			}
+		}
+	}()
 }
 
 // completeAfter starts workflow id (echo "after failover") through c until one run completes, repeating the start
