@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"testing"
+	"time"
 
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/testsuite"
 
 	"vmha/activities"
+	"vmha/types"
 )
 
 // logLine decodes the one JSON line a test logged.
@@ -75,5 +78,37 @@ func TestLoggerOutsideAnActivityIsUnchanged(t *testing.T) {
 	}
 	if line["vm"] != "web1" {
 		t.Errorf("vm = %v, want web1", line["vm"])
+	}
+}
+
+// silentOnceBMC does not answer its first reading, then says on.
+type silentOnceBMC struct{ readings int }
+
+func (b *silentOnceBMC) PowerStatus(context.Context, types.BMCSpec, string) (types.PowerState, error) {
+	b.readings++
+	if b.readings == 1 {
+		return types.PowerUnreachable, errors.New("no answer")
+	}
+	return types.PowerOn, nil
+}
+
+func (b *silentOnceBMC) PowerOff(context.Context, types.BMCSpec, string) error { return nil }
+
+// TestPowerStatusLogsItsWorkflow: an activity's own warning names the activity that logged it.
+func TestPowerStatusLogsItsWorkflow(t *testing.T) {
+	t.Setenv("VMHA_TEST_BMC_PASSWORD", "secret")
+	var buf bytes.Buffer
+	c := &activities.Controller{Power: &silentOnceBMC{}, Logger: slog.New(slog.NewJSONHandler(&buf, nil)),
+		Probe: activities.ProbeSettings{Interval: 10 * time.Millisecond, BMCTimeout: time.Second, PowerConfirmations: 2}}
+	var s testsuite.WorkflowTestSuite
+	env := s.NewTestActivityEnvironment()
+	env.RegisterActivity(c)
+	spec := types.HostSpec{Name: "hv1", BMC: types.BMCSpec{Address: "127.0.0.1", User: "admin", PasswordEnv: "VMHA_TEST_BMC_PASSWORD"}}
+	if _, err := env.ExecuteActivity("PowerStatus", spec); err != nil {
+		t.Fatal(err)
+	}
+	line := logLine(t, &buf)
+	if line["msg"] != "power status" || line["activity_type"] != "PowerStatus" || line["workflow_id"] == nil || line["attempt"] != float64(1) {
+		t.Errorf("warning of an unanswered reading %v: want it to name activity PowerStatus, its workflow and attempt 1", line)
 	}
 }
