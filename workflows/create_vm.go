@@ -85,7 +85,7 @@ func createOn(ctx workflow.Context, host string, in activities.CreateDomainInput
 // discardFrom removes a VM whose creation failed on a host, with its catalog entry, so the next host starts clean.
 func discardFrom(ctx workflow.Context, host, uuid string) error {
 	if err := workflow.ExecuteActivity(says(hostOptions(ctx, host), "discard the failed creation on %s", host), onHost.DiscardNew, uuid).Get(ctx, nil); err != nil {
-		workflow.GetLogger(ctx).Error("compensation failed: half-created VM left on host", "host", host, "vm", uuid, "error", err)
+		workflow.GetLogger(ctx).Error("compensation failed: half-created VM left on host", "host", host, "vm_uuid", uuid, "error", err)
 		return err
 	}
 	return nil

@@ -303,7 +303,7 @@ func (p placer) release(ctx workflow.Context, resID string, started bool) {
 func removeFrom(ctx workflow.Context, host string, tok types.Ownership) error {
 	if err := workflow.ExecuteActivity(says(hostOptions(ctx, host), "remove the failed attempt's copy from %s", host), onHost.RemoveDomain, tok).Get(ctx, nil); err != nil {
 		if !isCommitted(err) {
-			workflow.GetLogger(ctx).Error("compensation failed: a copy may remain on the target", "target", host, "vm", tok.UUID, "error", err)
+			workflow.GetLogger(ctx).Error("compensation failed: a copy may remain on the target", "target", host, "vm_uuid", tok.UUID, "error", err)
 		}
 		return err
 	}

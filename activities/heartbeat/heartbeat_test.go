@@ -160,9 +160,19 @@ func TestWriterRenewsPetsAndStops(t *testing.T) {
 	// stalled checks that for 10 intervals neither the file nor the pets change.
 	stalled := func(what string) {
 		t.Helper()
-		time.Sleep(30 * time.Millisecond) // a renewal in flight when the fault came may still land
-		data0, _ := os.ReadFile(Path(root, "hv1"))
-		pets0, _, _ := wd.counts()
+		// A renewal in flight when the fault came may still land, later on a loaded machine (seen failing under
+		// make test's load with a fixed 30 ms): wait until file and pets hold still for 3 intervals (waitFor: at most 5 s).
+		// A writer that goes on renewing never holds still, and fails here.
+		var data0 []byte
+		var pets0 int
+		waitFor(t, what+": renewals stop", func() bool {
+			data0, _ = os.ReadFile(Path(root, "hv1"))
+			pets0, _, _ = wd.counts()
+			time.Sleep(30 * time.Millisecond)
+			data, _ := os.ReadFile(Path(root, "hv1"))
+			pets, _, _ := wd.counts()
+			return bytes.Equal(data0, data) && pets == pets0
+		})
 		time.Sleep(100 * time.Millisecond)
 		data1, _ := os.ReadFile(Path(root, "hv1"))
 		pets1, _, _ := wd.counts()
