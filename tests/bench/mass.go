@@ -197,7 +197,9 @@ func printMass(w io.Writer, rows []massRow, cfg massConfig) {
 	fmt.Fprintln(w, "| run | took | VMs recovered | VMs/s | most VMs on one survivor (allowed) | overcommitted survivors | outcome |")
 	fmt.Fprintln(w, "|---:|---:|---:|---:|---:|---|---|")
 	var times []time.Duration
+	recovered := 0
 	for i, r := range rows {
+		recovered += r.Recovered
 		outcome := "all running"
 		if r.Err != "" {
 			outcome = "failed: " + shorten(r.Err, 200)
@@ -213,8 +215,8 @@ func printMass(w io.Writer, rows []massRow, cfg massConfig) {
 	if len(times) > 0 {
 		slices.Sort(times)
 		med := times[len(times)/2]
-		fmt.Fprintf(w, "\nmin %s, median %s, max %s; %.1f VMs/s at the median.\n", round(times[0]), round(med), round(times[len(times)-1]),
-			float64(cfg.VMs)/med.Seconds())
+		fmt.Fprintf(w, "\nmin %s, median %s, max %s; %d of %d VMs recovered over %d runs.\n", round(times[0]), round(med),
+			round(times[len(times)-1]), recovered, cfg.VMs*len(rows), len(rows))
 	}
 	fmt.Fprintln(w)
 }
