@@ -33,8 +33,10 @@ const massCapacity = 56
 
 // massRow is one repetition: from starting every HostRecovery to the last one done.
 type massRow struct {
-	Took       time.Duration
-	Recovered  int
+	Took      time.Duration
+	Recovered int
+	// Running counts the VMs running on the survivors when the run ended (or its time ran out).
+	Running    int
 	Err        string
 	MaxPerHost int
 	// Overcommitted names survivors running more VMs than their capacity allows.
@@ -123,7 +125,7 @@ func massOnce(ctx context.Context, c client.Client, cat *catalog.Dir, survivors 
 			return row, err
 		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	rctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 	incident := fmt.Sprint("mass-", rep)
 	began := time.Now()
@@ -131,7 +133,7 @@ func massOnce(ctx context.Context, c client.Client, cat *catalog.Dir, survivors 
 	for i := range runs {
 		dead := fmt.Sprintf("dd%02d", i+1)
 		var err error
-		if runs[i], err = c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+		if runs[i], err = c.ExecuteWorkflow(rctx, client.StartWorkflowOptions{
 			ID: types.HostRecoveryID(dead, incident, 1), TaskQueue: types.ControllerTaskQueue, WorkflowExecutionErrorWhenAlreadyStarted: true,
 		}, types.HostRecoveryWorkflow, workflows.HostRecoveryInput{Host: dead, Incident: incident, Round: 1, Cause: "bench", DeclaredAt: began}); err != nil {
 			return row, fmt.Errorf("start recovery of %s: %w", dead, err)
@@ -144,7 +146,7 @@ func massOnce(ctx context.Context, c client.Client, cat *catalog.Dir, survivors 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = run.Get(ctx, &results[i])
+			errs[i] = run.Get(rctx, &results[i])
 		}()
 	}
 	wg.Wait()
@@ -176,6 +178,7 @@ func massOnce(ctx context.Context, c client.Client, cat *catalog.Dir, survivors 
 				running++
 			}
 		}
+		row.Running += running
 		row.MaxPerHost = max(row.MaxPerHost, running)
 		if running > massCapacity {
 			row.Overcommitted = append(row.Overcommitted, fmt.Sprintf("%s (%d VMs)", name, running))
@@ -194,8 +197,8 @@ func massOnce(ctx context.Context, c client.Client, cat *catalog.Dir, survivors 
 func printMass(w io.Writer, rows []massRow, cfg massConfig) {
 	fmt.Fprintf(w, "### Mass recovery: %d of %d hosts die at once with %d HA VMs (libvirt test driver for the %d survivors, %d vCPUs each, overcommit ratio 1; RECOVERY_CONCURRENCY %d; from starting every HostRecovery to the last done)\n\n",
 		cfg.Dead, cfg.Hosts, cfg.VMs, cfg.Hosts-cfg.Dead, massCapacity, cfg.Concurrency)
-	fmt.Fprintln(w, "| run | took | VMs recovered | VMs/s | most VMs on one survivor (allowed) | overcommitted survivors | outcome |")
-	fmt.Fprintln(w, "|---:|---:|---:|---:|---:|---|---|")
+	fmt.Fprintln(w, "| run | took | VMs recovered | VMs/s | running on the survivors at the end | most VMs on one survivor (allowed) | overcommitted survivors | outcome |")
+	fmt.Fprintln(w, "|---:|---:|---:|---:|---:|---:|---|---|")
 	var times []time.Duration
 	recovered := 0
 	for i, r := range rows {
@@ -208,8 +211,8 @@ func printMass(w io.Writer, rows []massRow, cfg massConfig) {
 		if len(r.Overcommitted) > 0 {
 			over = strings.Join(r.Overcommitted, ", ")
 		}
-		fmt.Fprintf(w, "| %d | %s | %d | %.1f | %d (%d) | %s | %s |\n", i+1, round(r.Took), r.Recovered,
-			float64(r.Recovered)/r.Took.Seconds(), r.MaxPerHost, massCapacity, over, outcome)
+		fmt.Fprintf(w, "| %d | %s | %d | %.1f | %d | %d (%d) | %s | %s |\n", i+1, round(r.Took), r.Recovered,
+			float64(r.Recovered)/r.Took.Seconds(), r.Running, r.MaxPerHost, massCapacity, over, outcome)
 		times = append(times, r.Took)
 	}
 	if len(times) > 0 {
