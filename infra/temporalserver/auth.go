@@ -275,6 +275,7 @@ func reportStart(role certs.Role, req *workflowservice.StartWorkflowExecutionReq
 	case len(req.GetCompletionCallbacks()) > 0:
 		why = "completion callbacks"
 	case req.GetWorkflowIdConflictPolicy() == enumspb.WORKFLOW_ID_CONFLICT_POLICY_TERMINATE_EXISTING,
+		//lint:ignore SA1019 deprecated for new clients, but the frontend still honours it: a caller may still send it
 		req.GetWorkflowIdReusePolicy() == enumspb.WORKFLOW_ID_REUSE_POLICY_TERMINATE_IF_RUNNING:
 		why = "an ID policy that terminates a running workflow"
 	case req.GetOnConflictOptions() != nil:

@@ -190,6 +190,7 @@ func TestAuthorizerRoles(t *testing.T) {
 				r.WorkflowIdConflictPolicy = enumspb.WORKFLOW_ID_CONFLICT_POLICY_TERMINATE_EXISTING
 			}), false},
 			{"StartWorkflowExecution", report(func(r *workflowservice.StartWorkflowExecutionRequest) {
+				//lint:ignore SA1019 the deprecated policy is what an old client may send, so the authorizer must refuse it
 				r.WorkflowIdReusePolicy = enumspb.WORKFLOW_ID_REUSE_POLICY_TERMINATE_IF_RUNNING
 			}), false},
 			{"StartWorkflowExecution", report(func(r *workflowservice.StartWorkflowExecutionRequest) {
