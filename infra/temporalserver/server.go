@@ -438,12 +438,6 @@ func dynamicConfig() dynamicconfig.StaticClient {
 		// the workflow that schedules them: eager execution hands each to that worker in the reply to its workflow
 		// task, one matching round trip less per step on the way to a VM's restart.
 		dynamicconfig.EnableActivityEagerExecution.Key(): true,
-		// Every placement is an update of the one Scheduler workflow. A mass recovery (20 of 40 hosts dead at once,
-		// 16 VMs of each in flight) sends hundreds at once: Temporal's default of 10 in flight per workflow refused
-		// thousands of them and left 342 of 1,000 VMs down after minutes (docs/benchmark.md). The Scheduler continues
-		// as new at 5,000 events, before the total per run counts: at least two events per update.
-		dynamicconfig.WorkflowExecutionMaxInFlightUpdates.Key(): 2000,
-		dynamicconfig.WorkflowExecutionMaxTotalUpdates.Key():    5000,
 	}
 }
 
