@@ -9,6 +9,11 @@
 //
 //	go run ./tests/bench -hosts 100,1000,5000 -window 60s -vms 50 -concurrency 8,16,50 -reps 3
 //
+// the steady state on the production topology (PostgreSQL and three cluster nodes; VMHA_BIN names a built vmha,
+// else it is built) with
+//
+//	go run ./tests/bench -topology cluster -hosts 100,1000 -window 60s -vms 0
+//
 // and the payloads of a recovery among many healthy hosts (issue 10) with
 //
 //	go run ./tests/bench -hosts= -candidates 100,1000 -candidate-vms 40 -vms 50 -concurrency 16 -reps 1
@@ -49,6 +54,7 @@ func run() error {
 		hostsFlag   = flag.String("hosts", "100,1000,5000", "steady state: host counts to measure (empty: skip)")
 		window      = flag.Duration("window", 60*time.Second, "steady state: how long to watch once all hosts are healthy")
 		settle      = flag.Duration("settle", 5*time.Minute, "steady state: how long to wait for every host to become healthy")
+		topo        = flag.String("topology", topologyEmbedded, "steady state: the Temporal measured, embedded (SQLite, in this process) or cluster (3 vmha server nodes on PostgreSQL, mTLS)")
 		slots       = flag.Int("activity-slots", 0, "steady state: host watches per controller (0: VMHA_MAX_WATCHES, as vmha runs it)")
 		vms         = flag.Int("vms", 50, "recovery: HA VMs on the failed host (0: skip)")
 		concurrency = flag.String("concurrency", "8,16,50", "recovery: RECOVERY_CONCURRENCY values to measure")
@@ -70,6 +76,9 @@ func run() error {
 
 	if *role == roleController {
 		return runControllerChild(ctx, *slots, logger)
+	}
+	if *topo != topologyEmbedded && *topo != topologyCluster {
+		return fmt.Errorf("-topology %q: want %s or %s", *topo, topologyEmbedded, topologyCluster)
 	}
 	hosts, err := ints(*hostsFlag)
 	if err != nil {
@@ -95,7 +104,7 @@ func run() error {
 		var rows []steadyRow
 		for _, n := range hosts {
 			logger.Info("steady state", "hosts", n, "window", *window)
-			row, err := runSteady(ctx, steadyConfig{Hosts: n, Window: *window, Settle: *settle, Slots: *slots, Exe: exe}, logger)
+			row, err := runSteady(ctx, steadyConfig{Topology: *topo, Hosts: n, Window: *window, Settle: *settle, Slots: *slots, Exe: exe}, logger)
 			if err != nil {
 				return fmt.Errorf("steady state with %d hosts: %w", n, err)
 			}
