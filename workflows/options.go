@@ -160,14 +160,22 @@ func shareOptions(ctx workflow.Context) workflow.Context {
 	})
 }
 
+// recoveryTaskTimeout bounds one workflow task of a recovery (see childOptions): short enough that a dead
+// controller's task moves on in seconds, long enough for a task delayed by a busy machine.
+const recoveryTaskTimeout = 4 * time.Second
+
 // ShareHeartbeat is the heartbeat timeout of the share queue's activities.
 const ShareHeartbeat = 2 * time.Second
 
 // childOptions: one child per ID, refused if that ID ever ran, which makes a recovery at-most-once per incident.
-// Children outlive a parent that is terminated or continues as new.
+// Children outlive a parent that is terminated or continues as new. A recovery's workflow task that a controller
+// took and then died with is handed to another replica after recoveryTaskTimeout instead of Temporal's 10 s
+// (TestLabCluster's timeline: a SIGKILLed controller held a HostRecovery's task for exactly 10 s); its tasks take
+// milliseconds.
 func childOptions(ctx workflow.Context, id, host, summary, details string) workflow.Context {
 	return workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
 		WorkflowID:            id,
+		WorkflowTaskTimeout:   recoveryTaskTimeout,
 		StaticSummary:         summary,
 		StaticDetails:         details,
 		TaskQueue:             types.ControllerTaskQueue,
