@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -49,27 +48,22 @@ func runMass(ctx context.Context, cfg massConfig, logger *slog.Logger) (rows []m
 		return nil, err
 	}
 	defer func() { err = errors.Join(err, srv.stop()) }()
-	share := filepath.Join(srv.dir, "share")
-	if err := os.MkdirAll(share, 0o755); err != nil {
+	share, cat, err := prepareShare(ctx, srv)
+	if err != nil {
 		return nil, err
 	}
-	if _, _, err := catalog.Init(ctx, share, 5*time.Second); err != nil {
-		return nil, err
-	}
-	cat := catalog.New(share, 5*time.Second)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	survivors := map[string]*simHost{}
-	for i := range cfg.Hosts - cfg.Dead {
-		name := fmt.Sprintf("sv%02d", i+1)
-		h, err := startSimHost(ctx, srv, name, share)
-		if err != nil {
-			return nil, err
-		}
-		survivors[name] = h
-		defer h.stop()
+	names := make([]string, cfg.Hosts-cfg.Dead)
+	for i := range names {
+		names[i] = fmt.Sprintf("sv%02d", i+1)
 	}
+	survivors, stopHosts, err := startSimHosts(ctx, srv, share, names)
+	if err != nil {
+		return nil, err
+	}
+	defer stopHosts()
 	s, err := config.Load()
 	if err != nil {
 		return nil, err

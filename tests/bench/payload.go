@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -21,7 +20,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"vmha/activities"
-	"vmha/activities/catalog"
 	"vmha/activities/heartbeat"
 	"vmha/infra/config"
 	"vmha/types"
@@ -91,26 +89,18 @@ func runPayload(ctx context.Context, cfg payloadConfig, logger *slog.Logger) (ro
 		return nil, err
 	}
 	defer func() { err = errors.Join(err, srv.stop()) }()
-	share := filepath.Join(srv.dir, "share")
-	if err := os.MkdirAll(share, 0o755); err != nil {
+	share, cat, err := prepareShare(ctx, srv)
+	if err != nil {
 		return nil, err
 	}
-	if _, _, err := catalog.Init(ctx, share, 5*time.Second); err != nil {
-		return nil, err
-	}
-	cat := catalog.New(share, 5*time.Second)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	hosts := map[string]*simHost{}
-	for _, name := range targetHosts {
-		h, err := startSimHost(ctx, srv, name, share)
-		if err != nil {
-			return nil, err
-		}
-		hosts[name] = h
-		defer h.stop()
+	hosts, stopHosts, err := startSimHosts(ctx, srv, share, targetHosts)
+	if err != nil {
+		return nil, err
 	}
+	defer stopHosts()
 	s, err := config.Load()
 	if err != nil {
 		return nil, err

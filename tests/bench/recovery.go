@@ -65,26 +65,18 @@ func runRecovery(ctx context.Context, cfg recoveryConfig, logger *slog.Logger) (
 		return nil, err
 	}
 	defer func() { err = errors.Join(err, srv.stop()) }()
-	share := filepath.Join(srv.dir, "share")
-	if err := os.MkdirAll(share, 0o755); err != nil {
+	share, cat, err := prepareShare(ctx, srv)
+	if err != nil {
 		return nil, err
 	}
-	if _, _, err := catalog.Init(ctx, share, 5*time.Second); err != nil {
-		return nil, err
-	}
-	cat := catalog.New(share, 5*time.Second)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	hosts := map[string]*simHost{}
-	for _, name := range targetHosts {
-		h, err := startSimHost(ctx, srv, name, share)
-		if err != nil {
-			return nil, err
-		}
-		hosts[name] = h
-		defer h.stop()
+	hosts, stopHosts, err := startSimHosts(ctx, srv, share, targetHosts)
+	if err != nil {
+		return nil, err
 	}
+	defer stopHosts()
 
 	s, err := config.Load()
 	if err != nil {
@@ -133,6 +125,38 @@ func runRecovery(ctx context.Context, cfg recoveryConfig, logger *slog.Logger) (
 		rows = append(rows, row)
 	}
 	return rows, nil
+}
+
+// prepareShare makes the share of a recovery bench in the server's directory: the marker and an empty catalog.
+func prepareShare(ctx context.Context, srv *server) (string, *catalog.Dir, error) {
+	share := filepath.Join(srv.dir, "share")
+	if err := os.MkdirAll(share, 0o755); err != nil {
+		return "", nil, err
+	}
+	if _, _, err := catalog.Init(ctx, share, 5*time.Second); err != nil {
+		return "", nil, err
+	}
+	return share, catalog.New(share, 5*time.Second), nil
+}
+
+// startSimHosts starts a simulated host per name on the share; stop ends them all (also those started before a
+// failure, which it has stopped already when it returns an error).
+func startSimHosts(ctx context.Context, srv *server, share string, names []string) (hosts map[string]*simHost, stop func(), err error) {
+	hosts = map[string]*simHost{}
+	stop = func() {
+		for _, h := range hosts {
+			h.stop()
+		}
+	}
+	for _, name := range names {
+		h, err := startSimHost(ctx, srv, name, share)
+		if err != nil {
+			stop()
+			return nil, nil, err
+		}
+		hosts[name] = h
+	}
+	return hosts, stop, nil
 }
 
 func startSimHost(ctx context.Context, srv *server, name, share string) (*simHost, error) {
