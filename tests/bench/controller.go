@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
 
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
@@ -80,4 +81,24 @@ func runControllerChild(ctx context.Context, slots int, logger *slog.Logger) err
 	<-ctx.Done()
 	w.Stop()
 	return nil
+}
+
+// startBenchController starts the controller worker of a recovery bench in this process, with vmha's default
+// settings and the fake BMC's password; with a share, the controller reads the hosts' storage heartbeats there.
+func startBenchController(c client.Client, share string) (*multiWorker, *activities.Controller, error) {
+	s, err := config.Load()
+	if err != nil {
+		return nil, nil, err
+	}
+	if share != "" {
+		s.SharePath, s.HeartbeatStoppedAfter = share, 10*time.Second
+	}
+	if err := os.Setenv(passwordEnv, "bench"); err != nil {
+		return nil, nil, err
+	}
+	w, ctrl := controllerWorker(c, s, 0, quiet())
+	if err := w.Start(); err != nil {
+		return nil, nil, fmt.Errorf("start controller worker: %w", err)
+	}
+	return w, ctrl, nil
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -15,7 +14,6 @@ import (
 	"go.temporal.io/sdk/client"
 
 	"vmha/activities/catalog"
-	"vmha/infra/config"
 	"vmha/types"
 	"vmha/workflows"
 )
@@ -64,17 +62,9 @@ func runMass(ctx context.Context, cfg massConfig, logger *slog.Logger) (rows []m
 		return nil, err
 	}
 	defer stopHosts()
-	s, err := config.Load()
+	w, ctrl, err := startBenchController(srv.client, share)
 	if err != nil {
 		return nil, err
-	}
-	s.SharePath, s.HeartbeatStoppedAfter = share, 10*time.Second
-	if err := os.Setenv(passwordEnv, "bench"); err != nil {
-		return nil, err
-	}
-	w, ctrl := controllerWorker(srv.client, s, 0, quiet())
-	if err := w.Start(); err != nil {
-		return nil, fmt.Errorf("start controller worker: %w", err)
 	}
 	defer w.Stop()
 	ctrl.Policy.RecoveryConcurrency, ctrl.Policy.OvercommitRatio = cfg.Concurrency, 1

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -21,7 +20,6 @@ import (
 
 	"vmha/activities"
 	"vmha/activities/heartbeat"
-	"vmha/infra/config"
 	"vmha/types"
 )
 
@@ -101,18 +99,10 @@ func runPayload(ctx context.Context, cfg payloadConfig, logger *slog.Logger) (ro
 		return nil, err
 	}
 	defer stopHosts()
-	s, err := config.Load()
+	// The controller reads the stand-ins' heartbeats (renewed every 2 s, like their stats) from the bench's share.
+	w, ctrl, err := startBenchController(srv.client, share)
 	if err != nil {
 		return nil, err
-	}
-	// The controller reads the stand-ins' heartbeats (renewed every 2 s, like their stats) from the bench's share.
-	s.SharePath, s.HeartbeatStoppedAfter = share, 10*time.Second
-	if err := os.Setenv(passwordEnv, "bench"); err != nil {
-		return nil, err
-	}
-	w, ctrl := controllerWorker(srv.client, s, 0, quiet())
-	if err := w.Start(); err != nil {
-		return nil, fmt.Errorf("start controller worker: %w", err)
 	}
 	defer w.Stop()
 	ctrl.Policy.RecoveryConcurrency = cfg.Concurrency

@@ -78,16 +78,9 @@ func runRecovery(ctx context.Context, cfg recoveryConfig, logger *slog.Logger) (
 	}
 	defer stopHosts()
 
-	s, err := config.Load()
+	w, ctrl, err := startBenchController(srv.client, "")
 	if err != nil {
 		return nil, err
-	}
-	if err := os.Setenv(passwordEnv, "bench"); err != nil {
-		return nil, err
-	}
-	w, ctrl := controllerWorker(srv.client, s, 0, quiet())
-	if err := w.Start(); err != nil {
-		return nil, fmt.Errorf("start controller worker: %w", err)
 	}
 	defer w.Stop()
 
